@@ -1,0 +1,632 @@
+"""The runtime: follows a plain training loop, collects its state, and saves and restores it.
+
+A :class:`Checkpointer` plays the part of Lightning's ``Trainer`` for checkpointing only: it knows the
+objects you :meth:`~Checkpointer.track`, the loop position, the metrics you :meth:`~Checkpointer.log`
+and the callbacks (policies such as ``ModelCheckpoint``). Plugins contribute state components,
+policies and storage backends through the hooks in :mod:`ckpthooks.hookspecs`.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import logging
+import os
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from ckpthooks import distributed
+from ckpthooks._version import FORMAT_VERSION, LIGHTNING_LAYOUT_VERSION, __version__
+from ckpthooks.callbacks import Callback
+from ckpthooks.components import NAMESPACE, StateComponent, TrackedComponent, namespace
+from ckpthooks.exceptions import (
+    CheckpointError,
+    CheckpointNotFoundError,
+    ConfigurationError,
+    CorruptCheckpointError,
+    DuplicateContributionError,
+    MissingStateError,
+    UnexpectedStateError,
+)
+from ckpthooks.io import paths
+from ckpthooks.io.base import CheckpointIO
+from ckpthooks.manifest import CommittedCheckpoint, Manifest, VerifyMode, newest_committed
+from ckpthooks.plugin_host import PluginHost, get_plugin_host
+from ckpthooks.progress import LoopProgress
+from ckpthooks.store import CheckpointStore
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+#: Names :meth:`Checkpointer.track` reserves for the built-in components.
+_TRACK_KEYWORDS = ("model", "optimizers", "lr_schedulers", "scaler", "datamodule")
+
+
+@dataclass
+class RestoreReport:
+    """What :meth:`Checkpointer.restore` did."""
+
+    path: str
+    restored: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+    unexpected: list[str] = field(default_factory=list)
+    epoch: int = 0
+    global_step: int = 0
+
+    def summary(self) -> str:
+        text = (
+            f"restored {', '.join(self.restored) or 'nothing'} from {self.path} "
+            f"(epoch {self.epoch}, global step {self.global_step})"
+        )
+        if self.missing:
+            text += f"; missing: {', '.join(self.missing)}"
+        if self.unexpected:
+            text += f"; not restored: {', '.join(self.unexpected)}"
+        return text
+
+
+@dataclass
+class FitResult:
+    """What a loop run by :meth:`Checkpointer.loop` or :meth:`Checkpointer.fit` returns."""
+
+    start_epoch: int
+    epochs_run: int
+    global_step: int
+    restore: RestoreReport | None
+    outputs: list[Any]
+
+
+def _as_list(value: Any) -> list[Any]:
+    if value is None:
+        return []
+    if isinstance(value, (list, tuple)):
+        return list(value)
+    return [value]
+
+
+class Checkpointer:
+    """Checkpointing for a plain PyTorch training loop.
+
+    Args:
+        default_root_dir: folder (or fsspec URL) for checkpoints when no ``ModelCheckpoint`` says
+            otherwise; defaults to the current working directory.
+        callbacks: callbacks and policies, such as ``ModelCheckpoint``; plugins may add more.
+        enable_checkpointing: when true and no ``ModelCheckpoint`` is given, a default one saves the
+            latest state to ``<default_root_dir>/checkpoints`` at every epoch end.
+        checkpoint_io: a storage backend to use for every path, overriding the backend plugins
+            contribute per URL.
+        storage_options: passed to fsspec (and to the storage hooks) for every path.
+        strict: restore fails when the checkpoint lacks state for something tracked, or holds state
+            nothing tracked can take. ``False`` restores what fits and logs the rest.
+        save_rng_state: save and restore Python, NumPy, torch and CUDA random generator states.
+        verify: what loading checks against the commit manifest: ``"full"`` (size and checksum),
+            ``"size"`` or ``"off"``.
+        plugin_host: the plugin host to use; the shared one by default.
+    """
+
+    def __init__(
+        self,
+        default_root_dir: str | os.PathLike[str] | None = None,
+        callbacks: Callback | Sequence[Callback] | None = None,
+        *,
+        enable_checkpointing: bool = True,
+        checkpoint_io: CheckpointIO | None = None,
+        storage_options: Mapping[str, Any] | None = None,
+        strict: bool = True,
+        save_rng_state: bool = True,
+        verify: VerifyMode = "full",
+        plugin_host: PluginHost | None = None,
+    ) -> None:
+        if checkpoint_io is not None and not isinstance(checkpoint_io, CheckpointIO):
+            raise ConfigurationError(
+                f"checkpoint_io must be a ckpthooks.CheckpointIO, not {type(checkpoint_io).__name__}"
+            )
+        self.default_root_dir = paths.normalize(default_root_dir or os.getcwd())
+        self.enable_checkpointing = enable_checkpointing
+        self.storage_options = dict(storage_options) if storage_options else None
+        self.strict = strict
+        self.save_rng_state = save_rng_state
+        self.host = plugin_host or get_plugin_host()
+        self.store = CheckpointStore(
+            host=self.host,
+            checkpoint_io=checkpoint_io,
+            storage_options=self.storage_options,
+            verify=verify,
+        )
+
+        self.model: Any = None
+        self.optimizers: list[Any] = []
+        self.lr_schedulers: list[Any] = []
+        self.scaler: Any = None
+        self.datamodule: Any = None
+        self._tracked: dict[str, TrackedComponent] = {}
+
+        self.progress = LoopProgress()
+        self.callback_metrics: dict[str, float] = {}
+        self.should_stop = False
+        self.resumed_from: str | None = None
+        #: the strictness of the restore in progress (components read it)
+        self.restore_strict = strict
+        self._validated_this_epoch = False
+        self._in_fit = False
+
+        self.callbacks: list[Callback] = list(_as_list(callbacks))
+        for cb in self.callbacks:
+            if not isinstance(cb, Callback):
+                raise ConfigurationError(
+                    f"callbacks must be ckpthooks.Callback instances, not {type(cb).__name__}"
+                )
+        self._component_sources: dict[str, str] = {}
+        self._components: list[StateComponent] = []
+        for plugin_name, component in self.host.state_components(self):
+            self._components.append(component)
+            self._component_sources[component.name] = plugin_name
+        self.callbacks += [policy for _, policy in self.host.policies(self)]
+        self._check_state_keys()
+        for cb in self.callbacks:
+            cb.setup(self)
+
+    def _check_state_keys(self) -> None:
+        seen: dict[str, Callback] = {}
+        for cb in self.callbacks:
+            key = cb.state_key
+            if key in seen and cb.state_dict():
+                raise ConfigurationError(
+                    f"two callbacks share the state key {key!r} ({seen[key]!r} and {cb!r}); give "
+                    "them different options (e.g. another monitor or dirpath) so their state "
+                    "can be told apart"
+                )
+            seen[key] = cb
+
+    # ------------------------------------------------------------------ tracking
+    def track(
+        self,
+        model: Any = None,
+        optimizers: Any = None,
+        lr_schedulers: Any = None,
+        scaler: Any = None,
+        datamodule: Any = None,
+        **others: Any,
+    ) -> Checkpointer:
+        """Register the objects whose state every checkpoint carries; returns ``self``.
+
+        ``optimizers`` and ``lr_schedulers`` take one object or a list. ``scaler`` is an AMP
+        ``GradScaler``. Any other keyword names an object with ``state_dict``/``load_state_dict``
+        (an EMA model, a stateful sampler, ...). Calling ``track`` again adds or replaces.
+        """
+        if model is not None:
+            self.model = model
+        if optimizers is not None:
+            self.optimizers = _as_list(optimizers)
+        if lr_schedulers is not None:
+            self.lr_schedulers = _as_list(lr_schedulers)
+        if scaler is not None:
+            self.scaler = scaler
+        if datamodule is not None:
+            self.datamodule = datamodule
+        for name, obj in others.items():
+            if not (callable(getattr(obj, "state_dict", None)) and callable(getattr(obj, "load_state_dict", None))):
+                raise ConfigurationError(
+                    f"track({name}=...) needs an object with state_dict() and load_state_dict(), "
+                    f"got {type(obj).__name__}"
+                )
+            if name in self._component_sources:
+                raise DuplicateContributionError(
+                    "state component", name, self._component_sources[name], "Checkpointer.track"
+                )
+            self._tracked[name] = TrackedComponent(name, obj)
+        return self
+
+    @property
+    def components(self) -> list[StateComponent]:
+        """Every state component, in restore order: plugins' first, then tracked objects."""
+        return self._components + list(self._tracked.values())
+
+    # ------------------------------------------------------------------ progress and metrics
+    @property
+    def current_epoch(self) -> int:
+        return self.progress.epoch
+
+    @property
+    def global_step(self) -> int:
+        return self.progress.global_step
+
+    @property
+    def batch_idx(self) -> int:
+        return self.progress.batch_idx
+
+    @property
+    def is_global_zero(self) -> bool:
+        return distributed.is_global_zero()
+
+    @property
+    def global_rank(self) -> int:
+        return distributed.global_rank()
+
+    @property
+    def world_size(self) -> int:
+        return distributed.world_size()
+
+    def log(self, name: str, value: Any) -> None:
+        """Record a metric for monitors and filename templates (a number or one-element tensor)."""
+        if not isinstance(name, str) or not name:
+            raise ConfigurationError(f"metric names must be non-empty strings, not {name!r}")
+        try:
+            number = float(value.item() if hasattr(value, "item") else value)
+        except (TypeError, ValueError) as exc:
+            raise ConfigurationError(f"metric {name!r} must be a number, not {value!r}") from exc
+        self.callback_metrics[name] = number
+
+    def log_dict(self, metrics: Mapping[str, Any]) -> None:
+        for name, value in metrics.items():
+            self.log(name, value)
+
+    # ------------------------------------------------------------------ loop events
+    def _call(self, event: str, *args: Any) -> None:
+        for cb in list(self.callbacks):
+            getattr(cb, event)(self, *args)
+
+    def fit_start(self) -> None:
+        """Mark the start of training (after any restore)."""
+        self._in_fit = True
+        self._call("on_fit_start")
+
+    def epoch_start(self, epoch: int | None = None) -> None:
+        """Mark the start of an epoch (``epoch`` defaults to the next one)."""
+        if epoch is None:
+            epoch = self.progress.start_epoch
+        resuming_mid_epoch = epoch == self.progress.epoch and not self.progress.epoch_finished
+        if not resuming_mid_epoch:
+            self.progress.epoch = epoch
+            self.progress.batch_idx = 0
+        self.progress.epoch_finished = False
+        self._validated_this_epoch = False
+        self._call("on_train_epoch_start")
+
+    def step_end(self) -> None:
+        """Mark the end of one training step: counts it and lets step-based policies act."""
+        self.progress.batch_idx += 1
+        self.progress.global_step += 1
+        self._call("on_train_batch_end")
+
+    def validation_end(self) -> None:
+        """Mark the end of a validation run: monitor-based policies act on the logged metrics."""
+        self._validated_this_epoch = True
+        self._call("on_validation_end")
+
+    def epoch_end(self) -> None:
+        """Mark the end of an epoch: epoch-based policies (and the default checkpoint) act."""
+        self.progress.epoch_finished = True
+        self._call("on_train_epoch_end")
+        if not self._validated_this_epoch:
+            self.validation_end()
+
+    def fit_end(self) -> None:
+        """Mark the normal end of training."""
+        self._call("on_fit_end")
+        self._in_fit = False
+
+    def batches(self, iterable: Iterable[T]) -> Iterator[T]:
+        """Yield the batches of one epoch, counting steps; skips batches a mid-epoch resume already did.
+
+        A batch counts as a completed step when the loop asks for the next one (or the epoch ends).
+        Leaving the loop with ``break`` does not count the batch being processed.
+        """
+        skip = self.progress.batch_idx if not self.progress.epoch_finished else 0
+        iterator = iter(iterable)
+        if skip:
+            log.info("resuming epoch %d after %d completed batches", self.progress.epoch, skip)
+            for _ in range(skip):
+                try:
+                    next(iterator)
+                except StopIteration:
+                    return
+        for batch in iterator:
+            yield batch
+            self.step_end()
+
+    # ------------------------------------------------------------------ the loop
+    def fit(
+        self,
+        epoch_fn: Callable[..., Any],
+        max_epochs: int,
+        ckpt_path: str | os.PathLike[str] | None = None,
+        args: Sequence[Any] = (),
+        kwargs: Mapping[str, Any] | None = None,
+    ) -> FitResult:
+        """Run ``epoch_fn(epoch)`` for every epoch up to ``max_epochs``, with restore and saves."""
+        if max_epochs is None or int(max_epochs) < 0:
+            raise ConfigurationError(f"max_epochs must be a non-negative integer, not {max_epochs!r}")
+        report = self.restore(ckpt_path) if ckpt_path is not None else None
+        takes_epoch = _accepts_positional(epoch_fn)
+        outputs: list[Any] = []
+        start = self.progress.start_epoch
+        self.fit_start()
+        try:
+            for epoch in range(start, int(max_epochs)):
+                self.epoch_start(epoch)
+                if takes_epoch:
+                    outputs.append(epoch_fn(epoch, *args, **(kwargs or {})))
+                else:
+                    outputs.append(epoch_fn(*args, **(kwargs or {})))
+                self.epoch_end()
+                if self.should_stop:
+                    log.info("stopping after epoch %d: should_stop was set", epoch)
+                    break
+            self.fit_end()
+        except BaseException as exc:
+            self._call("on_exception", exc)
+            raise
+        return FitResult(
+            start_epoch=start,
+            epochs_run=len(outputs),
+            global_step=self.global_step,
+            restore=report,
+            outputs=outputs,
+        )
+
+    def loop(
+        self, max_epochs: int, ckpt_path: str | os.PathLike[str] | None = None
+    ) -> Callable[[Callable[..., Any]], Callable[..., FitResult]]:
+        """Decorate a one-epoch function; calling it then runs the whole resumable loop.
+
+        ``ckpt_path`` is ``"last"``, ``"best"``, a path, or ``None`` to start fresh. The function
+        receives the epoch number as its first argument when it takes one.
+        """
+
+        def decorate(epoch_fn: Callable[..., Any]) -> Callable[..., FitResult]:
+            @functools.wraps(epoch_fn)
+            def run(*args: Any, **kwargs: Any) -> FitResult:
+                return self.fit(epoch_fn, max_epochs, ckpt_path, args, kwargs)
+
+            return run
+
+        return decorate
+
+    # ------------------------------------------------------------------ saving
+    def dump_checkpoint(self, weights_only: bool = False) -> dict[str, Any]:
+        """Build the checkpoint dict (on every rank): components, then every on_save_checkpoint hook."""
+        checkpoint: dict[str, Any] = {"pytorch-lightning_version": LIGHTNING_LAYOUT_VERSION}
+        space = namespace(checkpoint)
+        space.update(
+            format_version=FORMAT_VERSION,
+            version=__version__,
+            plugins=self.host.plugin_versions(),
+            weights_only=weights_only,
+        )
+        for component in self.components:
+            if weights_only and not component.in_weights_only:
+                continue
+            if component.is_active(self):
+                component.save_into(self, checkpoint)
+        if not weights_only:
+            for cb in self.callbacks:
+                cb.on_save_checkpoint(self, checkpoint)
+        for obj in (self.model, self.datamodule):
+            hook = getattr(obj, "on_save_checkpoint", None)
+            if callable(hook):
+                hook(checkpoint)
+        self.host.on_save_checkpoint(self, checkpoint)
+        return checkpoint
+
+    def save_checkpoint(
+        self,
+        filepath: str | os.PathLike[str],
+        weights_only: bool = False,
+        *,
+        writer: str | None = None,
+        on_committed: Callable[[Manifest], None] | None = None,
+    ) -> Manifest | None:
+        """Save the full training state (or the weights only) to ``filepath`` and commit it.
+
+        Call it on every rank: all ranks build the same checkpoint, only global rank 0 writes, and
+        every rank raises :class:`~ckpthooks.exceptions.DistributedCheckpointError` if the write
+        failed. ``on_committed`` runs on the writer rank once the checkpoint is committed (policies
+        prune there). Returns the commit manifest on the writer rank, ``None`` elsewhere.
+        """
+        path = paths.normalize(filepath)
+        checkpoint = self.dump_checkpoint(weights_only)
+        manifest: Manifest | None = None
+        error: BaseException | None = None
+        if self.is_global_zero:
+            try:
+                manifest = self.store.save(
+                    checkpoint,
+                    path,
+                    epoch=self.current_epoch,
+                    global_step=self.global_step,
+                    metrics=self.callback_metrics,
+                    weights_only=weights_only,
+                    writer=writer,
+                )
+                if on_committed is not None:
+                    on_committed(manifest)
+            except Exception as exc:
+                error = exc
+        distributed.agree_on_outcome(error, f"saving {path}")
+        return manifest
+
+    def remove_checkpoint(self, filepath: str | os.PathLike[str]) -> None:
+        """Uncommit and delete a checkpoint (writer rank only; a no-op elsewhere)."""
+        if self.is_global_zero:
+            self.store.remove(paths.normalize(filepath))
+
+    # ------------------------------------------------------------------ finding
+    def checkpoint_roots(self) -> list[str]:
+        """Folders searched for "last": the root folder and every policy's own folder."""
+        roots = [self.default_root_dir]
+        for cb in self.callbacks:
+            dirpath = getattr(cb, "dirpath", None)
+            if dirpath and not any(paths.normalize(dirpath) == r for r in roots):
+                roots.append(paths.normalize(dirpath))
+        return roots
+
+    def committed_checkpoints(self) -> list[CommittedCheckpoint]:
+        """Committed checkpoints under :meth:`checkpoint_roots`, newest (by global step) first."""
+        return newest_committed(self.checkpoint_roots(), self.storage_options)
+
+    def find_checkpoint(self, which: str) -> str | None:
+        """The path ``"last"`` or ``"best"`` refers to now, or ``None`` when there is none."""
+        if which == "last":
+            return self._find_last()
+        if which == "best":
+            for cb in self.callbacks:
+                finder = getattr(cb, "find_best", None)
+                if callable(finder) and getattr(cb, "monitor", None):
+                    best: str | None = finder(self)
+                    return best
+            raise ConfigurationError(
+                'ckpt_path="best" needs a ModelCheckpoint with a monitor among the callbacks'
+            )
+        raise ConfigurationError(f'expected "last" or "best", not {which!r}')
+
+    def _find_last(self) -> str | None:
+        candidates = self.committed_checkpoints()
+        full = [c for c in candidates if not c.manifest.weights_only] or candidates
+        for candidate in full:
+            try:
+                self.store.verify_committed(candidate)
+            except CorruptCheckpointError as exc:
+                log.warning("skipping %s for resume: %s", candidate.path, exc)
+                continue
+            return candidate.path
+        return None
+
+    # ------------------------------------------------------------------ restoring
+    def restore(
+        self,
+        ckpt_path: str | os.PathLike[str] | None = "last",
+        *,
+        strict: bool | None = None,
+        weights_only: bool = True,
+        map_location: Any = "cpu",
+        must_exist: bool = False,
+    ) -> RestoreReport | None:
+        """Restore everything tracked from a checkpoint.
+
+        ``ckpt_path`` is a path, ``"last"`` (the newest committed checkpoint by global step, ``None``
+        and a fresh start when there is none, unless ``must_exist``) or ``"best"``. Returns what was
+        restored. ``weights_only=False`` allows unpickling arbitrary objects: only for files you trust.
+        """
+        if ckpt_path is None:
+            return None
+        text = os.fspath(ckpt_path)
+        if text in ("last", "best"):
+            path = self.find_checkpoint(text)
+            if path is None:
+                if must_exist or text == "best":
+                    raise CheckpointNotFoundError(
+                        f'ckpt_path="{text}": no committed checkpoint found under '
+                        f"{', '.join(self.checkpoint_roots())}"
+                    )
+                log.info('ckpt_path="last": no checkpoint yet under %s; starting fresh', self.default_root_dir)
+                return None
+        else:
+            path = paths.normalize(text)
+        checkpoint = self.store.load(path, map_location=map_location, weights_only=weights_only)
+        report = self.restore_from_dict(checkpoint, strict=strict)
+        report.path = path
+        self.resumed_from = path
+        log.info("%s", report.summary())
+        return report
+
+    def restore_from_dict(self, checkpoint: dict[str, Any], *, strict: bool | None = None) -> RestoreReport:
+        """Restore from a checkpoint dict already in memory (see :meth:`restore`)."""
+        strict = self.strict if strict is None else strict
+        for obj in (self.model, self.datamodule):
+            hook = getattr(obj, "on_load_checkpoint", None)
+            if callable(hook):
+                hook(checkpoint)
+        for cb in self.callbacks:
+            cb.on_load_checkpoint(self, checkpoint)
+        self.host.on_load_checkpoint(self, checkpoint)
+
+        report = RestoreReport(path="<memory>")
+        plan: list[tuple[StateComponent, Any]] = []
+        known_names = set()
+        for component in self.components:
+            known_names.add(component.name)
+            found = component.find(self, checkpoint)
+            active = component.is_active(self)
+            report.missing += found.missing
+            report.unexpected += found.unexpected
+            if active and found.present:
+                plan.append((component, found.value))
+            elif active and component.on_missing != "ignore":
+                label = component.label(self)
+                if component.on_missing == "error":
+                    report.missing.append(label)
+                else:
+                    log.warning("the checkpoint has no %s; it is left as it is", label)
+            elif found.present and not active and component.on_missing != "ignore":
+                report.unexpected.append(component.label(self))
+        saved_components = checkpoint.get(NAMESPACE, {}).get("components", {})
+        report.unexpected += [
+            f"component {name!r}" for name in sorted(saved_components) if name not in known_names
+        ]
+        if report.missing or report.unexpected:
+            self._report_mismatch(checkpoint, report, strict)
+        self.restore_strict = strict
+        for component, value in plan:
+            component.load(self, value)
+            report.restored.append(component.name)
+        report.epoch, report.global_step = self.current_epoch, self.global_step
+        return report
+
+    def _report_mismatch(self, checkpoint: dict[str, Any], report: RestoreReport, strict: bool) -> None:
+        weights_only_file = bool(checkpoint.get(NAMESPACE, {}).get("weights_only"))
+        hint = (
+            " The file was saved with save_weights_only=True, so it holds no training state: "
+            "load it with Model.load_from_checkpoint, or resume from a full checkpoint."
+            if weights_only_file
+            else ""
+        )
+        if not strict:
+            log.warning(
+                "partial restore: missing %s; not restored %s", report.missing or "nothing",
+                report.unexpected or "nothing",
+            )
+            return
+        if report.missing:
+            raise MissingStateError(
+                f"the checkpoint lacks state for {', '.join(report.missing)}.{hint} Pass "
+                "strict=False to restore what is there.",
+                report.missing,
+            )
+        raise UnexpectedStateError(
+            f"the checkpoint holds state nothing tracked can take: {', '.join(report.unexpected)}. "
+            "Track the matching objects, or pass strict=False to leave it out.",
+            report.unexpected,
+        )
+
+    # ------------------------------------------------------------------ teardown
+    def close(self) -> None:
+        """Release resources; call when training is over (``fit`` does not close)."""
+        errors: list[BaseException] = []
+        for cb in self.callbacks:
+            try:
+                cb.teardown(self)
+            except Exception as exc:
+                errors.append(exc)
+        if self.store.checkpoint_io is not None:
+            self.store.checkpoint_io.teardown()
+        if errors:
+            raise CheckpointError(f"closing the checkpointer failed: {errors[0]}") from errors[0]
+
+    def __enter__(self) -> Checkpointer:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+def _accepts_positional(fn: Callable[..., Any]) -> bool:
+    try:
+        parameters = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return any(
+        p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.VAR_POSITIONAL) for p in parameters
+    )

@@ -1,0 +1,1 @@
+"""Storage: CheckpointIO backends, path helpers, hashing and weights-only safety checks."""

@@ -1,0 +1,108 @@
+"""Checksums computed while bytes stream out, and a file wrapper that computes them.
+
+``xxh3_64`` (about 10 GB/s on one core) is used when the optional ``xxhash`` package is installed,
+else ``crc32`` from the standard library (about 3 GB/s); either is far faster than a disk. The
+algorithm's name is stored next to the value, so a file is verified with the algorithm it was
+written with.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Iterable
+from typing import IO, Any, Protocol
+
+CHUNK = 8 * 1024 * 1024
+
+
+class Hasher(Protocol):
+    def update(self, data: bytes | memoryview, /) -> None: ...
+
+    def hexdigest(self) -> str: ...
+
+
+class _Crc32:
+    name = "crc32"
+
+    def __init__(self) -> None:
+        self._value = 0
+
+    def update(self, data: bytes | memoryview, /) -> None:
+        self._value = zlib.crc32(data, self._value)
+
+    def hexdigest(self) -> str:
+        return f"{self._value & 0xFFFFFFFF:08x}"
+
+
+def _xxh3() -> Hasher | None:
+    try:
+        import xxhash
+    except ImportError:
+        return None
+    hasher: Hasher = xxhash.xxh3_64()
+    return hasher
+
+
+def available_algorithms() -> tuple[str, ...]:
+    return ("xxh3_64", "crc32") if _xxh3() is not None else ("crc32",)
+
+
+def default_algorithm() -> str:
+    return available_algorithms()[0]
+
+
+def new_hasher(algorithm: str | None = None) -> tuple[str, Hasher]:
+    """A fresh hasher for ``algorithm`` (default: the fastest available)."""
+    name = algorithm or default_algorithm()
+    if name == "crc32":
+        return name, _Crc32()
+    if name == "xxh3_64":
+        hasher = _xxh3()
+        if hasher is not None:
+            return name, hasher
+        raise LookupError("checksum algorithm 'xxh3_64' needs the 'xxhash' package (pip install xxhash)")
+    raise LookupError(f"unknown checksum algorithm {name!r}")
+
+
+def hash_stream(chunks: Iterable[bytes | memoryview], algorithm: str) -> tuple[int, str]:
+    """Size and hex digest of a stream of chunks."""
+    _, hasher = new_hasher(algorithm)
+    size = 0
+    for chunk in chunks:
+        hasher.update(chunk)
+        size += len(chunk)
+    return size, hasher.hexdigest()
+
+
+def read_chunks(handle: IO[bytes], chunk_size: int = CHUNK) -> Iterable[bytes]:
+    while True:
+        chunk = handle.read(chunk_size)
+        if not chunk:
+            return
+        yield chunk
+
+
+class HashingWriter:
+    """Wraps a binary file: every write also feeds the hasher and counts bytes.
+
+    ``torch.save`` writes its zip records straight through this object, so the checkpoint is never
+    buffered whole in memory and the checksum costs no second read pass.
+    """
+
+    def __init__(self, handle: IO[bytes], algorithm: str | None = None) -> None:
+        self._handle = handle
+        self.algorithm, self._hasher = new_hasher(algorithm)
+        self.size = 0
+
+    def write(self, data: Any) -> int:
+        view = memoryview(data).cast("B")
+        self._hasher.update(view)
+        self.size += view.nbytes
+        written = self._handle.write(view)
+        return view.nbytes if written is None else written
+
+    def flush(self) -> None:
+        self._handle.flush()
+
+    def hexdigest(self) -> str:
+        return self._hasher.hexdigest()

@@ -1,0 +1,75 @@
+"""Path and URL helpers over fsspec; local paths stay plain strings."""
+
+from __future__ import annotations
+
+import os
+import posixpath
+from collections.abc import Mapping
+from typing import Any
+
+import fsspec
+from fsspec.core import split_protocol
+
+LOCAL_PROTOCOLS = frozenset({"file", "local"})
+
+
+def protocol_of(path: str | os.PathLike[str]) -> str:
+    """The URL protocol of ``path`` (``"file"`` for plain local paths)."""
+    protocol, _ = split_protocol(os.fspath(path))
+    return protocol or "file"
+
+
+def is_local(path: str | os.PathLike[str]) -> bool:
+    return protocol_of(path) in LOCAL_PROTOCOLS
+
+
+def local_path(path: str | os.PathLike[str]) -> str:
+    """A local path without any ``file://`` prefix."""
+    text = os.fspath(path)
+    protocol, rest = split_protocol(text)
+    return rest if protocol in LOCAL_PROTOCOLS else text
+
+
+def normalize(path: str | os.PathLike[str]) -> str:
+    """Absolute local paths; URLs unchanged (without a trailing slash)."""
+    text = os.fspath(path)
+    if is_local(text):
+        return os.path.abspath(os.path.expanduser(local_path(text)))
+    return text.rstrip("/")
+
+
+def join(base: str, *parts: str) -> str:
+    if is_local(base):
+        return os.path.join(base, *parts)
+    return posixpath.join(base, *parts)
+
+
+def dirname(path: str) -> str:
+    if is_local(path):
+        return os.path.dirname(path)
+    protocol, rest = split_protocol(path)
+    parent = posixpath.dirname(rest)
+    return f"{protocol}://{parent}" if protocol else parent
+
+
+def basename(path: str) -> str:
+    return os.path.basename(path) if is_local(path) else posixpath.basename(path.rstrip("/"))
+
+
+def filesystem(path: str, storage_options: Mapping[str, Any] | None = None) -> fsspec.AbstractFileSystem:
+    """The fsspec filesystem for ``path``, built with ``storage_options``."""
+    fs, _ = fsspec.core.url_to_fs(path, **dict(storage_options or {}))
+    return fs
+
+
+def fs_path(fs: fsspec.AbstractFileSystem, path: str) -> str:
+    """``path`` in the form ``fs`` expects (no protocol prefix)."""
+    return str(fs._strip_protocol(path))
+
+
+def unstrip(fs: fsspec.AbstractFileSystem, template: str, stripped: str) -> str:
+    """Give ``stripped`` (a path returned by ``fs``) the protocol prefix ``template`` had."""
+    protocol, _ = split_protocol(template)
+    if protocol is None or protocol in LOCAL_PROTOCOLS:
+        return stripped
+    return f"{protocol}://{stripped.lstrip('/')}" if protocol != "memory" else f"memory://{stripped}"

@@ -1,0 +1,406 @@
+"""The plugin host: owns the pluggy ``PluginManager`` and is the only caller of hooks.
+
+The rest of ckpthooks talks to plugins through the typed methods of :class:`PluginHost`, never through
+``pm.hook.*``. Built-in plugins are registered first, exactly like external ones; then the
+``ckpthooks`` entry points are loaded one at a time, so that one broken plugin is recorded (and
+reported by ``ckpthooks plugins``) instead of taking the host down.
+
+Environment variables:
+
+``CKPTHOOKS_STRICT_PLUGINS=1``
+    A plugin that fails to import or register raises :class:`~ckpthooks.exceptions.PluginLoadError`.
+``CKPTHOOKS_PLUGINS_ALLOW=a,b``
+    Load only these entry-point plugins (built-in plugins are always loaded unless blocked).
+``CKPTHOOKS_PLUGINS_BLOCK=c,d``
+    Never load these plugins; built-in plugin names may be blocked too (to replace one).
+``CKPTHOOKS_DISABLE_PLUGIN_AUTOLOAD=1``
+    Load no entry-point plugins at all.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import threading
+import warnings
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from importlib import metadata
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
+
+import pluggy
+
+from ckpthooks import hookspecs
+from ckpthooks._version import __version__
+from ckpthooks.exceptions import (
+    ConfigurationError,
+    DuplicateContributionError,
+    PluginError,
+    PluginLoadError,
+)
+
+if TYPE_CHECKING:
+    from ckpthooks.callbacks import Callback
+    from ckpthooks.checkpointer import Checkpointer
+    from ckpthooks.components import StateComponent
+    from ckpthooks.io.base import CheckpointIO, CheckpointIOSpec, SaveResult
+
+log = logging.getLogger(__name__)
+
+ENTRY_POINT_GROUP = hookspecs.PROJECT_NAME
+
+#: Built-in plugins, in registration order: (plugin name, module).
+BUILTIN_PLUGINS: tuple[tuple[str, str], ...] = (
+    ("builtin-state", "ckpthooks._builtin.state"),
+    ("builtin-policies", "ckpthooks._builtin.policies"),
+    ("builtin-storage", "ckpthooks._builtin.storage"),
+)
+
+Source = Literal["builtin", "entrypoint", "manual"]
+T = TypeVar("T")
+
+
+class PluginLoadWarning(UserWarning):
+    """A plugin failed to load and was skipped (see ``ckpthooks plugins``)."""
+
+
+@dataclass(frozen=True)
+class PluginInfo:
+    """What ``ckpthooks plugins`` reports about one plugin."""
+
+    name: str
+    source: Source
+    distribution: str | None = None
+    version: str | None = None
+    module: str | None = None
+    hooks: tuple[str, ...] = ()
+    error: str | None = None
+
+    @property
+    def active(self) -> bool:
+        return self.error is None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "source": self.source,
+            "distribution": self.distribution,
+            "version": self.version,
+            "module": self.module,
+            "hooks": list(self.hooks),
+            "active": self.active,
+            "error": self.error,
+        }
+
+
+def _env_names(variable: str) -> set[str] | None:
+    raw = os.environ.get(variable)
+    if raw is None or not raw.strip():
+        return None
+    return {part.strip() for part in raw.split(",") if part.strip()}
+
+
+def _env_flag(variable: str) -> bool:
+    return os.environ.get(variable, "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+@dataclass
+class _Registered:
+    info: PluginInfo
+    order: tuple[int, str]
+
+
+@dataclass
+class PluginHost:
+    """A pluggy plugin manager with the built-in plugins, the entry points and a typed facade.
+
+    Create one with :func:`get_plugin_host` (the shared, lazily built host) or directly in tests.
+    """
+
+    load_entry_points: bool = True
+    strict: bool | None = None
+    allow: set[str] | None = None
+    block: set[str] | None = None
+    load_builtins: bool = True
+    pm: pluggy.PluginManager = field(init=False)
+    _registered: dict[str, _Registered] = field(init=False, default_factory=dict)
+    _failures: dict[str, PluginInfo] = field(init=False, default_factory=dict)
+    _io_cache: dict[str, CheckpointIO] = field(init=False, default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.strict is None:
+            self.strict = _env_flag("CKPTHOOKS_STRICT_PLUGINS")
+        if self.allow is None:
+            self.allow = _env_names("CKPTHOOKS_PLUGINS_ALLOW")
+        if self.block is None:
+            self.block = _env_names("CKPTHOOKS_PLUGINS_BLOCK") or set()
+        if _env_flag("CKPTHOOKS_DISABLE_PLUGIN_AUTOLOAD"):
+            self.load_entry_points = False
+        self.pm = pluggy.PluginManager(hookspecs.PROJECT_NAME)
+        self.pm.add_hookspecs(hookspecs)
+        if self.load_builtins:
+            for index, (name, module) in enumerate(BUILTIN_PLUGINS):
+                if name in self.block:
+                    log.info("built-in plugin %s is blocked", name)
+                    continue
+                self._register(importlib.import_module(module), name, "builtin", order=(0, f"{index:03d}"))
+        if self.load_entry_points:
+            self._load_entry_points()
+
+    # ----------------------------------------------------------------- registration
+
+    def register(self, plugin: object, name: str | None = None) -> str:
+        """Register a plugin object by hand (for tests and programmatic use); returns its name."""
+        plugin_name = name or getattr(plugin, "__name__", None) or f"plugin-{id(plugin):x}"
+        self._register(plugin, plugin_name, "manual", order=(2, plugin_name))
+        return plugin_name
+
+    def unregister(self, name: str) -> None:
+        """Remove a plugin registered under ``name``."""
+        if name not in self._registered:
+            raise PluginError(f"no plugin named {name!r} is registered")
+        self.pm.unregister(name=name)
+        del self._registered[name]
+        self._io_cache.clear()
+
+    def _register(
+        self,
+        plugin: object,
+        name: str,
+        source: Source,
+        *,
+        order: tuple[int, str],
+        distribution: str | None = None,
+        version: str | None = None,
+    ) -> None:
+        if name in self._registered:
+            raise PluginError(f"a plugin named {name!r} is already registered")
+        self.pm.register(plugin, name=name)
+        try:
+            self.pm.check_pending()
+        except pluggy.PluginValidationError as exc:
+            self.pm.unregister(name=name)
+            raise PluginError(f"plugin {name!r} implements an unknown hook: {exc}") from exc
+        hooks = tuple(sorted(caller.name for caller in self.pm.get_hookcallers(plugin) or ()))
+        if source == "builtin":
+            distribution, version = hookspecs.PROJECT_NAME, __version__
+        info = PluginInfo(
+            name=name,
+            source=source,
+            distribution=distribution,
+            version=version,
+            module=getattr(plugin, "__name__", type(plugin).__name__),
+            hooks=hooks,
+        )
+        self._registered[name] = _Registered(info=info, order=order)
+        self._io_cache.clear()
+
+    def _load_entry_points(self) -> None:
+        entry_points = sorted(metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda ep: ep.name)
+        for ep in entry_points:
+            if ep.name in (self.block or set()):
+                log.info("plugin %s is blocked by CKPTHOOKS_PLUGINS_BLOCK", ep.name)
+                continue
+            if self.allow is not None and ep.name not in self.allow:
+                log.info("plugin %s is not in CKPTHOOKS_PLUGINS_ALLOW", ep.name)
+                continue
+            if ep.name in self._registered:
+                continue  # the same entry point seen twice (duplicate distributions on sys.path)
+            dist = getattr(ep, "dist", None)
+            dist_name = getattr(dist, "name", None)
+            dist_version = getattr(dist, "version", None)
+            try:
+                plugin = ep.load()
+                self._register(
+                    plugin,
+                    ep.name,
+                    "entrypoint",
+                    order=(1, ep.name),
+                    distribution=dist_name,
+                    version=dist_version,
+                )
+            except Exception as exc:  # one broken plugin must not stop the host
+                if self.strict:
+                    raise PluginLoadError(ep.name, exc) from exc
+                message = f"{type(exc).__name__}: {exc}"
+                self._failures[ep.name] = PluginInfo(
+                    name=ep.name,
+                    source="entrypoint",
+                    distribution=dist_name,
+                    version=dist_version,
+                    module=ep.value,
+                    error=message,
+                )
+                warnings.warn(
+                    f"ckpthooks: plugin {ep.name!r} failed to load and is skipped ({message})",
+                    PluginLoadWarning,
+                    stacklevel=2,
+                )
+
+    # ----------------------------------------------------------------- introspection
+
+    def plugins(self) -> list[PluginInfo]:
+        """Every registered plugin, then every plugin that failed to load, in hook-call order."""
+        ordered = sorted(self._registered.values(), key=lambda r: r.order)
+        return [r.info for r in ordered] + sorted(self._failures.values(), key=lambda i: i.name)
+
+    @property
+    def failures(self) -> list[PluginInfo]:
+        return sorted(self._failures.values(), key=lambda i: i.name)
+
+    def plugin_versions(self) -> dict[str, str | None]:
+        """Name -> version of every active plugin (recorded in checkpoints and manifests)."""
+        return {info.name: info.version for info in self.plugins() if info.active}
+
+    # ----------------------------------------------------------------- calling contribution hooks
+
+    def _call_each(self, hook_name: str, **kwargs: Any) -> list[tuple[str, Any]]:
+        """Call every implementation of a hook in the deterministic plugin order."""
+        caller = getattr(self.pm.hook, hook_name)
+        impls = sorted(caller.get_hookimpls(), key=lambda impl: self._order_of(impl.plugin_name))
+        results: list[tuple[str, Any]] = []
+        for impl in impls:
+            args = {name: kwargs[name] for name in impl.argnames}
+            result = impl.function(**args)
+            if result is not None:
+                results.append((impl.plugin_name, result))
+        return results
+
+    def _order_of(self, name: str) -> tuple[int, str]:
+        registered = self._registered.get(name)
+        return registered.order if registered else (3, name)
+
+    def _collect_named(
+        self, kind: str, hook_name: str, key: Callable[[Any], str], **kwargs: Any
+    ) -> list[tuple[str, Any]]:
+        seen: dict[str, str] = {}
+        items: list[tuple[str, Any]] = []
+        for plugin_name, contribution in self._call_each(hook_name, **kwargs):
+            if not isinstance(contribution, Sequence):
+                raise PluginError(
+                    f"plugin {plugin_name!r}: hook {hook_name} must return a sequence, "
+                    f"not {type(contribution).__name__}"
+                )
+            for item in contribution:
+                item_name = key(item)
+                if item_name in seen:
+                    raise DuplicateContributionError(kind, item_name, seen[item_name], plugin_name)
+                seen[item_name] = plugin_name
+                items.append((plugin_name, item))
+        return items
+
+    def state_components(self, checkpointer: Checkpointer) -> list[tuple[str, StateComponent]]:
+        """``(plugin name, component)`` pairs from :func:`~ckpthooks.hookspecs.register_state_components`."""
+        return self._collect_named(
+            "state component",
+            "register_state_components",
+            lambda c: str(c.name),
+            checkpointer=checkpointer,
+        )
+
+    def policies(self, checkpointer: Checkpointer) -> list[tuple[str, Callback]]:
+        """``(plugin name, callback)`` pairs from :func:`~ckpthooks.hookspecs.register_policies`."""
+        return self._collect_named(
+            "policy", "register_policies", lambda c: str(c.state_key), checkpointer=checkpointer
+        )
+
+    def checkpoint_io_specs(self) -> list[tuple[str, CheckpointIOSpec]]:
+        """``(plugin name, spec)`` pairs from :func:`~ckpthooks.hookspecs.register_checkpoint_io`."""
+        return self._collect_named("storage backend", "register_checkpoint_io", lambda s: str(s.name))
+
+    def checkpoint_io_for(self, path: str) -> CheckpointIO:
+        """The storage backend for ``path``: the highest-priority spec serving its protocol."""
+        from ckpthooks.io.paths import protocol_of
+
+        protocol = protocol_of(path)
+        cached = self._io_cache.get(protocol)
+        if cached is not None:
+            return cached
+        candidates = [
+            (spec.priority, -index, spec)
+            for index, (_, spec) in enumerate(self.checkpoint_io_specs())
+            if protocol in spec.protocols or "*" in spec.protocols
+        ]
+        if not candidates:
+            raise ConfigurationError(
+                f"no storage backend serves {protocol!r} URLs such as {path!r}; install a plugin "
+                "that does, or pass checkpoint_io= to the Checkpointer"
+            )
+        spec = max(candidates, key=lambda c: (c[0], c[1]))[2]
+        io = spec.factory()
+        self._io_cache[protocol] = io
+        return io
+
+    # ----------------------------------------------------------------- calling edit and storage hooks
+
+    def on_save_checkpoint(self, checkpointer: Checkpointer, checkpoint: dict[str, Any]) -> None:
+        self.pm.hook.on_save_checkpoint(checkpointer=checkpointer, checkpoint=checkpoint)
+
+    def on_load_checkpoint(self, checkpointer: Checkpointer, checkpoint: dict[str, Any]) -> None:
+        self.pm.hook.on_load_checkpoint(checkpointer=checkpointer, checkpoint=checkpoint)
+
+    def save_checkpoint(
+        self,
+        checkpoint: dict[str, Any],
+        path: str,
+        storage_options: Mapping[str, Any] | None,
+        checkpoint_io: CheckpointIO,
+    ) -> SaveResult | None:
+        result: SaveResult | None = self.pm.hook.save_checkpoint(
+            checkpoint=checkpoint,
+            path=path,
+            storage_options=storage_options,
+            checkpoint_io=checkpoint_io,
+        )
+        return result
+
+    def load_checkpoint(
+        self,
+        path: str,
+        storage_options: Mapping[str, Any] | None,
+        checkpoint_io: CheckpointIO,
+        map_location: Any = None,
+        weights_only: bool = True,
+    ) -> dict[str, Any]:
+        result: dict[str, Any] | None = self.pm.hook.load_checkpoint(
+            path=path,
+            storage_options=storage_options,
+            checkpoint_io=checkpoint_io,
+            map_location=map_location,
+            weights_only=weights_only,
+        )
+        if result is None:
+            raise PluginError(f"no storage hook loaded {path!r} (is the built-in storage plugin blocked?)")
+        return result
+
+    def remove_checkpoint(
+        self, path: str, storage_options: Mapping[str, Any] | None, checkpoint_io: CheckpointIO
+    ) -> None:
+        handled = self.pm.hook.remove_checkpoint(
+            path=path, storage_options=storage_options, checkpoint_io=checkpoint_io
+        )
+        if handled is None:
+            raise PluginError(f"no storage hook removed {path!r} (is the built-in storage plugin blocked?)")
+
+
+_host: PluginHost | None = None
+_host_lock = threading.Lock()
+
+
+def get_plugin_host() -> PluginHost:
+    """The shared plugin host, built on first use (``import ckpthooks`` loads no plugin)."""
+    global _host
+    if _host is None:
+        with _host_lock:
+            if _host is None:
+                _host = PluginHost()
+    return _host
+
+
+def set_plugin_host(host: PluginHost | None) -> PluginHost | None:
+    """Replace the shared host (``None`` rebuilds it on next use); returns the previous one."""
+    global _host
+    with _host_lock:
+        previous, _host = _host, host
+    return previous

@@ -1,0 +1,1 @@
+"""Built-in policies: when to save, how to name, what to keep."""

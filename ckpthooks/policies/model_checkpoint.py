@@ -1,0 +1,429 @@
+"""``ModelCheckpoint``: Lightning's checkpointing policy for plain loops.
+
+The policy is composed of small parts: :class:`~ckpthooks.policies.schedule.SaveSchedule` (when),
+:func:`~ckpthooks.policies.naming.format_filename` (how to name), :class:`~ckpthooks.policies.topk.TopK`
+(what to keep). This class only wires them to the loop's events and the checkpointer's save/remove.
+Deleting is guarded: only files this policy wrote, never the file the run resumed from, and only after
+the checkpoint that replaces it is committed.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any, Literal
+
+from ckpthooks.callbacks import Callback
+from ckpthooks.exceptions import ConfigurationError
+from ckpthooks.io import paths
+from ckpthooks.io.torch_io import temp_name_for
+from ckpthooks.manifest import (
+    Manifest,
+    iter_committed,
+    read_manifest,
+    remove_manifest,
+    write_manifest,
+)
+from ckpthooks.policies.naming import EXTENSION, format_filename, with_version
+from ckpthooks.policies.schedule import SaveSchedule
+from ckpthooks.policies.topk import Mode, TopK
+
+if TYPE_CHECKING:
+    from ckpthooks.checkpointer import Checkpointer
+
+log = logging.getLogger(__name__)
+
+LAST_NAME = "last"
+STARTING_VERSION = 1
+
+
+class ModelCheckpoint(Callback):
+    """Save checkpoints when, as and where Lightning's ``ModelCheckpoint`` would.
+
+    Args:
+        dirpath: folder (or URL) for the files; default ``<default_root_dir>/checkpoints``.
+        filename: template such as ``"{epoch:02d}-{val_loss:.2f}"``; default ``"{epoch}-{step}"``.
+        monitor: metric to rank by (logged with ``Checkpointer.log``); ``None`` keeps the latest.
+        verbose: log every decision at INFO level.
+        save_last: also keep ``last.ckpt`` with the latest state; ``"link"`` makes it a link to the
+            newest file where the storage allows (a copy elsewhere).
+        save_top_k: how many best files to keep: ``-1`` all, ``0`` none, ``k``. Without a monitor
+            only ``-1``, ``0`` and ``1`` (the latest) make sense.
+        save_weights_only: write only the model weights (and hyperparameters).
+        mode: ``"min"`` or ``"max"``: which direction of ``monitor`` is better.
+        auto_insert_metric_name: ``{val_loss}`` renders as ``val_loss=0.25`` rather than ``0.25``.
+        every_n_train_steps: save every N training steps.
+        train_time_interval: save when this much time (a ``timedelta``) has passed.
+        every_n_epochs: save every N epochs (default 1 when neither of the above is set).
+        save_on_train_epoch_end: save epoch-based checkpoints at the end of the training epoch
+            rather than after validation.
+        enable_version_counter: when a name is taken, append ``-v1``, ``-v2``...; when off, a
+            name collision raises instead of replacing a file silently.
+    """
+
+    def __init__(
+        self,
+        dirpath: str | os.PathLike[str] | None = None,
+        filename: str | None = None,
+        monitor: str | None = None,
+        verbose: bool = False,
+        save_last: bool | Literal["link"] | None = None,
+        save_top_k: int = 1,
+        save_weights_only: bool = False,
+        mode: Mode = "min",
+        auto_insert_metric_name: bool = True,
+        every_n_train_steps: int | None = None,
+        train_time_interval: timedelta | None = None,
+        every_n_epochs: int | None = None,
+        save_on_train_epoch_end: bool | None = None,
+        enable_version_counter: bool = True,
+    ) -> None:
+        if mode not in ("min", "max"):
+            raise ConfigurationError(f"mode must be 'min' or 'max', not {mode!r}")
+        if not isinstance(save_top_k, int) or save_top_k < -1:
+            raise ConfigurationError(f"save_top_k must be an integer >= -1, not {save_top_k!r}")
+        if monitor is None and save_top_k not in (-1, 0, 1):
+            raise ConfigurationError(
+                f"save_top_k={save_top_k} needs a monitor to rank by; set monitor=, or use "
+                "save_top_k=-1 (keep all) or 1 (keep the latest)"
+            )
+        if save_last not in (None, True, False, "link"):
+            raise ConfigurationError(f"save_last must be True, False, None or 'link', not {save_last!r}")
+        if filename is not None and filename.endswith(EXTENSION):
+            filename = filename[: -len(EXTENSION)]
+        self._dirpath_arg = None if dirpath is None else os.fspath(dirpath)
+        self.dirpath: str | None = None if dirpath is None else paths.normalize(dirpath)
+        self.filename = filename
+        self.monitor = monitor
+        self.verbose = verbose
+        self.save_last = save_last
+        self.save_top_k = save_top_k
+        self.save_weights_only = save_weights_only
+        self.mode: Mode = mode
+        self.auto_insert_metric_name = auto_insert_metric_name
+        self.enable_version_counter = enable_version_counter
+        self.schedule = SaveSchedule(
+            every_n_train_steps=every_n_train_steps,
+            every_n_epochs=every_n_epochs,
+            train_time_interval=train_time_interval,
+            save_on_train_epoch_end=save_on_train_epoch_end,
+        )
+        self.topk = TopK(k=save_top_k, mode=mode)
+        self.current_score: float | None = None
+        self.last_model_path = ""
+        self._latest_path = ""  # newest file this policy wrote (for save_top_k=1 without monitor)
+        self._last_global_step_saved = -1
+        self._checkpointer: Checkpointer | None = None
+
+    # ------------------------------------------------------------------ Lightning's attributes
+    @property
+    def best_k_models(self) -> dict[str, float]:
+        return dict(self.topk.scores)
+
+    @property
+    def best_model_path(self) -> str:
+        if self.monitor is None:
+            return self._latest_path
+        return self.topk.best_path or ""
+
+    @property
+    def best_model_score(self) -> float | None:
+        return self.topk.best_value
+
+    @property
+    def kth_best_model_path(self) -> str:
+        return self.topk.kth_path or ""
+
+    @property
+    def kth_value(self) -> float | None:
+        return self.topk.kth_value
+
+    @property
+    def every_n_train_steps(self) -> int:
+        return int(self.schedule.every_n_train_steps or 0)
+
+    @property
+    def every_n_epochs(self) -> int:
+        return int(self.schedule.every_n_epochs or 0)
+
+    @property
+    def train_time_interval(self) -> timedelta | None:
+        return self.schedule.train_time_interval
+
+    @property
+    def state_key(self) -> str:
+        """Stable across options that do not change the ranking (unlike Lightning's)."""
+        key: dict[str, Any] = {"monitor": self.monitor, "mode": self.mode}
+        if self._dirpath_arg is not None:
+            key["dirpath"] = self._dirpath_arg
+        return self._generate_state_key(**key)
+
+    # ------------------------------------------------------------------ events
+    def setup(self, checkpointer: Checkpointer) -> None:
+        self._checkpointer = checkpointer
+        if self.dirpath is None:
+            self.dirpath = paths.join(checkpointer.default_root_dir, "checkpoints")
+
+    def on_fit_start(self, checkpointer: Checkpointer) -> None:
+        self.schedule.start()
+
+    def on_train_batch_end(self, checkpointer: Checkpointer) -> None:
+        if self._already_saved(checkpointer):
+            return
+        if self.schedule.due_after_step(checkpointer.global_step):
+            self.save_due(checkpointer)
+
+    def on_train_epoch_end(self, checkpointer: Checkpointer) -> None:
+        if self.schedule.saves_on_train_epoch_end():
+            self._epoch_save(checkpointer)
+
+    def on_validation_end(self, checkpointer: Checkpointer) -> None:
+        if not self.schedule.saves_on_train_epoch_end():
+            self._epoch_save(checkpointer)
+
+    def _epoch_save(self, checkpointer: Checkpointer) -> None:
+        if self._already_saved(checkpointer):
+            return
+        if self.schedule.due_at_epoch_end(checkpointer.current_epoch):
+            self.save_due(checkpointer)
+
+    def _already_saved(self, checkpointer: Checkpointer) -> bool:
+        return self._last_global_step_saved == checkpointer.global_step
+
+    # ------------------------------------------------------------------ saving
+    def monitor_candidates(self, checkpointer: Checkpointer) -> dict[str, float]:
+        candidates = dict(checkpointer.callback_metrics)
+        candidates.setdefault("epoch", float(checkpointer.current_epoch))
+        candidates.setdefault("step", float(checkpointer.global_step))
+        candidates.setdefault("global_step", float(checkpointer.global_step))
+        return candidates
+
+    def save_due(self, checkpointer: Checkpointer) -> None:
+        """Save now: a top-k (or latest) file as configured, then ``last``."""
+        candidates = self.monitor_candidates(checkpointer)
+        self._last_global_step_saved = checkpointer.global_step
+        saved = self._save_topk(checkpointer, candidates)
+        self._save_last(checkpointer, candidates, saved)
+
+    def _save_topk(self, checkpointer: Checkpointer, candidates: dict[str, float]) -> str | None:
+        if self.save_top_k == 0:
+            return None
+        if self.monitor is None:
+            return self._save_latest(checkpointer, candidates)
+        if self.monitor not in candidates:
+            log.warning(
+                "ModelCheckpoint(monitor=%r) found no logged metric %r at step %d; no top-k file "
+                "saved. Log it with Checkpointer.log before this point.",
+                self.monitor, self.monitor, checkpointer.global_step,
+            )
+            return None
+        score = candidates[self.monitor]
+        self.current_score = score
+        if not math.isfinite(score):
+            log.warning(
+                "ModelCheckpoint: %s=%s at step %d is not finite; it is never ranked",
+                self.monitor, score, checkpointer.global_step,
+            )
+            return None
+        if not self.topk.qualifies(score):
+            if self.verbose:
+                log.info(
+                    "epoch %d, step %d: %s=%s is not in the top %d",
+                    checkpointer.current_epoch, checkpointer.global_step, self.monitor, score, self.save_top_k,
+                )
+            return None
+        displaced = self.topk.displaced()
+        filepath = self._new_filepath(candidates, reuse=displaced)
+        if displaced is not None:
+            self.topk.discard(displaced)
+        self.topk.add(filepath, score)
+        if self.verbose:
+            log.info(
+                "epoch %d, step %d: %s reached %s (best %s), saving %s",
+                checkpointer.current_epoch, checkpointer.global_step, self.monitor, score,
+                self.topk.best_value, filepath,
+            )
+        self._write(checkpointer, filepath, role="topk", score=score, replaces=displaced)
+        return filepath
+
+    def _save_latest(self, checkpointer: Checkpointer, candidates: dict[str, float]) -> str:
+        previous = self._latest_path or None
+        replaces = previous if self.save_top_k == 1 else None
+        filepath = self._new_filepath(candidates, reuse=replaces)
+        self._latest_path = filepath
+        self._write(checkpointer, filepath, role="topk", score=None, replaces=replaces)
+        return filepath
+
+    def _save_last(self, checkpointer: Checkpointer, candidates: dict[str, float], saved: str | None) -> None:
+        if not self.save_last:
+            return
+        filepath = self._filepath(format_filename(LAST_NAME, candidates, auto_insert_metric_name=False))
+        if self.enable_version_counter and filepath != self.last_model_path:
+            filepath = self._versioned(filepath, LAST_NAME, candidates, reuse=self.last_model_path or None)
+        previous = self.last_model_path or None
+        self.last_model_path = filepath
+        replaces = previous if previous and previous != filepath else None
+        if self.save_last == "link" and saved is not None:
+            self._link(checkpointer, saved, filepath, replaces)
+        else:
+            self._write(checkpointer, filepath, role="last", score=None, replaces=replaces)
+
+    def _write(
+        self,
+        checkpointer: Checkpointer,
+        filepath: str,
+        *,
+        role: str,
+        score: float | None,
+        replaces: str | None,
+    ) -> None:
+        def after_commit(manifest: Manifest) -> None:
+            if replaces is not None and replaces != filepath:
+                self._remove_if_ours(checkpointer, replaces)
+
+        writer = f"{self.state_key}#{role}"
+        checkpointer.save_checkpoint(
+            filepath, self.save_weights_only, writer=writer, on_committed=after_commit
+        )
+
+    def _link(self, checkpointer: Checkpointer, source: str, filepath: str, replaces: str | None) -> None:
+        """``last`` as a copy of the newest top-k file's commit (a second full write is avoided
+        where the filesystem can link)."""
+        if paths.is_local(filepath) and checkpointer.is_global_zero:
+            manifest = read_manifest(source, checkpointer.storage_options)
+            if manifest is not None:
+                target = paths.local_path(filepath)
+                remove_manifest(target)
+                tmp = temp_name_for(target)
+                os.link(paths.local_path(source), tmp)
+                os.replace(tmp, target)
+                manifest.file = paths.basename(filepath)
+                manifest.writer = f"{self.state_key}#last"
+                write_manifest(target, manifest)
+                if replaces is not None:
+                    self._remove_if_ours(checkpointer, replaces)
+                return
+        self._write(checkpointer, filepath, role="last", score=None, replaces=replaces)
+
+    # ------------------------------------------------------------------ naming
+    def _filepath(self, name: str) -> str:
+        assert self.dirpath is not None
+        return paths.join(self.dirpath, name + EXTENSION)
+
+    def format_checkpoint_name(self, metrics: dict[str, float], ver: int | None = None) -> str:
+        """The path a save with ``metrics`` would use (Lightning's method of the same name)."""
+        name = format_filename(self.filename, metrics, auto_insert_metric_name=self.auto_insert_metric_name)
+        if ver is not None:
+            name = with_version(name, ver)
+        return self._filepath(name)
+
+    def _new_filepath(self, candidates: dict[str, float], reuse: str | None) -> str:
+        filepath = self.format_checkpoint_name(candidates)
+        if self.enable_version_counter:
+            return self._versioned(filepath, None, candidates, reuse)
+        if filepath != reuse and self._exists(filepath):
+            raise ConfigurationError(
+                f"ModelCheckpoint would overwrite {filepath}, which already exists, because the "
+                "filename template gives the same name again and enable_version_counter=False. "
+                "Put {step} or a metric in filename=, or enable the version counter."
+            )
+        return filepath
+
+    def _versioned(
+        self, filepath: str, fixed: str | None, candidates: dict[str, float], reuse: str | None
+    ) -> str:
+        version = STARTING_VERSION
+        while filepath != reuse and self._exists(filepath):
+            if fixed is None:
+                filepath = self.format_checkpoint_name(candidates, ver=version)
+            else:
+                filepath = self._filepath(with_version(fixed, version))
+            version += 1
+        return filepath
+
+    def _exists(self, filepath: str) -> bool:
+        if filepath in self.topk.scores or filepath in (self.last_model_path, self._latest_path):
+            return True
+        fs = paths.filesystem(filepath, self._storage_options())
+        return bool(fs.exists(paths.fs_path(fs, filepath)))
+
+    def _storage_options(self) -> Any:
+        return self._checkpointer.storage_options if self._checkpointer else None
+
+    # ------------------------------------------------------------------ deleting
+    def _remove_if_ours(self, checkpointer: Checkpointer, filepath: str) -> None:
+        if filepath in self.topk.scores or filepath in (self.last_model_path, self._latest_path):
+            return  # still referenced (the name was reused)
+        if checkpointer.resumed_from is not None and paths.normalize(filepath) == checkpointer.resumed_from:
+            log.info("keeping %s: the run resumed from it", filepath)
+            return
+        manifest = read_manifest(filepath, checkpointer.storage_options)
+        if manifest is None or not (manifest.writer or "").startswith(self.state_key + "#"):
+            log.info("keeping %s: this ModelCheckpoint did not write it", filepath)
+            return
+        checkpointer.remove_checkpoint(filepath)
+
+    # ------------------------------------------------------------------ finding
+    def find_best(self, checkpointer: Checkpointer) -> str | None:
+        """The best committed file of this policy, from its manifests (works in a new process)."""
+        if self.monitor is None or self.dirpath is None:
+            return self.best_model_path or None
+        best: tuple[float, str] | None = None
+        for item in iter_committed(self.dirpath, checkpointer.storage_options):
+            manifest = item.manifest
+            if manifest.writer != f"{self.state_key}#topk":
+                continue
+            score = manifest.metrics.get(self.monitor)
+            if score is None or not math.isfinite(score):
+                continue
+            if best is None or self.topk.better(score, best[0]):
+                best = (score, item.path)
+        return best[1] if best else None
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> dict[str, Any]:
+        def rel(path: str | None) -> str | None:
+            return self._relative(path) if path else path
+
+        return {
+            "monitor": self.monitor,
+            "mode": self.mode,
+            "dirpath": self.dirpath,
+            "best_model_score": self.best_model_score,
+            "best_model_path": rel(self.best_model_path),
+            "current_score": self.current_score,
+            "best_k_models": {self._relative(p): s for p, s in self.topk.scores.items()},
+            "kth_best_model_path": rel(self.kth_best_model_path),
+            "kth_value": self.kth_value,
+            "last_model_path": rel(self.last_model_path),
+            "latest_model_path": rel(self._latest_path),
+            "last_global_step_saved": self._last_global_step_saved,
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.current_score = state_dict.get("current_score")
+        self._last_global_step_saved = int(state_dict.get("last_global_step_saved", -1))
+        scores = state_dict.get("best_k_models") or {}
+        self.topk.scores = {self._absolute(p): float(s) for p, s in scores.items()}
+        self.last_model_path = self._absolute(state_dict.get("last_model_path") or "")
+        self._latest_path = self._absolute(state_dict.get("latest_model_path") or "")
+
+    def _relative(self, path: str) -> str:
+        if not path:
+            return path
+        assert self.dirpath is not None
+        prefix = self.dirpath.rstrip("/") + ("/" if not paths.is_local(self.dirpath) else os.sep)
+        return path[len(prefix) :] if path.startswith(prefix) else path
+
+    def _absolute(self, path: str) -> str:
+        if not path:
+            return path
+        if os.path.isabs(path) or "://" in path:
+            return path
+        assert self.dirpath is not None
+        return paths.join(self.dirpath, path)
+
+    def __repr__(self) -> str:
+        return f"ModelCheckpoint(dirpath={self.dirpath!r}, monitor={self.monitor!r}, save_top_k={self.save_top_k})"
