@@ -1,0 +1,38 @@
+# Every target does its own set-up: a virtual environment in .venv with torch==2.13.0 installed
+# first (the CPU wheel; any other resolution would pull a multi-GB CUDA build), then the project.
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.ckpthooks-installed
+TORCH_SPEC ?= torch==2.13.0
+
+.PHONY: demo test test-all lint typecheck check clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet "$(TORCH_SPEC)"
+	$(PY) -m pip install --quiet -e ".[test]"
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+## Run the main job: train, get killed, resume from "last", compare with an uninterrupted run.
+demo: $(STAMP)
+	$(PY) examples/demo.py
+
+## Run the default test suite.
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+lint: $(STAMP)
+	$(PY) -m ruff check ckpthooks tests examples
+
+typecheck: $(STAMP)
+	$(PY) -m mypy
+
+check: lint typecheck test
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info
