@@ -100,7 +100,7 @@ class StateComponent:
         if key is None:
             components = checkpoint.get(NAMESPACE, {}).get("components", {})
             return Found(components[self.name]) if self.name in components else Found()
-        return Found(checkpoint[key]) if _has_state(checkpoint.get(key, None)) else Found()
+        return Found(checkpoint[key]) if _has_state(checkpoint.get(key)) else Found()
 
     def label(self, checkpointer: Checkpointer) -> str:
         """How errors name this component's state."""

@@ -85,7 +85,7 @@ class HyperparametersMixin:
         """The recorded hyperparameters (empty until ``save_hyperparameters`` is called)."""
         if not hasattr(self, "_hparams"):
             object.__setattr__(self, "_hparams", AttributeDict())
-        hparams: AttributeDict = self._hparams  # type: ignore[has-type]
+        hparams: AttributeDict = self.__dict__["_hparams"]
         return hparams
 
     @property
@@ -93,7 +93,8 @@ class HyperparametersMixin:
         """A copy of the hyperparameters as they were recorded, unaffected by later edits."""
         if not hasattr(self, "_hparams_initial"):
             return AttributeDict()
-        return copy.deepcopy(self._hparams_initial)  # type: ignore[has-type]
+        initial: AttributeDict = self.__dict__["_hparams_initial"]
+        return copy.deepcopy(initial)
 
     @classmethod
     def load_from_checkpoint(
@@ -136,7 +137,7 @@ def init_kwargs_from_checkpoint(
 ) -> dict[str, Any]:
     """The keyword arguments Lightning would pass to ``cls(...)``: saved hyperparameters, then
     ``overrides``, filtered to what ``__init__`` accepts unless it takes ``**kwargs``."""
-    signature = inspect.signature(cls.__init__)
+    signature = inspect.signature(cls.__init__)  # type: ignore[misc]
     parameters = list(signature.parameters.values())[1:]
     names = [p.name for p in parameters if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
     takes_any = any(p.kind is p.VAR_KEYWORD for p in parameters)

@@ -42,9 +42,8 @@ def restore_rng_states(states: dict[str, Any]) -> None:
     if "torch" in states:
         torch.set_rng_state(states["torch"])
     if "numpy" in states:
-        numpy = sys.modules.get("numpy")
-        if numpy is None:
-            import numpy
+        import numpy
+
         saved = states["numpy"]
         numpy.random.set_state(
             (

@@ -74,8 +74,11 @@ def main() -> int:
     got = json.loads(resumed_summary.read_text())
     want = json.loads(reference_summary.read_text())
     same = got["weights_sha256"] == want["weights_sha256"] and got["global_step"] == want["global_step"]
-    print(f"   interrupted+resumed: step {got['global_step']}, val_loss {got['val_loss']!r}, weights {got['weights_sha256'][:16]}")
-    print(f"   uninterrupted:       step {want['global_step']}, val_loss {want['val_loss']!r}, weights {want['weights_sha256'][:16]}")
+    for label, summary in (("interrupted+resumed", got), ("uninterrupted", want)):
+        print(
+            f"   {label:<20} step {summary['global_step']}, val_loss {summary['val_loss']!r}, "
+            f"weights {summary['weights_sha256'][:16]}"
+        )
     print("== the resumed run matches the uninterrupted one bit for bit" if same else "== MISMATCH")
     shutil.rmtree(root.parent, ignore_errors=True)
     return 0 if same else 1

@@ -55,7 +55,9 @@ class StatefulDataModule:
         self.epochs_served = state["epochs_served"]
 
 
-def make_data(batches: int = 4, batch_size: int = 8, in_dim: int = 4, seed: int = 0) -> list[tuple[torch.Tensor, torch.Tensor]]:
+def make_data(
+    batches: int = 4, batch_size: int = 8, in_dim: int = 4, seed: int = 0
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
     generator = torch.Generator().manual_seed(seed)
     return [
         (torch.randn(batch_size, in_dim, generator=generator), torch.randn(batch_size, 1, generator=generator))
@@ -70,3 +72,45 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, batch: tuple[
     loss.backward()
     optimizer.step()
     return float(loss)
+
+
+class StatefulTensorHolder:
+    """A non-module object with its own state (an EMA-like copy of weights plus a counter)."""
+
+    def __init__(self, size: int = 3, fill: float = 0.0) -> None:
+        self.value = torch.full((size,), fill)
+        self.updates = 0
+
+    def update(self, amount: float) -> None:
+        self.value += amount
+        self.updates += 1
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"value": self.value.clone(), "updates": self.updates}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.value = state["value"].clone()
+        self.updates = state["updates"]
+
+
+def assert_state_equal(actual: Any, expected: Any, where: str = "state") -> None:
+    """Recursively compare nested dicts/lists/tuples of plain values and tensors exactly."""
+    if isinstance(expected, torch.Tensor):
+        kind = type(actual).__name__
+        assert isinstance(actual, torch.Tensor), f"{where}: expected a tensor, got {kind}"
+        assert actual.dtype == expected.dtype, f"{where}: dtype {actual.dtype} != {expected.dtype}"
+        assert torch.equal(actual, expected), f"{where}: tensors differ"
+    elif isinstance(expected, dict):
+        assert isinstance(actual, dict), f"{where}: expected a dict, got {type(actual).__name__}"
+        got, want = sorted(map(str, actual)), sorted(map(str, expected))
+        assert set(actual) == set(expected), f"{where}: keys {got} != {want}"
+        for key in expected:
+            assert_state_equal(actual[key], expected[key], f"{where}[{key!r}]")
+    elif isinstance(expected, (list, tuple)):
+        kind = type(actual).__name__
+        assert isinstance(actual, (list, tuple)), f"{where}: expected a sequence, got {kind}"
+        assert len(actual) == len(expected), f"{where}: length {len(actual)} != {len(expected)}"
+        for index, (a, e) in enumerate(zip(actual, expected)):
+            assert_state_equal(a, e, f"{where}[{index}]")
+    else:
+        assert actual == expected, f"{where}: {actual!r} != {expected!r}"

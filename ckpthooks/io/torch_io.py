@@ -87,7 +87,7 @@ class TorchCheckpointIO(CheckpointIO):
         try:
             with open(tmp, "wb", buffering=_BUFFER) as handle:
                 writer = HashingWriter(handle, self.checksum_algorithm)
-                torch.save(checkpoint, writer)
+                torch.save(checkpoint, writer)  # type: ignore[arg-type]  # a file-like writer
                 handle.flush()
                 os.fsync(handle.fileno())
             os.replace(tmp, path)
@@ -111,7 +111,7 @@ class TorchCheckpointIO(CheckpointIO):
             fs.makedirs(paths.fs_path(fs, paths.dirname(path)), exist_ok=True)
             with fs.open(target, "wb") as handle:
                 writer = HashingWriter(handle, self.checksum_algorithm)
-                torch.save(checkpoint, writer)
+                torch.save(checkpoint, writer)  # type: ignore[arg-type]  # a file-like writer
         except OSError as exc:
             raise _storage_error("write", path, exc) from exc
         return SaveResult(size=writer.size, checksum=writer.hexdigest(), algorithm=writer.algorithm)

@@ -52,7 +52,8 @@ class SaveSchedule:
         return False
 
     def due_at_epoch_end(self, epoch: int) -> bool:
-        return bool(self.every_n_epochs) and (epoch + 1) % int(self.every_n_epochs) == 0
+        every = self.every_n_epochs or 0
+        return every > 0 and (epoch + 1) % every == 0
 
     def saves_on_train_epoch_end(self) -> bool:
         """Epoch saves happen at train-epoch end when asked, else when validation ends."""
