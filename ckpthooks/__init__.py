@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     from ckpthooks.io.torch_io import TorchCheckpointIO
     from ckpthooks.manifest import Manifest
     from ckpthooks.plugin_host import PluginHost, get_plugin_host
+    from ckpthooks.policies.milestones import KeepMilestones
     from ckpthooks.policies.model_checkpoint import ModelCheckpoint
     from ckpthooks.store import CheckpointStore
 
@@ -50,6 +51,7 @@ _LAZY = {
     "Checkpointer": "ckpthooks.checkpointer",
     "FitResult": "ckpthooks.checkpointer",
     "HyperparametersMixin": "ckpthooks.hparams",
+    "KeepMilestones": "ckpthooks.policies.milestones",
     "Manifest": "ckpthooks.manifest",
     "ModelCheckpoint": "ckpthooks.policies.model_checkpoint",
     "PluginHost": "ckpthooks.plugin_host",
@@ -77,6 +79,7 @@ __all__ = [
     "FitResult",
     "HyperparametersMixin",
     "IncompatibleStateError",
+    "KeepMilestones",
     "Manifest",
     "MissingStateError",
     "ModelCheckpoint",

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from ckpthooks.checkpointer import Checkpointer
+    from ckpthooks.manifest import Manifest
 
 
 class Callback:
@@ -49,6 +50,13 @@ class Callback:
 
     def on_exception(self, checkpointer: Checkpointer, exception: BaseException) -> None:
         """Called when the loop raises."""
+
+    def on_checkpoint_committed(self, checkpointer: Checkpointer, path: str, manifest: Manifest) -> None:
+        """Called on the writer rank when a checkpoint at ``path`` has been committed."""
+
+    def retains(self, checkpointer: Checkpointer, path: str) -> bool:
+        """Return ``True`` to keep ``path`` when a policy is about to delete it (retention veto)."""
+        return False
 
     def teardown(self, checkpointer: Checkpointer) -> None:
         """Called when the checkpointer closes."""

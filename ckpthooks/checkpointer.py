@@ -152,11 +152,18 @@ class Checkpointer:
         self._validated_this_epoch = False
         self._in_fit = False
 
+        from ckpthooks.policies.model_checkpoint import ModelCheckpoint
+
         self.callbacks: list[Callback] = list(_as_list(callbacks))
         for cb in self.callbacks:
             if not isinstance(cb, Callback):
                 raise ConfigurationError(
                     f"callbacks must be ckpthooks.Callback instances, not {type(cb).__name__}"
+                )
+            if not enable_checkpointing and isinstance(cb, ModelCheckpoint):
+                raise ConfigurationError(
+                    "enable_checkpointing=False, but a ModelCheckpoint is among the callbacks: "
+                    "remove it or enable checkpointing"
                 )
         self._component_sources: dict[str, str] = {}
         self._components: list[StateComponent] = []
@@ -255,7 +262,7 @@ class Checkpointer:
             raise ConfigurationError(f"metric names must be non-empty strings, not {name!r}")
         try:
             number = float(value.item() if hasattr(value, "item") else value)
-        except (TypeError, ValueError) as exc:
+        except (TypeError, ValueError, RuntimeError) as exc:
             raise ConfigurationError(f"metric {name!r} must be a number, not {value!r}") from exc
         self.callback_metrics[name] = number
 
@@ -441,6 +448,8 @@ class Checkpointer:
                     weights_only=weights_only,
                     writer=writer,
                 )
+                for cb in self.callbacks:
+                    cb.on_checkpoint_committed(self, path, manifest)
                 if on_committed is not None:
                     on_committed(manifest)
             except Exception as exc:
@@ -448,10 +457,23 @@ class Checkpointer:
         distributed.agree_on_outcome(error, f"saving {path}")
         return manifest
 
-    def remove_checkpoint(self, filepath: str | os.PathLike[str]) -> None:
-        """Uncommit and delete a checkpoint (writer rank only; a no-op elsewhere)."""
+    def remove_checkpoint(self, filepath: str | os.PathLike[str]) -> bool:
+        """Uncommit and delete a checkpoint (writer rank only; a no-op elsewhere).
+
+        Refused (returns ``False``) for the file this run resumed from and for files a callback
+        retains (see :meth:`Callback.retains`).
+        """
+        path = paths.normalize(filepath)
+        if self.resumed_from is not None and path == self.resumed_from:
+            log.info("keeping %s: the run resumed from it", path)
+            return False
+        for cb in self.callbacks:
+            if cb.retains(self, path):
+                log.info("keeping %s: %r retains it", path, cb)
+                return False
         if self.is_global_zero:
-            self.store.remove(paths.normalize(filepath))
+            self.store.remove(path)
+        return True
 
     # ------------------------------------------------------------------ finding
     def checkpoint_roots(self) -> list[str]:

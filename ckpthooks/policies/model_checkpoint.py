@@ -35,10 +35,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-LAST_NAME = "last"
-STARTING_VERSION = 1
-
-
 class ModelCheckpoint(Callback):
     """Save checkpoints when, as and where Lightning's ``ModelCheckpoint`` would.
 
@@ -48,7 +44,7 @@ class ModelCheckpoint(Callback):
         monitor: metric to rank by (logged with ``Checkpointer.log``); ``None`` keeps the latest.
         verbose: log every decision at INFO level.
         save_last: also keep ``last.ckpt`` with the latest state; ``"link"`` makes it a link to the
-            newest file where the storage allows (a copy elsewhere).
+            newest file where the storage allows (a separate write elsewhere).
         save_top_k: how many best files to keep: ``-1`` all, ``0`` none, ``k``. Without a monitor
             only ``-1``, ``0`` and ``1`` (the latest) make sense.
         save_weights_only: write only the model weights (and hyperparameters).
@@ -62,6 +58,13 @@ class ModelCheckpoint(Callback):
         enable_version_counter: when a name is taken, append ``-v1``, ``-v2``...; when off, a
             name collision raises instead of replacing a file silently.
     """
+
+    #: name (a template) of the ``save_last`` file, without extension
+    CHECKPOINT_NAME_LAST = "last"
+    #: extension of every file this policy writes
+    FILE_EXTENSION = EXTENSION
+    #: first number the version counter appends (``name-v1``)
+    STARTING_VERSION = 1
 
     def __init__(
         self,
@@ -91,8 +94,8 @@ class ModelCheckpoint(Callback):
             )
         if save_last not in (None, True, False, "link"):
             raise ConfigurationError(f"save_last must be True, False, None or 'link', not {save_last!r}")
-        if filename is not None and filename.endswith(EXTENSION):
-            filename = filename[: -len(EXTENSION)]
+        if filename is not None and filename.endswith(self.FILE_EXTENSION):
+            filename = filename[: -len(self.FILE_EXTENSION)]
         self._dirpath_arg = None if dirpath is None else os.fspath(dirpath)
         self.dirpath: str | None = None if dirpath is None else paths.normalize(dirpath)
         self.filename = filename
@@ -165,6 +168,11 @@ class ModelCheckpoint(Callback):
         self._checkpointer = checkpointer
         if self.dirpath is None:
             self.dirpath = paths.join(checkpointer.default_root_dir, "checkpoints")
+        if self.save_last and self.save_top_k == -1 and self.monitor is None and self.verbose:
+            log.info(
+                "ModelCheckpoint(save_last=True, save_top_k=-1, monitor=None) will duplicate the last "
+                "checkpoint saved"
+            )
 
     def on_fit_start(self, checkpointer: Checkpointer) -> None:
         self.schedule.start()
@@ -259,9 +267,12 @@ class ModelCheckpoint(Callback):
     def _save_last(self, checkpointer: Checkpointer, candidates: dict[str, float], saved: str | None) -> None:
         if not self.save_last:
             return
-        filepath = self._filepath(format_filename(LAST_NAME, candidates, auto_insert_metric_name=False))
+        last_name = format_filename(
+            self.CHECKPOINT_NAME_LAST, candidates, auto_insert_metric_name=self.auto_insert_metric_name
+        )
+        filepath = self._filepath(last_name)
         if self.enable_version_counter and filepath != self.last_model_path:
-            filepath = self._versioned(filepath, LAST_NAME, candidates, reuse=self.last_model_path or None)
+            filepath = self._versioned(filepath, last_name, candidates, reuse=self.last_model_path or None)
         previous = self.last_model_path or None
         self.last_model_path = filepath
         replaces = previous if previous and previous != filepath else None
@@ -309,8 +320,9 @@ class ModelCheckpoint(Callback):
 
     # ------------------------------------------------------------------ naming
     def _filepath(self, name: str) -> str:
-        assert self.dirpath is not None
-        return paths.join(self.dirpath, name + EXTENSION)
+        if self.dirpath is None:  # not attached to a checkpointer yet: the bare name, like Lightning
+            return name + self.FILE_EXTENSION
+        return paths.join(self.dirpath, name + self.FILE_EXTENSION)
 
     def format_checkpoint_name(self, metrics: dict[str, float], ver: int | None = None) -> str:
         """The path a save with ``metrics`` would use (Lightning's method of the same name)."""
@@ -334,7 +346,7 @@ class ModelCheckpoint(Callback):
     def _versioned(
         self, filepath: str, fixed: str | None, candidates: dict[str, float], reuse: str | None
     ) -> str:
-        version = STARTING_VERSION
+        version = self.STARTING_VERSION
         while filepath != reuse and self._exists(filepath):
             if fixed is None:
                 filepath = self.format_checkpoint_name(candidates, ver=version)
@@ -356,9 +368,6 @@ class ModelCheckpoint(Callback):
     def _remove_if_ours(self, checkpointer: Checkpointer, filepath: str) -> None:
         if filepath in self.topk.scores or filepath in (self.last_model_path, self._latest_path):
             return  # still referenced (the name was reused)
-        if checkpointer.resumed_from is not None and paths.normalize(filepath) == checkpointer.resumed_from:
-            log.info("keeping %s: the run resumed from it", filepath)
-            return
         manifest = read_manifest(filepath, checkpointer.storage_options)
         if manifest is None or not (manifest.writer or "").startswith(self.state_key + "#"):
             log.info("keeping %s: this ModelCheckpoint did not write it", filepath)

@@ -26,13 +26,22 @@ class SaveSchedule:
             raise ConfigurationError(f"every_n_epochs must be >= 0, not {self.every_n_epochs}")
         if self.train_time_interval is not None and not isinstance(self.train_time_interval, timedelta):
             raise ConfigurationError("train_time_interval must be a datetime.timedelta")
-        steps_or_time = bool(self.every_n_train_steps) or self.train_time_interval is not None
-        if steps_or_time and self.every_n_train_steps and self.train_time_interval is not None:
+        enabled = [
+            name
+            for name, on in (
+                ("every_n_train_steps", bool(self.every_n_train_steps)),
+                ("every_n_epochs", bool(self.every_n_epochs)),
+                ("train_time_interval", self.train_time_interval is not None),
+            )
+            if on
+        ]
+        if len(enabled) > 1:
             raise ConfigurationError(
-                "every_n_train_steps and train_time_interval are mutually exclusive"
+                f"{' and '.join(enabled)} are mutually exclusive: a ModelCheckpoint saves on one "
+                "trigger; use one ModelCheckpoint per trigger to combine them"
             )
         if self.every_n_epochs is None:
-            self.every_n_epochs = 0 if steps_or_time else 1
+            self.every_n_epochs = 0 if enabled else 1
         self.every_n_train_steps = self.every_n_train_steps or 0
 
     def start(self) -> None:
