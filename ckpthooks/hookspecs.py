@@ -73,7 +73,9 @@ def register_policies(checkpointer: Checkpointer) -> Sequence[Callback] | None:
 def register_checkpoint_io() -> Sequence[CheckpointIOSpec] | None:
     """Contribute storage backends, chosen per path or URL.
 
-    Called once per plugin host. Return :class:`~ckpthooks.CheckpointIOSpec` records: a unique
+    Called by the plugin host on any rank that saves, loads or removes a checkpoint, the first time
+    it needs a backend for a URL protocol (again after a plugin is registered or unregistered); never
+    just to list plugins. Return :class:`~ckpthooks.CheckpointIOSpec` records: a unique
     ``name``, the URL ``protocols`` the backend serves (``"file"``, ``"s3"``, ``"*"`` for any),
     a ``priority`` (the highest priority among those that serve a protocol wins) and a ``factory``
     that builds the :class:`~ckpthooks.CheckpointIO` lazily, so that listing plugins imports nothing
@@ -90,7 +92,8 @@ def on_save_checkpoint(checkpointer: Checkpointer, checkpoint: dict[str, Any]) -
 
     Called on every rank, after every state component and every callback's, the model's and the
     datamodule's own ``on_save_checkpoint`` ran, and before the rank guard: so all ranks build the
-    same dict. Add, change or delete keys in place; the return value is ignored. Whatever you add
+    same dict. ``checkpointer`` is the :class:`~ckpthooks.Checkpointer` saving. Add, change or
+    delete keys in place; the return value is ignored. Whatever you add
     must load with ``torch.load(weights_only=True)`` (plain Python types and tensors).
     """
 
@@ -100,8 +103,8 @@ def on_load_checkpoint(checkpointer: Checkpointer, checkpoint: dict[str, Any]) -
     """Read or edit the whole checkpoint dict just after it is loaded, before any state is restored.
 
     Called on every rank, after the model's, the datamodule's and callbacks' own
-    ``on_load_checkpoint``. Edit in place (for example to migrate an older layout); the return
-    value is ignored.
+    ``on_load_checkpoint``. ``checkpointer`` is the :class:`~ckpthooks.Checkpointer` restoring.
+    Edit in place (for example to migrate an older layout); the return value is ignored.
     """
 
 
@@ -118,7 +121,8 @@ def save_checkpoint(
     """Write ``checkpoint`` to ``path``; first result wins.
 
     Called only on the writer rank (global rank 0; every rank for sharded backends). ``checkpoint_io``
-    is the backend chosen for ``path``. Return a :class:`~ckpthooks.SaveResult` (size and checksum of
+    is the backend chosen for ``path``; ``storage_options`` are the fsspec options the checkpointer
+    was given (or ``None``). Return a :class:`~ckpthooks.SaveResult` (size and checksum of
     the bytes written) when you handled the write (any other non-``None`` value, such as ``True``,
     when you cannot report them), ``None`` to let the next implementation (finally the chosen
     backend) do it. The runtime writes the commit manifest after this returns.
@@ -135,8 +139,10 @@ def load_checkpoint(
 ) -> dict[str, Any] | None:
     """Read the checkpoint at ``path``; first result wins.
 
-    Called on every rank that loads. Return the checkpoint dict when you handled the read, ``None``
-    to pass. ``weights_only`` is ``True`` unless the user explicitly opted into unpickling arbitrary
+    Called on every rank that loads. ``checkpoint_io`` is the backend chosen for ``path``,
+    ``storage_options`` the fsspec options (or ``None``) and ``map_location`` is passed on to
+    ``torch.load``. Return the checkpoint dict when you handled the read, ``None`` to pass.
+    ``weights_only`` is ``True`` unless the user explicitly opted into unpickling arbitrary
     objects; an implementation must honour it.
     """
 
@@ -149,6 +155,7 @@ def remove_checkpoint(
 ) -> bool | None:
     """Delete the checkpoint data at ``path``; first result wins.
 
-    Called only on the writer rank, and only after the runtime removed the commit manifest. Return
-    ``True`` when you handled the deletion, ``None`` to pass.
+    Called only on the writer rank, and only after the runtime removed the commit manifest.
+    ``checkpoint_io`` is the backend chosen for ``path`` and ``storage_options`` the fsspec options
+    (or ``None``). Return ``True`` when you handled the deletion, ``None`` to pass.
     """

@@ -176,7 +176,10 @@ class PluginHost:
     ) -> None:
         if name in self._registered:
             raise PluginError(f"a plugin named {name!r} is already registered")
-        self.pm.register(plugin, name=name)
+        try:
+            self.pm.register(plugin, name=name)
+        except pluggy.PluginValidationError as exc:  # pluggy registers nothing of it then
+            raise PluginError(f"plugin {name!r} does not match the hook specification: {exc}") from exc
         try:
             self.pm.check_pending()
         except pluggy.PluginValidationError as exc:
@@ -223,7 +226,7 @@ class PluginHost:
             except Exception as exc:  # one broken plugin must not stop the host
                 if self.strict:
                     raise PluginLoadError(ep.name, exc) from exc
-                message = f"{type(exc).__name__}: {exc}"
+                message = " ".join(f"{type(exc).__name__}: {exc}".split())  # one line
                 self._failures[ep.name] = PluginInfo(
                     name=ep.name,
                     source="entrypoint",
