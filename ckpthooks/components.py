@@ -172,7 +172,7 @@ def _parse_keys(text: str, marker: str) -> list[str]:
     if index < 0:
         return []
     tail = text[index + len(marker) :].split(".\n")[0].split("\n")[0]
-    return [part.strip().strip('"') for part in tail.split(",") if part.strip().strip('".')]
+    return [part.strip().strip('".') for part in tail.split(",") if part.strip().strip('".')]
 
 
 class _ListComponent(StateComponent):

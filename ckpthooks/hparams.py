@@ -61,7 +61,11 @@ class HyperparametersMixin:
         ignored = {ignore} if isinstance(ignore, str) else set(ignore or ())
         if len(args) == 1 and isinstance(args[0], (dict, Namespace)):
             values = vars(args[0]) if isinstance(args[0], Namespace) else dict(args[0])
-            name = None
+            # like Lightning: name the __init__ argument it came from, so load_from_checkpoint
+            # passes the saved values back through that argument
+            caller = frame or _caller_frame()
+            init_args = _init_args(caller)[0] if caller.f_code.co_name == "__init__" else {}
+            name = next((k for k, v in init_args.items() if v is args[0]), None)
         else:
             caller = frame or _caller_frame()
             init_args, name = _init_args(caller)
@@ -144,7 +148,7 @@ def init_kwargs_from_checkpoint(
     loaded = dict(checkpoint.get(HPARAMS_KEY) or {})
     args_name = checkpoint.get(HPARAMS_NAME_KEY)
     if args_name and args_name != "kwargs" and args_name in names:
-        loaded = {args_name: loaded}
+        loaded = {args_name: AttributeDict(loaded)}  # attribute access, as a Namespace had
     merged = {**loaded, **overrides}
     if not takes_any:
         merged = {k: v for k, v in merged.items() if k in names}
