@@ -26,6 +26,7 @@ from ckpthooks.exceptions import (
     ConfigurationError,
     CorruptCheckpointError,
     DuplicateContributionError,
+    IncompatibleStateError,
     MissingStateError,
     UnexpectedStateError,
 )
@@ -567,6 +568,7 @@ class Checkpointer:
 
         report = RestoreReport(path="<memory>")
         plan: list[tuple[StateComponent, Any]] = []
+        incompatible: list[str] = []
         known_names = set()
         for component in self.components:
             known_names.add(component.name)
@@ -574,6 +576,7 @@ class Checkpointer:
             active = component.is_active(self)
             report.missing += found.missing
             report.unexpected += found.unexpected
+            incompatible += found.incompatible
             if active and found.present:
                 plan.append((component, found.value))
             elif active and component.on_missing != "ignore":
@@ -588,6 +591,11 @@ class Checkpointer:
         report.unexpected += [
             f"component {name!r}" for name in sorted(saved_components) if name not in known_names
         ]
+        if incompatible:
+            raise IncompatibleStateError(
+                f"the checkpoint does not fit what is tracked: {'; '.join(incompatible)}. Was it "
+                "saved from a model built with other hyperparameters? Nothing was restored."
+            )
         if report.missing or report.unexpected:
             self._report_mismatch(checkpoint, report, strict)
         self.restore_strict = strict

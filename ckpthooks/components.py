@@ -45,6 +45,8 @@ class Found:
     value: Any = _NOT_FOUND
     missing: list[str] = field(default_factory=list)
     unexpected: list[str] = field(default_factory=list)
+    #: state that is there but cannot fit (a tensor of another shape); always an error
+    incompatible: list[str] = field(default_factory=list)
 
     @property
     def present(self) -> bool:
@@ -130,9 +132,47 @@ class ModelComponent(StateComponent):
         assert checkpointer.model is not None
         return checkpointer.model.state_dict()
 
+    def find(self, checkpointer: Checkpointer, checkpoint: dict[str, Any]) -> Found:
+        found = super().find(checkpointer, checkpoint)
+        if found.present and checkpointer.model is not None and isinstance(found.value, dict):
+            missing, unexpected, incompatible = diff_model_state(checkpointer.model, found.value)
+            found.missing += [f"state_dict[{k!r}]" for k in missing]
+            found.unexpected += [f"state_dict[{k!r}]" for k in unexpected]
+            found.incompatible += incompatible
+        return found
+
     def load(self, checkpointer: Checkpointer, state: Any) -> None:
         assert checkpointer.model is not None
         load_model_state(checkpointer.model, state, strict=checkpointer.restore_strict)
+
+
+def diff_model_state(model: Any, state: dict[str, Any]) -> tuple[list[str], list[str], list[str]]:
+    """Missing keys, unexpected keys and shape mismatches of ``state`` against ``model``.
+
+    Checked before anything is loaded, so that a restore that cannot fit changes nothing. Models
+    with load-state-dict pre-hooks (which may rename keys) are left to ``load_state_dict`` itself.
+    """
+    import torch
+
+    if any(getattr(m, "_load_state_dict_pre_hooks", None) for m in model.modules()):
+        return [], [], []
+    current = model.state_dict()
+    missing = [k for k in current if k not in state]
+    unexpected = [k for k in state if k not in current]
+    incompatible = []
+    for key in current.keys() & state.keys():
+        mine, saved = current[key], state[key]
+        if (
+            isinstance(mine, torch.Tensor)
+            and isinstance(saved, torch.Tensor)
+            and not isinstance(mine, torch.nn.parameter.UninitializedParameter)
+            and mine.shape != saved.shape
+        ):
+            incompatible.append(
+                f"state_dict[{key!r}] has shape {tuple(saved.shape)} in the checkpoint but "
+                f"{tuple(mine.shape)} in the model"
+            )
+    return missing, unexpected, sorted(incompatible)
 
 
 def load_model_state(model: Any, state: Any, strict: bool = True) -> None:

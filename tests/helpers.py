@@ -71,7 +71,7 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, batch: tuple[
     optimizer.zero_grad()
     loss.backward()
     optimizer.step()
-    return float(loss)
+    return loss.item()
 
 
 class StatefulTensorHolder:

@@ -330,7 +330,17 @@ def test_unexpected_model_keys_raise_unexpected_state_error_naming_them(tmp_path
     ckpt = checkpointer(tmp_path / "resume").track(model=TinyNet())
     with pytest.raises(UnexpectedStateError, match="extra_buffer") as info:
         ckpt.restore(tmp_path / "x.ckpt")
-    assert info.value.names == ("extra_buffer",)
+    assert info.value.names == ("state_dict['extra_buffer']",)
+
+
+def test_a_model_that_does_not_fit_is_left_untouched(tmp_path: Path) -> None:
+    save_model_only(tmp_path / "hidden8.ckpt")
+    torch.manual_seed(3)
+    target = TinyNetWithExtra(hidden=16)
+    before = {k: v.clone() for k, v in target.state_dict().items()}
+    with pytest.raises(IncompatibleStateError, match=r"shape \(8, 4\) in the checkpoint but \(16, 4\)"):
+        checkpointer(tmp_path / "resume", strict=False).track(model=target).restore(tmp_path / "hidden8.ckpt")
+    assert all(torch.equal(before[k], v) for k, v in target.state_dict().items())
 
 
 def test_unexpected_model_keys_are_ignored_when_not_strict(tmp_path: Path) -> None:
