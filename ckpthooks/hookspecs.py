@@ -11,7 +11,8 @@ Rules that hold for every hook:
 
 * A hook implementation may accept any subset of the parameters a hook declares, by name.
 * Hooks are called on every rank of a distributed run unless their text says otherwise.
-* Contribution hooks (``register_*``) are called once per :class:`~ckpthooks.Checkpointer`;
+* Contribution hooks (``register_*``) return their contributions and cannot be wrappers; they
+  are called once per :class:`~ckpthooks.Checkpointer` (storage backends: once per protocol);
   their results are combined in a deterministic order (built-in plugins first, then external
   plugins ordered by name) and two contributions of the same name raise
   :class:`~ckpthooks.exceptions.DuplicateContributionError` naming both plugins.

@@ -185,7 +185,16 @@ class PluginHost:
         except pluggy.PluginValidationError as exc:
             self.pm.unregister(name=name)
             raise PluginError(f"plugin {name!r} implements an unknown hook: {exc}") from exc
-        hooks = tuple(sorted(caller.name for caller in self.pm.get_hookcallers(plugin) or ()))
+        callers = self.pm.get_hookcallers(plugin) or []
+        for caller in callers:
+            wrapped = [i for i in caller.get_hookimpls() if i.plugin is plugin and (i.wrapper or i.hookwrapper)]
+            if caller.name.startswith("register_") and wrapped:
+                self.pm.unregister(name=name)
+                raise PluginError(
+                    f"plugin {name!r}: {caller.name} is a contribution hook; it cannot be a wrapper "
+                    "(return your contributions instead)"
+                )
+        hooks = tuple(sorted(caller.name for caller in callers))
         if source == "builtin":
             distribution, version = hookspecs.PROJECT_NAME, __version__
         info = PluginInfo(

@@ -757,3 +757,18 @@ def test_checkpointer_uses_the_shared_host_by_default(tmp_path: Path) -> None:
     ckpt = Checkpointer(tmp_path, enable_checkpointing=False)
     assert ckpt.host is host
     assert "shared-counter" in [c.name for c in ckpt.components]
+
+
+def test_a_wrapper_on_a_contribution_hook_is_rejected_by_name() -> None:
+    from ckpthooks import PluginError, hookimpl
+    from ckpthooks.plugin_host import PluginHost
+
+    class Wrapping:
+        @hookimpl(wrapper=True)
+        def register_state_components(self, checkpointer):  # type: ignore[no-untyped-def]
+            return (yield)
+
+    host = PluginHost(load_entry_points=False)
+    with pytest.raises(PluginError, match=r"'wrapping'.*register_state_components.*wrapper"):
+        host.register(Wrapping(), "wrapping")
+    assert "wrapping" not in [p.name for p in host.plugins()]
