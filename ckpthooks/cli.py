@@ -48,6 +48,75 @@ def plugins_command(as_json: bool) -> None:
     click.echo(_table(records))
 
 
+@main.command("verify")
+@click.argument("target")
+@click.option(
+    "--mode",
+    type=click.Choice(["full", "size"]),
+    default="full",
+    show_default=True,
+    help="full: size and checksum; size: size only.",
+)
+@click.option("--deep", is_flag=True, help="Also load each file with torch.load(weights_only=True).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+def verify_command(target: str, mode: str, deep: bool, as_json: bool) -> None:
+    """Check one checkpoint, or every committed checkpoint under a folder, against its manifest.
+
+    TARGET is a checkpoint path, a folder or an fsspec URL. Exit code 0 when everything checked is
+    intact, 1 when anything failed (or a folder holds no committed checkpoint), 2 on bad usage.
+    """
+    from ckpthooks.exceptions import CheckpointError
+    from ckpthooks.io import paths
+    from ckpthooks.manifest import MANIFEST_SUFFIX, iter_committed, read_manifest, verify_checkpoint
+
+    root = paths.normalize(target)
+    fs = paths.filesystem(root)
+    stripped = paths.fs_path(fs, root)
+    if stripped.endswith(MANIFEST_SUFFIX):
+        root = root[: -len(MANIFEST_SUFFIX)]
+        stripped = stripped[: -len(MANIFEST_SUFFIX)]
+    if fs.isdir(stripped) and read_manifest(root) is None:
+        targets = [item.path for item in iter_committed(root)]
+        if not targets:
+            _emit_verify([], as_json, f"no committed checkpoint under {target}")
+            sys.exit(EXIT_FAILURE)
+    else:
+        targets = [root]
+    results: list[dict[str, Any]] = []
+    for path in targets:
+        record: dict[str, Any] = {"path": path, "ok": True, "error": None}
+        try:
+            manifest = verify_checkpoint(path, None, mode)  # type: ignore[arg-type]
+            record.update(size=manifest.size, global_step=manifest.global_step, epoch=manifest.epoch)
+            if deep:
+                _deep_load(path)
+        except (CheckpointError, OSError) as exc:
+            record.update(ok=False, error=f"{type(exc).__name__}: {exc}")
+        results.append(record)
+    _emit_verify(results, as_json, None)
+    sys.exit(EXIT_OK if all(r["ok"] for r in results) else EXIT_FAILURE)
+
+
+def _deep_load(path: str) -> None:
+    from ckpthooks.io.torch_io import TorchCheckpointIO
+
+    TorchCheckpointIO().load_checkpoint(path, map_location="cpu", weights_only=True)
+
+
+def _emit_verify(results: list[dict[str, Any]], as_json: bool, note: str | None) -> None:
+    if as_json:
+        click.echo(json.dumps({"results": results, "note": note}, indent=2))
+        return
+    if note:
+        click.echo(note, err=True)
+    for record in results:
+        status = "ok" if record["ok"] else f"FAILED  {record['error']}"
+        click.echo(f"{status:<6}  {record['path']}" if record["ok"] else f"{status}\n        {record['path']}")
+    if results:
+        failed = sum(not r["ok"] for r in results)
+        click.echo(f"{len(results) - failed} ok, {failed} failed")
+
+
 def _table(records: list[dict[str, Any]]) -> str:
     headers = ["name", "version", "distribution", "source", "hooks", "status"]
     rows = []

@@ -1,0 +1,67 @@
+"""``ckpthooks verify``: one checkpoint or a whole folder, non-zero exit on any failure."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from click.testing import CliRunner
+
+from ckpthooks import Checkpointer
+from ckpthooks.cli import main
+
+
+def committed(folder: Path, *names: str) -> list[Path]:
+    ckpt = Checkpointer(folder, enable_checkpointing=False).track(model=torch.nn.Linear(4, 4))
+    paths = [folder / name for name in names]
+    for path in paths:
+        ckpt.save_checkpoint(path)
+    return paths
+
+
+def flip_byte(path: Path, offset: int = 700) -> None:
+    data = bytearray(path.read_bytes())
+    data[offset] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def test_verify_a_folder_of_intact_checkpoints_exits_zero(tmp_path: Path) -> None:
+    committed(tmp_path, "a.ckpt", "sub/b.ckpt")
+    result = CliRunner().invoke(main, ["verify", str(tmp_path), "--json"])
+    assert result.exit_code == 0, result.output
+    records = json.loads(result.output)["results"]
+    assert sorted(Path(r["path"]).name for r in records) == ["a.ckpt", "b.ckpt"]
+    assert all(r["ok"] for r in records)
+
+
+def test_verify_reports_a_flipped_byte_and_exits_one(tmp_path: Path) -> None:
+    a, _ = committed(tmp_path, "a.ckpt", "b.ckpt")
+    flip_byte(a)
+    result = CliRunner().invoke(main, ["verify", str(tmp_path)])
+    assert result.exit_code == 1
+    assert "checksum" in result.output and "1 ok, 1 failed" in result.output
+
+
+def test_size_mode_misses_a_flipped_byte_but_not_truncation(tmp_path: Path) -> None:
+    (a,) = committed(tmp_path, "a.ckpt")
+    flip_byte(a)
+    assert CliRunner().invoke(main, ["verify", str(a), "--mode", "size"]).exit_code == 0
+    a.write_bytes(a.read_bytes()[:-10])
+    result = CliRunner().invoke(main, ["verify", str(a), "--mode", "size"])
+    assert result.exit_code == 1 and "bytes" in result.output
+
+
+def test_verify_an_uncommitted_file_or_an_empty_folder_fails(tmp_path: Path) -> None:
+    torch.save({"state_dict": {}}, tmp_path / "plain.ckpt")
+    assert CliRunner().invoke(main, ["verify", str(tmp_path / "plain.ckpt")]).exit_code == 1
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    result = CliRunner().invoke(main, ["verify", str(empty)])
+    assert result.exit_code == 1 and "no committed checkpoint" in result.output
+
+
+def test_verify_accepts_the_manifest_path_and_deep_loads(tmp_path: Path) -> None:
+    (a,) = committed(tmp_path, "a.ckpt")
+    result = CliRunner().invoke(main, ["verify", f"{a}.manifest.json", "--deep"])
+    assert result.exit_code == 0, result.output
