@@ -93,12 +93,18 @@ class HashingWriter:
         self._handle = handle
         self.algorithm, self._hasher = new_hasher(algorithm)
         self.size = 0
+        #: the OSError a write raised (torch.save reports it as a RuntimeError)
+        self.error: OSError | None = None
 
     def write(self, data: Any) -> int:
         view = memoryview(data).cast("B")
         self._hasher.update(view)
         self.size += view.nbytes
-        written = self._handle.write(view)
+        try:
+            written = self._handle.write(view)
+        except OSError as exc:
+            self.error = exc
+            raise
         return view.nbytes if written is None else written
 
     def flush(self) -> None:

@@ -72,4 +72,7 @@ def unstrip(fs: fsspec.AbstractFileSystem, template: str, stripped: str) -> str:
     protocol, _ = split_protocol(template)
     if protocol is None or protocol in LOCAL_PROTOCOLS:
         return stripped
+    base = fs_path(fs, template).rstrip("/")
+    if base and (stripped == base or stripped.startswith(base + "/")):
+        return template.rstrip("/") + stripped[len(base) :]  # spelled like the root: paths compare equal
     return f"{protocol}://{stripped.lstrip('/')}" if protocol != "memory" else f"memory://{stripped}"

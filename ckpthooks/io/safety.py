@@ -50,6 +50,8 @@ def _refuse(path: str, value: Any) -> None:
 def translate_load_error(exc: BaseException, path: str) -> BaseException | None:
     """Turn torch's weights-only refusal into :class:`UnsafeCheckpointError`; ``None`` if unrelated."""
     message = str(exc)
+    if "Unsupported operand" in message:
+        return None  # an opcode torch.save never writes: the bytes are not a checkpoint at all
     if isinstance(exc, pickle.UnpicklingError) and "Weights only load failed" in message:
         offending = _offending_global(message)
         what = f" It contains {offending}, which is not a plain type or a tensor." if offending else ""

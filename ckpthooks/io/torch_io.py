@@ -84,6 +84,7 @@ class TorchCheckpointIO(CheckpointIO):
         except OSError as exc:
             raise _storage_error("create the folder", directory, exc) from exc
         tmp = temp_name_for(path)
+        writer: HashingWriter | None = None
         try:
             with open(tmp, "wb", buffering=_BUFFER) as handle:
                 writer = HashingWriter(handle, self.checksum_algorithm)
@@ -96,6 +97,8 @@ class TorchCheckpointIO(CheckpointIO):
                 os.remove(tmp)
             if isinstance(exc, OSError):
                 raise _storage_error("write", path, exc) from exc
+            if writer is not None and writer.error is not None:
+                raise _storage_error("write", path, writer.error) from exc
             raise
         fsync_dir(directory)
         return SaveResult(size=writer.size, checksum=writer.hexdigest(), algorithm=writer.algorithm)
@@ -107,6 +110,7 @@ class TorchCheckpointIO(CheckpointIO):
 
         fs = paths.filesystem(path, storage_options)
         target = paths.fs_path(fs, path)
+        writer: HashingWriter | None = None
         try:
             fs.makedirs(paths.fs_path(fs, paths.dirname(path)), exist_ok=True)
             with fs.open(target, "wb") as handle:
@@ -114,6 +118,10 @@ class TorchCheckpointIO(CheckpointIO):
                 torch.save(checkpoint, writer)  # type: ignore[arg-type]  # a file-like writer
         except OSError as exc:
             raise _storage_error("write", path, exc) from exc
+        except RuntimeError as exc:
+            if writer is not None and writer.error is not None:
+                raise _storage_error("write", path, writer.error) from exc
+            raise
         return SaveResult(size=writer.size, checksum=writer.hexdigest(), algorithm=writer.algorithm)
 
     # ------------------------------------------------------------------ load
@@ -136,7 +144,7 @@ class TorchCheckpointIO(CheckpointIO):
                         "that needs its own storage plugin?"
                     )
                 loaded = torch.load(
-                    local, map_location=map_location, weights_only=weights_only, mmap=True
+                    local, map_location=map_location, weights_only=weights_only, mmap=_is_zip(local)
                 )
             else:
                 fs = paths.filesystem(path, storage_options)
@@ -177,6 +185,12 @@ class TorchCheckpointIO(CheckpointIO):
                 fs.rm(target, recursive=fs.isdir(target))
         except OSError as exc:
             raise _storage_error("delete", path, exc) from exc
+
+
+def _is_zip(path: str) -> bool:
+    """Whether ``path`` has torch's zip layout (mmap works only there, not for the legacy format)."""
+    with open(path, "rb") as handle:
+        return handle.read(4) == b"PK\x03\x04"
 
 
 def _first_line(exc: BaseException) -> str:

@@ -15,6 +15,7 @@ import os
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Literal
 
+from ckpthooks import distributed
 from ckpthooks.callbacks import Callback
 from ckpthooks.exceptions import ConfigurationError
 from ckpthooks.io import paths
@@ -359,7 +360,10 @@ class ModelCheckpoint(Callback):
         if filepath in self.topk.scores or filepath in (self.last_model_path, self._latest_path):
             return True
         fs = paths.filesystem(filepath, self._storage_options())
-        return bool(fs.exists(paths.fs_path(fs, filepath)))
+        exists = bool(fs.exists(paths.fs_path(fs, filepath)))
+        # every rank takes the writer's answer: a rank that looks after the writer saved would see
+        # the new file and pick another name (Lightning broadcasts the file path for this reason)
+        return bool(distributed.broadcast_object(exists))
 
     def _storage_options(self) -> Any:
         return self._checkpointer.storage_options if self._checkpointer else None
