@@ -14,7 +14,7 @@ import logging
 import os
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from ckpthooks import distributed
 from ckpthooks._version import FORMAT_VERSION, LIGHTNING_LAYOUT_VERSION, __version__
@@ -32,6 +32,7 @@ from ckpthooks.exceptions import (
 )
 from ckpthooks.io import paths
 from ckpthooks.io.base import CheckpointIO
+from ckpthooks.leftovers import clean_leftovers
 from ckpthooks.manifest import CommittedCheckpoint, Manifest, VerifyMode, newest_committed
 from ckpthooks.plugin_host import PluginHost, get_plugin_host
 from ckpthooks.progress import LoopProgress
@@ -104,6 +105,10 @@ class Checkpointer:
         save_rng_state: save and restore Python, NumPy, torch and CUDA random generator states.
         verify: what loading checks against the commit manifest: ``"full"`` (size and checksum),
             ``"size"`` or ``"off"``.
+        on_save_error: what a failed save triggered by a policy does: ``"raise"`` (the default)
+            stops training with the error; ``"log"`` logs it and training goes on (the policy's
+            bookkeeping stays as it was before the failed write). Manual ``save_checkpoint`` calls
+            always raise.
         plugin_host: the plugin host to use; the shared one by default.
     """
 
@@ -118,6 +123,7 @@ class Checkpointer:
         strict: bool = True,
         save_rng_state: bool = True,
         verify: VerifyMode = "full",
+        on_save_error: Literal["raise", "log"] = "raise",
         plugin_host: PluginHost | None = None,
     ) -> None:
         if checkpoint_io is not None and not isinstance(checkpoint_io, CheckpointIO):
@@ -126,6 +132,9 @@ class Checkpointer:
             )
         self.default_root_dir = paths.normalize(default_root_dir or os.getcwd())
         self.enable_checkpointing = enable_checkpointing
+        if on_save_error not in ("raise", "log"):
+            raise ConfigurationError(f'on_save_error must be "raise" or "log", not {on_save_error!r}')
+        self.on_save_error = on_save_error
         self.storage_options = dict(storage_options) if storage_options else None
         self.strict = strict
         self.save_rng_state = save_rng_state
@@ -175,6 +184,8 @@ class Checkpointer:
         self._check_state_keys()
         for cb in self.callbacks:
             cb.setup(self)
+        if self.is_global_zero:
+            clean_leftovers(self.checkpoint_roots())
 
     def _check_state_keys(self) -> None:
         seen: dict[str, Callback] = {}
@@ -449,14 +460,25 @@ class Checkpointer:
                     weights_only=weights_only,
                     writer=writer,
                 )
-                for cb in self.callbacks:
-                    cb.on_checkpoint_committed(self, path, manifest)
-                if on_committed is not None:
-                    on_committed(manifest)
             except Exception as exc:
                 error = exc
+            else:
+                self._after_commit(path, manifest, on_committed)
         distributed.agree_on_outcome(error, f"saving {path}")
         return manifest
+
+    def _after_commit(
+        self, path: str, manifest: Manifest, on_committed: Callable[[Manifest], None] | None
+    ) -> None:
+        """Notify callbacks and prune. The checkpoint is committed already: a failure here is
+        logged (a file left behind is safe), never reported as a failed save."""
+        try:
+            for cb in self.callbacks:
+                cb.on_checkpoint_committed(self, path, manifest)
+            if on_committed is not None:
+                on_committed(manifest)
+        except (CheckpointError, OSError) as exc:
+            log.error("after committing %s: %s; older files may be left behind", path, exc)
 
     def remove_checkpoint(self, filepath: str | os.PathLike[str]) -> bool:
         """Uncommit and delete a checkpoint (writer rank only; a no-op elsewhere).

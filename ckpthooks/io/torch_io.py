@@ -27,14 +27,29 @@ TEMP_MARKER = ".ckpthooks-tmp-"
 _BUFFER = 8 * 1024 * 1024
 
 
+#: Distinguishes this process from an earlier one that had the same pid (pids repeat in containers).
+PROCESS_TOKEN = uuid.uuid4().hex[:8]
+
+
 def temp_name_for(path: str) -> str:
-    """A unique temporary sibling of ``path`` that :func:`is_temp_name` recognises."""
+    """A unique temporary sibling of ``path``: ``.<name>.ckpthooks-tmp-<pid>-<process token>-<n>``."""
     base = paths.basename(path)
-    return paths.join(paths.dirname(path), f".{base}{TEMP_MARKER}{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    unique = uuid.uuid4().hex[:8]
+    return paths.join(paths.dirname(path), f".{base}{TEMP_MARKER}{os.getpid()}-{PROCESS_TOKEN}-{unique}")
 
 
 def is_temp_name(name: str) -> bool:
     return name.startswith(".") and TEMP_MARKER in name
+
+
+def temp_owner(name: str) -> tuple[int, str] | None:
+    """``(pid, process token)`` of the process that created a temporary file, if it is one of ours."""
+    if not is_temp_name(name):
+        return None
+    parts = name.rsplit(TEMP_MARKER, 1)[1].split("-")
+    if len(parts) < 2 or not parts[0].isdigit():
+        return None
+    return int(parts[0]), parts[1]
 
 
 def fsync_dir(directory: str) -> None:

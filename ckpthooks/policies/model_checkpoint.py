@@ -12,12 +12,13 @@ from __future__ import annotations
 import logging
 import math
 import os
+from collections.abc import Callable
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Literal
 
 from ckpthooks import distributed
 from ckpthooks.callbacks import Callback
-from ckpthooks.exceptions import ConfigurationError
+from ckpthooks.exceptions import ConfigurationError, DistributedCheckpointError, StorageError
 from ckpthooks.io import paths
 from ckpthooks.io.torch_io import temp_name_for
 from ckpthooks.manifest import (
@@ -210,11 +211,26 @@ class ModelCheckpoint(Callback):
         return candidates
 
     def save_due(self, checkpointer: Checkpointer) -> None:
-        """Save now: a top-k (or latest) file as configured, then ``last``."""
+        """Save now: a top-k (or latest) file as configured, then ``last``.
+
+        A failed write leaves the bookkeeping as it was before that write. The error is raised,
+        or logged when the checkpointer was built with ``on_save_error="log"``.
+        """
         candidates = self.monitor_candidates(checkpointer)
         self._last_global_step_saved = checkpointer.global_step
-        saved = self._save_topk(checkpointer, candidates)
-        self._save_last(checkpointer, candidates, saved)
+        saved = self._transaction(checkpointer, lambda: self._save_topk(checkpointer, candidates))
+        self._transaction(checkpointer, lambda: self._save_last(checkpointer, candidates, saved))
+
+    def _transaction(self, checkpointer: Checkpointer, write: Callable[[], str | None]) -> str | None:
+        snapshot = (dict(self.topk.scores), self._latest_path, self.last_model_path)
+        try:
+            return write()
+        except (StorageError, DistributedCheckpointError, OSError) as exc:
+            self.topk.scores, self._latest_path, self.last_model_path = snapshot
+            if checkpointer.on_save_error == "log":
+                log.error("checkpoint save failed at step %d; training goes on: %s", checkpointer.global_step, exc)
+                return None
+            raise
 
     def _save_topk(self, checkpointer: Checkpointer, candidates: dict[str, float]) -> str | None:
         if self.save_top_k == 0:
@@ -265,9 +281,9 @@ class ModelCheckpoint(Callback):
         self._write(checkpointer, filepath, role="topk", score=None, replaces=replaces)
         return filepath
 
-    def _save_last(self, checkpointer: Checkpointer, candidates: dict[str, float], saved: str | None) -> None:
+    def _save_last(self, checkpointer: Checkpointer, candidates: dict[str, float], saved: str | None) -> str | None:
         if not self.save_last:
-            return
+            return None
         last_name = format_filename(
             self.CHECKPOINT_NAME_LAST, candidates, auto_insert_metric_name=self.auto_insert_metric_name
         )
@@ -281,6 +297,7 @@ class ModelCheckpoint(Callback):
             self._link(checkpointer, saved, filepath, replaces)
         else:
             self._write(checkpointer, filepath, role="last", score=None, replaces=replaces)
+        return None
 
     def _write(
         self,
