@@ -33,10 +33,10 @@ from ckpthooks.exceptions import (
 from ckpthooks.io import paths
 from ckpthooks.io.base import CheckpointIO
 from ckpthooks.leftovers import clean_leftovers
-from ckpthooks.manifest import CommittedCheckpoint, Manifest, VerifyMode, newest_committed
+from ckpthooks.manifest import CommittedCheckpoint, Manifest, VerifyMode, iter_committed
 from ckpthooks.plugin_host import PluginHost, get_plugin_host
 from ckpthooks.progress import LoopProgress
-from ckpthooks.store import CheckpointStore
+from ckpthooks.store import CheckpointStore, check_format_version
 
 log = logging.getLogger(__name__)
 
@@ -180,12 +180,16 @@ class Checkpointer:
         for plugin_name, component in self.host.state_components(self):
             self._components.append(component)
             self._component_sources[component.name] = plugin_name
-        self.callbacks += [policy for _, policy in self.host.policies(self)]
+        policies = [policy for _, policy in self.host.policies(self)]
+        if any(isinstance(p, ModelCheckpoint) and not getattr(p, "is_default_policy", False) for p in policies):
+            # a plugin configured its own ModelCheckpoint: no default one is needed besides it
+            policies = [p for p in policies if not getattr(p, "is_default_policy", False)]
+        self.callbacks += policies
         self._check_state_keys()
         for cb in self.callbacks:
             cb.setup(self)
         if self.is_global_zero:
-            clean_leftovers(self.checkpoint_roots())
+            clean_leftovers(self.checkpoint_roots(), self.storage_options)
 
     def _check_state_keys(self) -> None:
         seen: dict[str, Callback] = {}
@@ -477,7 +481,7 @@ class Checkpointer:
                 cb.on_checkpoint_committed(self, path, manifest)
             if on_committed is not None:
                 on_committed(manifest)
-        except (CheckpointError, OSError) as exc:
+        except Exception as exc:  # raising here would skip the outcome all ranks wait for
             log.error("after committing %s: %s; older files may be left behind", path, exc)
 
     def remove_checkpoint(self, filepath: str | os.PathLike[str]) -> bool:
@@ -500,7 +504,8 @@ class Checkpointer:
 
     # ------------------------------------------------------------------ finding
     def checkpoint_roots(self) -> list[str]:
-        """Folders searched for "last": the root folder and every policy's own folder."""
+        """Folders searched for "last": the root folder itself (not its subfolders, which may hold
+        other runs) and every policy's own folder with its subfolders."""
         roots = [self.default_root_dir]
         for cb in self.callbacks:
             dirpath = getattr(cb, "dirpath", None)
@@ -509,8 +514,12 @@ class Checkpointer:
         return roots
 
     def committed_checkpoints(self) -> list[CommittedCheckpoint]:
-        """Committed checkpoints under :meth:`checkpoint_roots`, newest (by global step) first."""
-        return newest_committed(self.checkpoint_roots(), self.storage_options)
+        """Committed checkpoints in :meth:`checkpoint_roots`, newest (by global step) first."""
+        found: dict[str, CommittedCheckpoint] = {}
+        for index, root in enumerate(self.checkpoint_roots()):
+            for item in iter_committed(root, self.storage_options, recursive=index > 0):
+                found.setdefault(item.path, item)
+        return sorted(found.values(), key=lambda c: c.sort_key, reverse=True)
 
     def find_checkpoint(self, which: str) -> str | None:
         """The path ``"last"`` or ``"best"`` refers to now, or ``None`` when there is none."""
@@ -579,6 +588,7 @@ class Checkpointer:
 
     def restore_from_dict(self, checkpoint: dict[str, Any], *, strict: bool | None = None) -> RestoreReport:
         """Restore from a checkpoint dict already in memory (see :meth:`restore`)."""
+        check_format_version(checkpoint, "the checkpoint")
         strict = self.strict if strict is None else strict
         for obj in (self.model, self.datamodule):
             hook = getattr(obj, "on_load_checkpoint", None)
@@ -601,7 +611,7 @@ class Checkpointer:
             incompatible += found.incompatible
             if active and found.present:
                 plan.append((component, found.value))
-            elif active and component.on_missing != "ignore":
+            elif active and component.on_missing != "ignore" and not found.missing:
                 label = component.label(self)
                 if component.on_missing == "error":
                     report.missing.append(label)
@@ -623,7 +633,8 @@ class Checkpointer:
         self.restore_strict = strict
         for component, value in plan:
             component.load(self, value)
-            report.restored.append(component.name)
+            if component.restores_state:
+                report.restored.append(component.name)
         report.epoch, report.global_step = self.current_epoch, self.global_step
         return report
 

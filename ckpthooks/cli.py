@@ -59,7 +59,18 @@ def plugins_command(as_json: bool) -> None:
 )
 @click.option("--deep", is_flag=True, help="Also load each file with torch.load(weights_only=True).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
-def verify_command(target: str, mode: str, deep: bool, as_json: bool) -> None:
+@click.option(
+    "--storage-option",
+    "-o",
+    "storage_option_args",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="An fsspec storage option (repeatable); VALUE is parsed as JSON when it is valid JSON, "
+    "e.g. -o key=ID -o secret=SECRET -o 'client_kwargs={\"endpoint_url\": \"http://127.0.0.1:9000\"}'.",
+)
+def verify_command(
+    target: str, mode: str, deep: bool, as_json: bool, storage_option_args: tuple[str, ...]
+) -> None:
     """Check one checkpoint, or every committed checkpoint under a folder, against its manifest.
 
     TARGET is a checkpoint path, a folder or an fsspec URL. Exit code 0 when everything checked is
@@ -69,14 +80,15 @@ def verify_command(target: str, mode: str, deep: bool, as_json: bool) -> None:
     from ckpthooks.io import paths
     from ckpthooks.manifest import MANIFEST_SUFFIX, iter_committed, read_manifest, verify_checkpoint
 
+    options = _storage_options(storage_option_args)
     root = paths.normalize(target)
-    fs = paths.filesystem(root)
+    fs = paths.filesystem(root, options)
     stripped = paths.fs_path(fs, root)
     if stripped.endswith(MANIFEST_SUFFIX):
         root = root[: -len(MANIFEST_SUFFIX)]
         stripped = stripped[: -len(MANIFEST_SUFFIX)]
-    if fs.isdir(stripped) and read_manifest(root) is None:
-        targets = [item.path for item in iter_committed(root)]
+    if fs.isdir(stripped) and read_manifest(root, options) is None:
+        targets = [item.path for item in iter_committed(root, options)]
         if not targets:
             _emit_verify([], as_json, f"no committed checkpoint under {target}")
             sys.exit(EXIT_FAILURE)
@@ -86,10 +98,10 @@ def verify_command(target: str, mode: str, deep: bool, as_json: bool) -> None:
     for path in targets:
         record: dict[str, Any] = {"path": path, "ok": True, "error": None}
         try:
-            manifest = verify_checkpoint(path, None, mode)  # type: ignore[arg-type]
+            manifest = verify_checkpoint(path, None, mode, options)  # type: ignore[arg-type]
             record.update(size=manifest.size, global_step=manifest.global_step, epoch=manifest.epoch)
             if deep:
-                _deep_load(path)
+                _deep_load(path, options)
         except (CheckpointError, OSError) as exc:
             record.update(ok=False, error=f"{type(exc).__name__}: {exc}")
         results.append(record)
@@ -97,10 +109,24 @@ def verify_command(target: str, mode: str, deep: bool, as_json: bool) -> None:
     sys.exit(EXIT_OK if all(r["ok"] for r in results) else EXIT_FAILURE)
 
 
-def _deep_load(path: str) -> None:
+def _storage_options(args: tuple[str, ...]) -> dict[str, Any] | None:
+    """``KEY=VALUE`` pairs as a dict; values that parse as JSON are taken as JSON."""
+    options: dict[str, Any] = {}
+    for arg in args:
+        key, sep, value = arg.partition("=")
+        if not sep or not key.strip():
+            raise click.BadParameter(f"expected KEY=VALUE, got {arg!r}", param_hint="--storage-option")
+        try:
+            options[key.strip()] = json.loads(value)
+        except ValueError:
+            options[key.strip()] = value
+    return options or None
+
+
+def _deep_load(path: str, storage_options: dict[str, Any] | None = None) -> None:
     from ckpthooks.io.torch_io import TorchCheckpointIO
 
-    TorchCheckpointIO().load_checkpoint(path, map_location="cpu", weights_only=True)
+    TorchCheckpointIO().load_checkpoint(path, map_location="cpu", storage_options=storage_options, weights_only=True)
 
 
 def _emit_verify(results: list[dict[str, Any]], as_json: bool, note: str | None) -> None:

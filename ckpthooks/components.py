@@ -71,6 +71,8 @@ class StateComponent:
     name: str = ""
     in_weights_only: bool = False
     on_missing: OnMissing = "error"
+    #: ``False`` for metadata that a restore reads but does not put back (hyperparameters)
+    restores_state: bool = True
 
     def key(self, checkpointer: Checkpointer) -> str | None:
         """Top-level checkpoint key of this state, or ``None`` for the ckpthooks namespace."""
@@ -339,6 +341,11 @@ class CallbacksComponent(StateComponent):
         found = super().find(checkpointer, checkpoint)
         saved = found.value if found.present else {}
         stateful = {cb.state_key for cb in checkpointer.callbacks if cb.state_dict()}
+        # the default policy (added because no ModelCheckpoint was configured) may start fresh
+        defaults = {cb.state_key for cb in checkpointer.callbacks if getattr(cb, "is_default_policy", False)}
+        for key in sorted((defaults & stateful) - set(saved)):
+            log.info("the checkpoint holds no state for the default %s; it starts fresh", key)
+        stateful -= defaults - set(saved)
         if found.present or stateful:
             found.missing += [f"callbacks[{k!r}]" for k in sorted(stateful - set(saved))]
             found.unexpected += [f"callbacks[{k!r}]" for k in sorted(set(saved) - stateful)]
@@ -387,6 +394,7 @@ class HyperparametersComponent(StateComponent):
     name = "hyperparameters"
     in_weights_only = True
     on_missing = "ignore"
+    restores_state = False
 
     def save_into(self, checkpointer: Checkpointer, checkpoint: dict[str, Any]) -> None:
         from ckpthooks.hparams import hparams_of
@@ -399,7 +407,7 @@ class HyperparametersComponent(StateComponent):
                 checkpoint[f"{prefix}hyper_parameters"] = values
 
     def find(self, checkpointer: Checkpointer, checkpoint: dict[str, Any]) -> Found:
-        return Found(checkpoint.get("hyper_parameters"))
+        return Found(checkpoint["hyper_parameters"]) if "hyper_parameters" in checkpoint else Found()
 
     def load(self, checkpointer: Checkpointer, state: Any) -> None:
         """Hyperparameters are read by ``load_from_checkpoint``; a resume leaves them as they are."""

@@ -81,6 +81,9 @@ def agree_on_outcome(error: BaseException | None, what: str) -> None:
         return
     message = None if error is None else f"{type(error).__name__}: {error}"
     outcome = broadcast_object(message if dist.get_rank() == 0 else None)
+    # the broadcast's last send may still be in flight on the writer; a barrier lets a process
+    # group be destroyed right after a save without aborting (seen with gloo)
+    dist.barrier()
     if error is not None:
         raise error
     if outcome is not None:

@@ -16,6 +16,7 @@ __all__ = [
     "CorruptCheckpointError",
     "DistributedCheckpointError",
     "DuplicateContributionError",
+    "IncompatibleFormatError",
     "IncompatibleStateError",
     "MissingStateError",
     "PluginError",
@@ -74,6 +75,11 @@ class StorageError(CheckpointError, OSError):
 
 class CorruptCheckpointError(CheckpointError):
     """A checkpoint's bytes are not what was committed: truncated, altered or not a checkpoint."""
+
+
+class IncompatibleFormatError(CheckpointError):
+    """The checkpoint (or its manifest) was written by a newer ckpthooks, in a format this version
+    cannot read: upgrade ckpthooks."""
 
 
 class UnsafeCheckpointError(CheckpointError):

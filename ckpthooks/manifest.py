@@ -18,10 +18,16 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 from ckpthooks._version import FORMAT_VERSION, __version__
-from ckpthooks.exceptions import CheckpointNotFoundError, CorruptCheckpointError, StorageError
+from ckpthooks.exceptions import (
+    CheckpointNotFoundError,
+    CorruptCheckpointError,
+    IncompatibleFormatError,
+    StorageError,
+)
 from ckpthooks.io import paths
 from ckpthooks.io.hashing import hash_stream, read_chunks
-from ckpthooks.io.torch_io import fsync_dir, temp_name_for
+from ckpthooks.io.retry import call_with_retry
+from ckpthooks.io.torch_io import _storage_error, fsync_dir, temp_name_for
 
 log = logging.getLogger(__name__)
 
@@ -60,10 +66,17 @@ class Manifest:
         return json.dumps(payload, indent=1, sort_keys=True)
 
     @classmethod
-    def from_json(cls, text: str) -> Manifest:
+    def from_json(cls, text: str, source: str = "the manifest") -> Manifest:
         data = json.loads(text)
         if not isinstance(data, dict) or data.get("format") != MANIFEST_FORMAT:
             raise ValueError("not a ckpthooks manifest")
+        version = data.get("manifest_version")
+        if isinstance(version, int) and not isinstance(version, bool) and version > MANIFEST_VERSION:
+            raise IncompatibleFormatError(
+                f"{source} was written by a newer ckpthooks: its manifest version is {version}, but "
+                f"ckpthooks {__version__} reads versions up to {MANIFEST_VERSION}. Upgrade ckpthooks "
+                "(pip install --upgrade ckpthooks) to use this checkpoint."
+            )
         known = {name for name in cls.__dataclass_fields__}
         return cls(**{k: v for k, v in data.items() if k in known})
 
@@ -103,9 +116,12 @@ def write_manifest(
             fsync_dir(os.path.dirname(local))
         else:
             fs = paths.filesystem(target, storage_options)
-            fs.pipe_file(paths.fs_path(fs, target), data)  # one PUT: atomic on object stores
+            # one PUT: atomic on object stores
+            call_with_retry(lambda: fs.pipe_file(paths.fs_path(fs, target), data), action="write", path=target)
+    except StorageError:
+        raise
     except OSError as exc:
-        raise StorageError(f"could not commit {checkpoint_path}: writing {target} failed: {exc}") from exc
+        raise _storage_error(f"commit {checkpoint_path}: could not write", target, exc) from exc
     return target
 
 
@@ -120,10 +136,16 @@ def remove_manifest(checkpoint_path: str, storage_options: Mapping[str, Any] | N
         else:
             fs = paths.filesystem(target, storage_options)
             stripped = paths.fs_path(fs, target)
-            if fs.exists(stripped):
-                fs.rm_file(stripped)
+
+            def remove() -> None:
+                if fs.exists(stripped):
+                    fs.rm_file(stripped)
+
+            call_with_retry(remove, action="delete", path=target)
+    except StorageError:
+        raise
     except OSError as exc:
-        raise StorageError(f"could not uncommit {checkpoint_path}: {exc}") from exc
+        raise _storage_error(f"uncommit {checkpoint_path}: could not delete", target, exc) from exc
 
 
 def read_manifest(
@@ -137,10 +159,12 @@ def read_manifest(
                 text = handle.read().decode()
         else:
             fs = paths.filesystem(target, storage_options)
-            text = fs.cat_file(paths.fs_path(fs, target)).decode()
-        manifest = Manifest.from_json(text)
+            text = call_with_retry(lambda: fs.cat_file(paths.fs_path(fs, target)), action="read", path=target).decode()
+        manifest = Manifest.from_json(text, source=target)
     except FileNotFoundError:
         return None
+    except StorageError:
+        raise  # storage unreachable: not the same as "not committed"
     except (OSError, ValueError, TypeError, UnicodeDecodeError) as exc:
         log.warning("ignoring unreadable manifest %s: %s", target, exc)
         return None
@@ -148,6 +172,58 @@ def read_manifest(
         log.warning("ignoring manifest %s: it names %r", target, manifest.file)
         return None
     return manifest
+
+
+#: Suffix of the committed copy of a local checkpoint kept while it is being overwritten.
+PREVIOUS_SUFFIX = ".ckpthooks-prev"
+
+
+def previous_path(checkpoint_path: str) -> str:
+    """Where :func:`keep_previous` keeps the old version of ``checkpoint_path``."""
+    return paths.join(paths.dirname(checkpoint_path), f".{paths.basename(checkpoint_path)}{PREVIOUS_SUFFIX}")
+
+
+def previous_of(name: str) -> str | None:
+    """The checkpoint name a ``.<name>.ckpthooks-prev`` file keeps, or ``None`` for other names."""
+    if name.startswith(".") and name.endswith(PREVIOUS_SUFFIX):
+        return name[1 : -len(PREVIOUS_SUFFIX)] or None
+    return None
+
+
+def keep_previous(checkpoint_path: str) -> str | None:
+    """Before a committed local checkpoint is overwritten, keep it committed under a hidden name.
+
+    Overwriting uncommits the old version before the new one is committed; without this, a crash in
+    between would leave no committed checkpoint when it was the only one (``save_top_k=0`` with
+    ``save_last=True``). The old data is hard-linked (no copy) to ``.<name>.ckpthooks-prev`` and
+    committed there; "last" finds it until :func:`drop_previous` removes it after the new commit.
+    Returns the kept path, or ``None`` where this is not possible (remote storage, no hard links).
+    """
+    if not paths.is_local(checkpoint_path):
+        return None
+    manifest = read_manifest(checkpoint_path)
+    if manifest is None:
+        return None
+    source = paths.local_path(checkpoint_path)
+    kept = previous_path(source)
+    drop_previous(kept)
+    try:
+        os.link(source, kept)
+    except OSError as exc:
+        log.info("cannot keep the previous version of %s while it is overwritten: %s", checkpoint_path, exc)
+        return None
+    manifest.file = paths.basename(kept)
+    write_manifest(kept, manifest)
+    return kept
+
+
+def drop_previous(kept: str | None) -> None:
+    """Uncommit and delete what :func:`keep_previous` kept (a missing one is fine)."""
+    if kept is None:
+        return
+    remove_manifest(kept)
+    with contextlib.suppress(FileNotFoundError):
+        os.remove(paths.local_path(kept))
 
 
 def iter_committed(
@@ -161,7 +237,9 @@ def iter_committed(
         walker = os.walk(root) if recursive else [next(os.walk(root))]
         for folder, _dirs, files in walker:
             for name in sorted(files):
-                if name.endswith(MANIFEST_SUFFIX) and not name.startswith("."):
+                if name.endswith(MANIFEST_SUFFIX) and (
+                    not name.startswith(".") or previous_of(name[: -len(MANIFEST_SUFFIX)])
+                ):
                     checkpoint = os.path.join(folder, name[: -len(MANIFEST_SUFFIX)])
                     manifest = read_manifest(checkpoint)
                     if manifest is not None:
@@ -169,10 +247,15 @@ def iter_committed(
         return
     fs = paths.filesystem(root, storage_options)
     base = paths.fs_path(fs, root)
-    if not fs.exists(base):
-        return
+    paths.forget_listings(fs, base)  # cached listings may predate other writers' commits
     pattern = "**/*" + MANIFEST_SUFFIX if recursive else "*" + MANIFEST_SUFFIX
-    for found in sorted(fs.glob(f"{base.rstrip('/')}/{pattern}")):
+
+    def listing() -> list[str]:
+        if not fs.exists(base):
+            return []
+        return sorted(str(found) for found in fs.glob(f"{base.rstrip('/')}/{pattern}"))
+
+    for found in call_with_retry(listing, action="list", path=root):
         checkpoint = paths.unstrip(fs, root, str(found)[: -len(MANIFEST_SUFFIX)])
         manifest = read_manifest(checkpoint, storage_options)
         if manifest is not None:
@@ -212,8 +295,9 @@ def verify_checkpoint(
         return manifest
     fs = paths.filesystem(checkpoint_path, storage_options)
     target = paths.fs_path(fs, checkpoint_path)
+    fs.invalidate_cache(target)  # a cached listing may predate the write (s3fs: target and parents)
     try:
-        size = int(fs.size(target))
+        size = int(call_with_retry(lambda: fs.size(target), action="read the size of", path=checkpoint_path))
     except FileNotFoundError as exc:
         raise CorruptCheckpointError(
             f"{checkpoint_path} is missing although its manifest commits it"
@@ -224,9 +308,14 @@ def verify_checkpoint(
             "the file was truncated or replaced after it was committed"
         )
     if mode == "full" and manifest.checksum and manifest.algorithm:
-        try:
+        algorithm = manifest.algorithm
+
+        def checksum() -> str:
             with fs.open(target, "rb") as handle:
-                _, digest = hash_stream(read_chunks(handle), manifest.algorithm)
+                return hash_stream(read_chunks(handle), algorithm)[1]
+
+        try:
+            digest = call_with_retry(checksum, action="read", path=checkpoint_path)
         except LookupError as exc:
             log.warning("cannot verify the checksum of %s: %s; checked its size only", checkpoint_path, exc)
             return manifest

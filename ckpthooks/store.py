@@ -8,20 +8,34 @@ keeps the invariant: a checkpoint is committed exactly when its manifest is vali
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ckpthooks.exceptions import CheckpointNotFoundError, ConfigurationError
+from ckpthooks._version import FORMAT_VERSION, __version__
+from ckpthooks.exceptions import (
+    CheckpointError,
+    CheckpointNotFoundError,
+    ConfigurationError,
+    IncompatibleFormatError,
+    StorageError,
+)
 from ckpthooks.io import paths
 from ckpthooks.io.base import CheckpointIO, SaveResult
 from ckpthooks.io.safety import check_weights_only_safe
+from ckpthooks.io.torch_io import fsync_dir, temp_name_for
+from ckpthooks.leftovers import remove_pending_marker, write_pending_marker
 from ckpthooks.manifest import (
     CommittedCheckpoint,
     Manifest,
     VerifyMode,
+    drop_previous,
+    keep_previous,
+    previous_path,
     read_manifest,
     remove_manifest,
     verify_checkpoint,
@@ -32,6 +46,19 @@ from ckpthooks.plugin_host import PluginHost, get_plugin_host
 log = logging.getLogger(__name__)
 
 VERIFY_MODES = ("full", "size", "off")
+
+
+def check_format_version(checkpoint: Mapping[str, Any], where: str) -> None:
+    """Raise :class:`IncompatibleFormatError` when ``checkpoint`` was written in a newer ckpthooks
+    format (``checkpoint["ckpthooks"]["format_version"]``) than this version reads."""
+    space = checkpoint.get("ckpthooks")
+    version = space.get("format_version") if isinstance(space, Mapping) else None
+    if isinstance(version, int) and not isinstance(version, bool) and version > FORMAT_VERSION:
+        raise IncompatibleFormatError(
+            f"{where} was written by a newer ckpthooks: its checkpoint format is {version}, but "
+            f"ckpthooks {__version__} reads formats up to {FORMAT_VERSION}. Upgrade ckpthooks "
+            "(pip install --upgrade ckpthooks) to load it."
+        )
 
 
 @dataclass
@@ -65,31 +92,96 @@ class CheckpointStore:
         """Write ``checkpoint`` to ``path`` and commit it. Call on the writer rank only.
 
         An existing checkpoint at ``path`` is uncommitted first, so a crash mid-way never leaves a
-        manifest describing bytes it does not match.
+        manifest describing bytes it does not match. On remote storage (no atomic rename) a pending
+        marker is written before the data and removed after the commit, so that the next start can
+        delete the data of a save that crashed in between (see :mod:`ckpthooks.leftovers`).
         """
         check_weights_only_safe(checkpoint)
         io = self.io_for(path)
-        if read_manifest(path, self.storage_options) is not None:
-            remove_manifest(path, self.storage_options)
-        result = self.host.save_checkpoint(checkpoint, path, self.storage_options, io)
-        if not isinstance(result, SaveResult):
-            fs = paths.filesystem(path, self.storage_options)
-            result = SaveResult(size=int(fs.size(paths.fs_path(fs, path))))
-        manifest = Manifest(
-            file=paths.basename(path),
-            size=result.size,
-            checksum=result.checksum,
-            algorithm=result.algorithm,
-            epoch=int(epoch),
-            global_step=int(global_step),
-            metrics={k: float(v) for k, v in (metrics or {}).items()},
-            created=time.time(),
-            weights_only=weights_only,
-            writer=writer,
-            plugins=self.host.plugin_versions(),
-        )
-        write_manifest(path, manifest, self.storage_options)
+        previous = None
+        old = read_manifest(path, self.storage_options)
+        remote = not paths.is_local(path)
+        try:
+            if old is not None:
+                previous = keep_previous(path)
+                remove_manifest(path, self.storage_options)
+            if remote:
+                write_pending_marker(path, self.storage_options)
+            result = self.host.save_checkpoint(checkpoint, path, self.storage_options, io)
+            if not isinstance(result, SaveResult):
+                fs = paths.filesystem(path, self.storage_options)
+                result = SaveResult(size=int(fs.size(paths.fs_path(fs, path))))
+            manifest = Manifest(
+                file=paths.basename(path),
+                size=result.size,
+                checksum=result.checksum,
+                algorithm=result.algorithm,
+                epoch=int(epoch),
+                global_step=int(global_step),
+                metrics={k: float(v) for k, v in (metrics or {}).items()},
+                created=time.time(),
+                weights_only=weights_only,
+                writer=writer,
+                plugins=self.host.plugin_versions(),
+            )
+            write_manifest(path, manifest, self.storage_options)
+        except BaseException:
+            if old is not None:
+                self._recommit_if_intact(path, old, previous)
+            raise
+        if previous is None and not remote and os.path.exists(previous_path(paths.local_path(path))):
+            previous = previous_path(paths.local_path(path))  # kept by an earlier failed overwrite
+        try:
+            drop_previous(previous)
+        except OSError as exc:  # committed already; the next start removes the kept copy
+            log.warning("committed %s, but could not remove its previous version: %s", path, exc)
+        if remote:
+            try:
+                remove_pending_marker(path, self.storage_options)
+            except OSError as exc:  # committed already; the next start removes the marker
+                log.warning("committed %s, but could not remove its pending marker: %s", path, exc)
         log.info("committed checkpoint %s (%d bytes, step %d)", path, result.size, global_step)
+        return manifest
+
+    def _recommit_if_intact(self, path: str, old: Manifest, previous: str | None) -> None:
+        """After a failed overwrite: commit ``path`` again when its bytes are still the old ones
+        (the write failed before replacing them), so that a failed save loses nothing."""
+        if not (old.checksum and old.algorithm):
+            return  # a size match alone cannot tell the old bytes from new ones
+        try:
+            verify_checkpoint(path, old, "full", self.storage_options)
+            write_manifest(path, old, self.storage_options)
+        except (CheckpointError, OSError) as exc:
+            log.warning("%s stays uncommitted after the failed save (%s)", path, exc)
+            return
+        log.info("the failed save left %s unchanged; it is committed again", path)
+        with contextlib.suppress(OSError):
+            drop_previous(previous)
+            if not paths.is_local(path):
+                remove_pending_marker(path, self.storage_options)
+
+    def link(self, source: str, target: str, *, writer: str | None = None) -> Manifest:
+        """Commit ``target`` as a hard link to the committed local checkpoint ``source`` (no second
+        write). Call on the writer rank only."""
+        manifest = read_manifest(source, self.storage_options)
+        if manifest is None or not paths.is_local(source) or not paths.is_local(target):
+            raise CheckpointNotFoundError(f"cannot link {target} to {source}: not a committed local checkpoint")
+        local_target = paths.local_path(target)
+        previous = keep_previous(target) if read_manifest(target) is not None else None
+        remove_manifest(target)
+        tmp = temp_name_for(local_target)
+        try:
+            os.link(paths.local_path(source), tmp)
+            os.replace(tmp, local_target)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                os.remove(tmp)
+            raise StorageError(f"could not link {target} to {source}: {exc}") from exc
+        fsync_dir(os.path.dirname(local_target))
+        manifest.file = paths.basename(target)
+        manifest.writer = writer
+        write_manifest(target, manifest)
+        drop_previous(previous)
         return manifest
 
     # ------------------------------------------------------------------ load
@@ -118,9 +210,11 @@ class CheckpointStore:
             log.info("%s has no ckpthooks manifest; loading it without verification", path)
         else:
             verify_checkpoint(path, manifest, mode, self.storage_options)
-        return self.host.load_checkpoint(
+        checkpoint = self.host.load_checkpoint(
             path, self.storage_options, self.io_for(path), map_location, weights_only
         )
+        check_format_version(checkpoint, path)
+        return checkpoint
 
     def verify_committed(self, committed: CommittedCheckpoint, verify: VerifyMode | None = None) -> None:
         """Check a committed checkpoint's bytes against its manifest."""

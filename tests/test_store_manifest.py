@@ -26,6 +26,7 @@ from ckpthooks.manifest import (
     iter_committed,
     manifest_path,
     newest_committed,
+    previous_path,
     read_manifest,
     verify_checkpoint,
 )
@@ -303,32 +304,41 @@ def test_resave_uncommits_before_writing_new_data(
     manifest = _save(store, path, step=20, value=2.0)
 
     assert manifest_during_write == [False]
-    assert events == [
-        ("remove", path + MANIFEST_SUFFIX),
-        ("replace", path),
-        ("replace", path + MANIFEST_SUFFIX),
-    ]
+    kept = previous_path(path)
+    order = {event: index for index, event in enumerate(events)}
+    # the old version stays committed under a hidden name while the original is uncommitted,
+    # rewritten and committed again; then the kept copy goes
+    assert order[("replace", kept + MANIFEST_SUFFIX)] < order[("remove", path + MANIFEST_SUFFIX)]
+    assert order[("remove", path + MANIFEST_SUFFIX)] < order[("replace", path)]
+    assert order[("replace", path)] < order[("replace", path + MANIFEST_SUFFIX)]
+    assert order[("replace", path + MANIFEST_SUFFIX)] < max(i for e, i in order.items() if e == ("remove", kept))
+    assert not os.path.exists(kept) and not os.path.exists(kept + MANIFEST_SUFFIX)
     on_disk = read_manifest(path)
     assert on_disk is not None and on_disk.global_step == 20 and on_disk == manifest
     assert torch.equal(store.load(path)["state_dict"]["w"], torch.full((32, 32), 2.0))
 
 
-def test_failed_resave_leaves_old_checkpoint_uncommitted(
+def test_failed_resave_keeps_the_old_version_committed(
     tmp_path: Any, store: CheckpointStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     path = str(tmp_path / "model.ckpt")
     _save(store, path, step=10)
+    real_replace = os.replace
 
-    def boom(*args: Any, **kwargs: Any) -> None:
-        raise OSError(28, "No space left on device")
+    def boom(src: Any, dst: Any, *args: Any, **kwargs: Any) -> None:
+        if os.fspath(dst) == path:
+            raise OSError(28, "No space left on device")
+        real_replace(src, dst, *args, **kwargs)
 
     monkeypatch.setattr(os, "replace", boom)
     with pytest.raises(ckpthooks.StorageError):
         _save(store, path, step=20, value=2.0)
     monkeypatch.undo()
-    assert read_manifest(path) is None  # never a manifest describing other bytes
-    assert list(iter_committed(str(tmp_path))) == []
-    assert [n for n in os.listdir(tmp_path) if TEMP_MARKER in n] == []
+    # the bytes at path were never replaced, so the old version is committed there again
+    committed = list(iter_committed(str(tmp_path)))
+    assert [(c.path, c.manifest.global_step) for c in committed] == [(path, 10)]
+    verify_checkpoint(committed[0].path, committed[0].manifest)
+    assert [n for n in os.listdir(tmp_path) if TEMP_MARKER in n or n.startswith(".")] == []
 
 
 # ---------------------------------------------------------------------- memory://

@@ -25,4 +25,6 @@ def register_policies(checkpointer: Checkpointer) -> Sequence[Callback]:
         return []
     if any(isinstance(cb, ModelCheckpoint) for cb in checkpointer.callbacks):
         return []
-    return [ModelCheckpoint()]
+    default = ModelCheckpoint()
+    default.is_default_policy = True
+    return [default]

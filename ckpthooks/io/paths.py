@@ -76,3 +76,19 @@ def unstrip(fs: fsspec.AbstractFileSystem, template: str, stripped: str) -> str:
     if base and (stripped == base or stripped.startswith(base + "/")):
         return template.rstrip("/") + stripped[len(base) :]  # spelled like the root: paths compare equal
     return f"{protocol}://{stripped.lstrip('/')}" if protocol != "memory" else f"memory://{stripped}"
+
+
+def forget_listings(fs: fsspec.AbstractFileSystem, path: str) -> None:
+    """Drop the directory listings ``fs`` cached for ``path``, its parents and everything below it.
+
+    s3fs and other object-store filesystems cache listings per instance (shared by every user of the
+    same storage options); one taken before another process wrote would hide the new files from
+    "last", "best" and the size checks.
+    """
+    fs.invalidate_cache(path)
+    cache = getattr(fs, "dircache", None)
+    if not cache:
+        return
+    prefix = path.rstrip("/") + "/"
+    for key in [key for key in list(cache) if str(key).startswith(prefix)]:
+        fs.invalidate_cache(key)

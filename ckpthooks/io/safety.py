@@ -57,8 +57,8 @@ def translate_load_error(exc: BaseException, path: str) -> BaseException | None:
         what = f" It contains {offending}, which is not a plain type or a tensor." if offending else ""
         return UnsafeCheckpointError(
             f"{path} cannot be loaded safely: loading it would unpickle arbitrary Python objects."
-            f"{what} If, and only if, you trust where this file came from, load it with "
-            "weights_only=False (or the CLI flag --unsafe-load)."
+            f"{what} If, and only if, you trust where this file came from, pass weights_only=False "
+            "to Checkpointer.restore() or load_from_checkpoint()."
         )
     return None
 

@@ -18,6 +18,7 @@ from ckpthooks.exceptions import (
 from ckpthooks.io import paths
 from ckpthooks.io.base import CheckpointIO, SaveResult
 from ckpthooks.io.hashing import HashingWriter
+from ckpthooks.io.retry import RetryPolicy, call_with_retry
 from ckpthooks.io.safety import translate_load_error
 
 log = logging.getLogger(__name__)
@@ -73,10 +74,16 @@ class TorchCheckpointIO(CheckpointIO):
     fsynced, renamed over the target, and the folder fsynced. Other fsspec URLs (``memory://``,
     ``s3://``, ...): bytes stream to the target object; there the commit manifest the runtime writes
     afterwards is what makes the checkpoint count. The checksum is computed while writing.
+
+    Remote writes, reads and deletes that fail transiently (a dropped connection, a timeout, an
+    HTTP 5xx) are repeated with backoff following ``retry`` (by default the process-wide
+    :data:`ckpthooks.io.retry.DEFAULT_RETRY`); a retried write streams the checkpoint again into a
+    fresh object.
     """
 
-    def __init__(self, checksum_algorithm: str | None = None) -> None:
+    def __init__(self, checksum_algorithm: str | None = None, retry: RetryPolicy | None = None) -> None:
         self.checksum_algorithm = checksum_algorithm
+        self.retry = retry
 
     # ------------------------------------------------------------------ save
 
@@ -121,23 +128,32 @@ class TorchCheckpointIO(CheckpointIO):
     def _save_remote(
         self, checkpoint: dict[str, Any], path: str, storage_options: Mapping[str, Any] | None
     ) -> SaveResult:
-        import torch
-
         fs = paths.filesystem(path, storage_options)
         target = paths.fs_path(fs, path)
-        writer: HashingWriter | None = None
-        try:
+
+        def attempt() -> SaveResult:
+            import torch
+
             fs.makedirs(paths.fs_path(fs, paths.dirname(path)), exist_ok=True)
-            with fs.open(target, "wb") as handle:
-                writer = HashingWriter(handle, self.checksum_algorithm)
+            handle = fs.open(target, "wb")
+            recorder = _ErrorRecorder(handle)
+            writer = HashingWriter(recorder, self.checksum_algorithm)  # type: ignore[arg-type]
+            try:
                 torch.save(checkpoint, writer)  # type: ignore[arg-type]  # a file-like writer
+                handle.close()  # object stores upload (the rest) here
+            except BaseException as exc:
+                _abandon(handle)
+                if recorder.error is not None and exc is not recorder.error:
+                    raise recorder.error from exc  # what the storage raised, not torch's wrapper
+                raise
+            return SaveResult(size=writer.size, checksum=writer.hexdigest(), algorithm=writer.algorithm)
+
+        try:
+            return call_with_retry(attempt, action="write", path=path, policy=self.retry)
+        except StorageError:
+            raise
         except OSError as exc:
             raise _storage_error("write", path, exc) from exc
-        except RuntimeError as exc:
-            if writer is not None and writer.error is not None:
-                raise _storage_error("write", path, writer.error) from exc
-            raise
-        return SaveResult(size=writer.size, checksum=writer.hexdigest(), algorithm=writer.algorithm)
 
     # ------------------------------------------------------------------ load
 
@@ -158,13 +174,20 @@ class TorchCheckpointIO(CheckpointIO):
                         f"{path} is a folder, not a checkpoint file; is it a sharded checkpoint "
                         "that needs its own storage plugin?"
                     )
-                loaded = torch.load(
-                    local, map_location=map_location, weights_only=weights_only, mmap=_is_zip(local)
-                )
+                with open(local, "rb") as handle:
+                    source = _pinned(local, handle)
+                    loaded = torch.load(
+                        source, map_location=map_location, weights_only=weights_only, mmap=_is_zip(source)
+                    )
             else:
-                fs = paths.filesystem(path, storage_options)
-                with fs.open(paths.fs_path(fs, path), "rb") as handle:
-                    loaded = torch.load(handle, map_location=map_location, weights_only=weights_only)
+                loaded = call_with_retry(
+                    lambda: _load_remote(path, map_location, storage_options, weights_only),
+                    action="read",
+                    path=path,
+                    policy=self.retry,
+                )
+        except StorageError:
+            raise
         except FileNotFoundError as exc:
             raise CheckpointNotFoundError(f"no checkpoint at {path}") from exc
         except PermissionError as exc:
@@ -196,16 +219,99 @@ class TorchCheckpointIO(CheckpointIO):
                 return
             fs = paths.filesystem(path, storage_options)
             target = paths.fs_path(fs, path)
-            if fs.exists(target):
-                fs.rm(target, recursive=fs.isdir(target))
+            call_with_retry(lambda: _remove_remote(fs, target), action="delete", path=path, policy=self.retry)
+        except StorageError:
+            raise
         except OSError as exc:
             raise _storage_error("delete", path, exc) from exc
+
+
+def _load_remote(
+    path: str, map_location: Any, storage_options: Mapping[str, Any] | None, weights_only: bool
+) -> Any:
+    import torch
+
+    fs = paths.filesystem(path, storage_options)
+    with fs.open(paths.fs_path(fs, path), "rb") as handle:
+        recorder = _ErrorRecorder(handle)
+        try:
+            return torch.load(recorder, map_location=map_location, weights_only=weights_only)
+        except Exception as exc:
+            if recorder.error is not None and exc is not recorder.error:
+                raise recorder.error from exc  # a failed read, not a bad file: may be retried
+            raise
+
+
+def _remove_remote(fs: Any, target: str) -> None:
+    if not fs.exists(target):
+        return
+    if fs.isdir(target):
+        fs.rm(target, recursive=True)
+    else:
+        fs.rm_file(target)  # one DELETE; a missing object is not an error
+
+
+class _ErrorRecorder:
+    """A file-like pass-through that remembers the exception a read or write of the storage raised
+    (``torch.save``/``torch.load`` report those as ``RuntimeError``, hiding what went wrong)."""
+
+    def __init__(self, handle: Any) -> None:
+        self._handle = handle
+        self.error: Exception | None = None
+
+    def write(self, data: Any) -> Any:
+        try:
+            return self._handle.write(data)
+        except Exception as exc:
+            self.error = exc
+            raise
+
+    def read(self, *args: Any) -> Any:
+        try:
+            return self._handle.read(*args)
+        except Exception as exc:
+            self.error = exc
+            raise
+
+    def readinto(self, buffer: Any) -> Any:
+        try:
+            return self._handle.readinto(buffer)
+        except Exception as exc:
+            self.error = exc
+            raise
+
+    def __getattr__(self, name: str) -> Any:  # seek, tell, flush, readable, ...
+        return getattr(self._handle, name)
+
+
+def _abandon(handle: Any) -> None:
+    """Drop a half-written remote file without publishing it (aborts an S3 multipart upload)."""
+    discard = getattr(handle, "discard", None)
+    try:
+        if callable(discard):
+            discard()
+            handle.closed = True  # nothing to flush any more, also not at garbage collection
+        else:
+            handle.close()
+    except Exception as exc:  # the storage is failing already; the original error matters
+        log.debug("could not abandon the partial upload %s: %s", getattr(handle, "path", handle), exc)
 
 
 def _is_zip(path: str) -> bool:
     """Whether ``path`` has torch's zip layout (mmap works only there, not for the legacy format)."""
     with open(path, "rb") as handle:
         return handle.read(4) == b"PK\x03\x04"
+
+
+def _pinned(path: str, handle: Any) -> str:
+    """A name for the very file ``handle`` has open, where the OS offers one (``/proc/self/fd``).
+
+    ``torch.load(mmap=True)`` opens its path twice (the zip index, then the mapping): if a writer
+    renames a new checkpoint over ``path`` in between, a reader would mix the old file's index with
+    the new file's bytes. Elsewhere ``path`` itself is returned and that window remains.
+    """
+    pinned = f"/proc/self/fd/{handle.fileno()}"
+    return pinned if os.path.exists(pinned) else path
 
 
 def _first_line(exc: BaseException) -> str:

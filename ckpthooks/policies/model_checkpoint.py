@@ -12,22 +12,16 @@ from __future__ import annotations
 import logging
 import math
 import os
+import re
 from collections.abc import Callable
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Literal
 
 from ckpthooks import distributed
 from ckpthooks.callbacks import Callback
-from ckpthooks.exceptions import ConfigurationError, DistributedCheckpointError, StorageError
+from ckpthooks.exceptions import CheckpointError, ConfigurationError, DistributedCheckpointError, StorageError
 from ckpthooks.io import paths
-from ckpthooks.io.torch_io import temp_name_for
-from ckpthooks.manifest import (
-    Manifest,
-    iter_committed,
-    read_manifest,
-    remove_manifest,
-    write_manifest,
-)
+from ckpthooks.manifest import Manifest, iter_committed, read_manifest
 from ckpthooks.policies.naming import EXTENSION, format_filename, with_version
 from ckpthooks.policies.schedule import SaveSchedule
 from ckpthooks.policies.topk import Mode, TopK
@@ -36,6 +30,17 @@ if TYPE_CHECKING:
     from ckpthooks.checkpointer import Checkpointer
 
 log = logging.getLogger(__name__)
+
+
+def _check_inside_dirpath(name: str, what: str) -> None:
+    """Refuse names that would put a file outside ``dirpath`` (absolute, or with a ``..`` part)."""
+    parts = re.split(r"[/\\]", name)
+    if name.startswith(("/", "\\")) or os.path.isabs(name) or ".." in parts:
+        raise ConfigurationError(
+            f"ModelCheckpoint {what} {name!r} would put checkpoints outside dirpath; choose the folder "
+            "with dirpath= and give filename= a name inside it (no '..', not absolute)"
+        )
+
 
 class ModelCheckpoint(Callback):
     """Save checkpoints when, as and where Lightning's ``ModelCheckpoint`` would.
@@ -98,6 +103,8 @@ class ModelCheckpoint(Callback):
             raise ConfigurationError(f"save_last must be True, False, None or 'link', not {save_last!r}")
         if filename is not None and filename.endswith(self.FILE_EXTENSION):
             filename = filename[: -len(self.FILE_EXTENSION)]
+        if filename is not None:
+            _check_inside_dirpath(filename, "filename")
         self._dirpath_arg = None if dirpath is None else os.fspath(dirpath)
         self.dirpath: str | None = None if dirpath is None else paths.normalize(dirpath)
         self.filename = filename
@@ -120,7 +127,14 @@ class ModelCheckpoint(Callback):
         self.last_model_path = ""
         self._latest_path = ""  # newest file this policy wrote (for save_top_k=1 without monitor)
         self._last_global_step_saved = -1
+        #: set on the ModelCheckpoint added because none was configured (``enable_checkpointing``)
+        self.is_default_policy = False
+        # files displaced but not deleted yet; saved with the state, so that a run resuming after a
+        # crash between a commit and its pruning finishes the pruning (see on_fit_start)
+        self._pending_removals: set[str] = set()
         self._checkpointer: Checkpointer | None = None
+        self._writing: str | None = None  # the file the save in progress writes
+        self._reusable_last = ""  # a last file a failed save left uncommitted
 
     # ------------------------------------------------------------------ Lightning's attributes
     @property
@@ -178,6 +192,36 @@ class ModelCheckpoint(Callback):
 
     def on_fit_start(self, checkpointer: Checkpointer) -> None:
         self.schedule.start()
+        self._adopt_resumed_last(checkpointer)
+        self._finish_pending_removals(checkpointer)
+
+    def _adopt_resumed_last(self, checkpointer: Checkpointer) -> None:
+        """After a resume from this policy's ``last`` file, that file is ``last_model_path``.
+
+        A linked ``last`` (``save_last="link"``) holds the state of the top-k file, dumped before
+        ``last`` was chosen: resumed from the first one, the state names no ``last`` file, and the
+        next save would write ``last-v1`` and leave ``last`` committed beside it.
+        """
+        resumed = checkpointer.resumed_from
+        if not self.save_last or resumed is None or resumed == self.last_model_path or self.dirpath is None:
+            return
+        if paths.dirname(resumed) != paths.dirname(self._filepath("x")) or paths.basename(resumed).startswith("."):
+            return  # not one of this policy's visible files (a kept previous version is hidden)
+        manifest = read_manifest(resumed, checkpointer.storage_options)
+        if manifest is not None and manifest.writer == f"{self.state_key}#last":
+            self.last_model_path = resumed
+
+    def _finish_pending_removals(self, checkpointer: Checkpointer) -> None:
+        """Delete the files a restored state had displaced but not yet deleted (a crash came first)."""
+        for filepath in sorted(self._pending_removals):
+            try:
+                manifest = read_manifest(filepath, checkpointer.storage_options)
+                if manifest is not None and manifest.global_step > checkpointer.global_step:
+                    self._pending_removals.discard(filepath)  # a later save reused the name: not the one
+                    continue
+                self._remove_if_ours(checkpointer, filepath)
+            except (CheckpointError, OSError) as exc:
+                log.warning("could not remove %s, displaced before the restart: %s", filepath, exc)
 
     def on_train_batch_end(self, checkpointer: Checkpointer) -> None:
         if self._already_saved(checkpointer):
@@ -222,15 +266,40 @@ class ModelCheckpoint(Callback):
         self._transaction(checkpointer, lambda: self._save_last(checkpointer, candidates, saved))
 
     def _transaction(self, checkpointer: Checkpointer, write: Callable[[], str | None]) -> str | None:
-        snapshot = (dict(self.topk.scores), self._latest_path, self.last_model_path)
+        snapshot = (dict(self.topk.scores), self._latest_path, self.last_model_path, set(self._pending_removals))
+        self._writing = None
         try:
             return write()
         except (StorageError, DistributedCheckpointError, OSError) as exc:
-            self.topk.scores, self._latest_path, self.last_model_path = snapshot
+            self.topk.scores, self._latest_path, self.last_model_path, self._pending_removals = snapshot
+            self._forget_if_uncommitted(checkpointer, self._writing)
             if checkpointer.on_save_error == "log":
                 log.error("checkpoint save failed at step %d; training goes on: %s", checkpointer.global_step, exc)
                 return None
             raise
+
+    def _forget_if_uncommitted(self, checkpointer: Checkpointer, filepath: str | None) -> None:
+        """After a failed save over a file the bookkeeping names (``last.ckpt``, a reused name):
+        forget it when the failure left it uncommitted, so that the bookkeeping names committed
+        files only."""
+        if filepath is None or not (
+            filepath in self.topk.scores or filepath in (self.last_model_path, self._latest_path)
+        ):
+            return
+        gone = False
+        if checkpointer.is_global_zero:
+            try:
+                gone = read_manifest(filepath, checkpointer.storage_options) is None
+            except (CheckpointError, OSError) as exc:
+                log.warning("cannot tell whether %s is still committed: %s", filepath, exc)
+        if distributed.broadcast_object(gone):
+            log.warning("%s is no longer committed after the failed save; forgetting it", filepath)
+            self.topk.discard(filepath)
+            if self.last_model_path == filepath:
+                self.last_model_path = ""
+                self._reusable_last = filepath  # ours: the next save_last may write it again
+            if self._latest_path == filepath:
+                self._latest_path = ""
 
     def _save_topk(self, checkpointer: Checkpointer, candidates: dict[str, float]) -> str | None:
         if self.save_top_k == 0:
@@ -289,7 +358,8 @@ class ModelCheckpoint(Callback):
         )
         filepath = self._filepath(last_name)
         if self.enable_version_counter and filepath != self.last_model_path:
-            filepath = self._versioned(filepath, last_name, candidates, reuse=self.last_model_path or None)
+            reuse = self.last_model_path or self._reusable_last or None
+            filepath = self._versioned(filepath, last_name, candidates, reuse=reuse)
         previous = self.last_model_path or None
         self.last_model_path = filepath
         replaces = previous if previous and previous != filepath else None
@@ -312,32 +382,37 @@ class ModelCheckpoint(Callback):
             if replaces is not None and replaces != filepath:
                 self._remove_if_ours(checkpointer, replaces)
 
+        if replaces is not None and replaces != filepath:
+            self._pending_removals.add(replaces)  # before the state is dumped into the new file
+        self._writing = filepath
         writer = f"{self.state_key}#{role}"
         checkpointer.save_checkpoint(
             filepath, self.save_weights_only, writer=writer, on_committed=after_commit
         )
 
     def _link(self, checkpointer: Checkpointer, source: str, filepath: str, replaces: str | None) -> None:
-        """``last`` as a copy of the newest top-k file's commit (a second full write is avoided
-        where the filesystem can link)."""
-        if paths.is_local(filepath) and checkpointer.is_global_zero:
-            manifest = read_manifest(source, checkpointer.storage_options)
-            if manifest is not None:
-                target = paths.local_path(filepath)
-                remove_manifest(target)
-                tmp = temp_name_for(target)
-                os.link(paths.local_path(source), tmp)
-                os.replace(tmp, target)
-                manifest.file = paths.basename(filepath)
-                manifest.writer = f"{self.state_key}#last"
-                write_manifest(target, manifest)
-                if replaces is not None:
-                    self._remove_if_ours(checkpointer, replaces)
-                return
-        self._write(checkpointer, filepath, role="last", score=None, replaces=replaces)
+        """``last`` as a hard link to the newest top-k file where the filesystem allows, else a
+        full write. The writer rank decides, so every rank takes the same branch."""
+        can_link = False
+        if checkpointer.is_global_zero:
+            can_link = paths.is_local(filepath) and read_manifest(source, checkpointer.storage_options) is not None
+        if not distributed.broadcast_object(can_link):
+            self._write(checkpointer, filepath, role="last", score=None, replaces=replaces)
+            return
+        error: BaseException | None = None
+        self._writing = filepath
+        if checkpointer.is_global_zero:
+            try:
+                checkpointer.store.link(source, filepath, writer=f"{self.state_key}#last")
+            except Exception as exc:
+                error = exc
+        distributed.agree_on_outcome(error, f"linking {filepath}")
+        if replaces is not None and checkpointer.is_global_zero:
+            self._remove_if_ours(checkpointer, replaces)
 
     # ------------------------------------------------------------------ naming
     def _filepath(self, name: str) -> str:
+        _check_inside_dirpath(name, "file name")
         if self.dirpath is None:  # not attached to a checkpointer yet: the bare name, like Lightning
             return name + self.FILE_EXTENSION
         return paths.join(self.dirpath, name + self.FILE_EXTENSION)
@@ -388,12 +463,18 @@ class ModelCheckpoint(Callback):
     # ------------------------------------------------------------------ deleting
     def _remove_if_ours(self, checkpointer: Checkpointer, filepath: str) -> None:
         if filepath in self.topk.scores or filepath in (self.last_model_path, self._latest_path):
+            self._pending_removals.discard(filepath)
             return  # still referenced (the name was reused)
         manifest = read_manifest(filepath, checkpointer.storage_options)
         if manifest is None or not (manifest.writer or "").startswith(self.state_key + "#"):
-            log.info("keeping %s: this ModelCheckpoint did not write it", filepath)
+            if manifest is not None:
+                log.info("keeping %s: this ModelCheckpoint did not write it", filepath)
+            self._pending_removals.discard(filepath)
             return
-        checkpointer.remove_checkpoint(filepath)
+        removed = checkpointer.remove_checkpoint(filepath)
+        if removed or checkpointer.resumed_from != paths.normalize(filepath):
+            # kept only when it is this run's resume file: a later run deletes it
+            self._pending_removals.discard(filepath)
 
     # ------------------------------------------------------------------ finding
     def find_best(self, checkpointer: Checkpointer) -> str | None:
@@ -430,6 +511,7 @@ class ModelCheckpoint(Callback):
             "last_model_path": rel(self.last_model_path),
             "latest_model_path": rel(self._latest_path),
             "last_global_step_saved": self._last_global_step_saved,
+            "pending_removals": sorted(self._relative(p) for p in self._pending_removals),
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -439,6 +521,7 @@ class ModelCheckpoint(Callback):
         self.topk.scores = {self._absolute(p): float(s) for p, s in scores.items()}
         self.last_model_path = self._absolute(state_dict.get("last_model_path") or "")
         self._latest_path = self._absolute(state_dict.get("latest_model_path") or "")
+        self._pending_removals = {self._absolute(p) for p in state_dict.get("pending_removals") or []}
 
     def _relative(self, path: str) -> str:
         if not path:

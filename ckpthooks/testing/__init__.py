@@ -8,6 +8,10 @@ Installed with ckpthooks, so a plugin's own test suite gets these fixtures witho
 ``register_plugin``
     ``register_plugin(obj, name=None)`` registers a plugin object on that host and always
     unregisters it at the end of the test.
+``faulty_fs``
+    The :class:`~ckpthooks.testing.faults.FaultyFileSystem` class (``faulty://`` URLs), emptied and
+    without faults at the start and at the end of the test; inject storage faults with
+    ``faulty_fs.inject("write", nth=2, error=disk_full())``.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import pytest
 
 if TYPE_CHECKING:
     from ckpthooks.plugin_host import PluginHost
+    from ckpthooks.testing.faults import FaultyFileSystem
 
 
 @pytest.fixture
@@ -47,3 +52,14 @@ def register_plugin(ckpthooks_host: PluginHost) -> Iterator[Callable[..., str]]:
     finally:
         for name in reversed(names):
             ckpthooks_host.unregister(name)
+
+
+@pytest.fixture
+def faulty_fs() -> Iterator[type[FaultyFileSystem]]:
+    from ckpthooks.testing.faults import FaultyFileSystem
+
+    FaultyFileSystem.reset()
+    try:
+        yield FaultyFileSystem
+    finally:
+        FaultyFileSystem.reset()

@@ -1,0 +1,93 @@
+"""Overwriting a committed checkpoint (``last.ckpt``) never leaves a moment with nothing committed."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ckpthooks import Checkpointer, ModelCheckpoint
+from ckpthooks import manifest as manifest_module
+from ckpthooks.manifest import previous_path, read_manifest
+from tests.helpers import TinyNet
+
+
+class Crash(BaseException):
+    """Stands in for the process dying at this point."""
+
+
+def only_last(root: Path) -> tuple[Checkpointer, ModelCheckpoint]:
+    mc = ModelCheckpoint(dirpath=root, save_top_k=0, save_last=True)
+    return Checkpointer(root, callbacks=[mc]).track(model=TinyNet()), mc
+
+
+def step(ckpt: Checkpointer) -> None:
+    ckpt.epoch_start()
+    ckpt.step_end()
+    ckpt.epoch_end()
+
+
+CRASHING_OVERWRITE = """
+import os, signal, sys, torch
+from ckpthooks import Checkpointer, ModelCheckpoint
+from ckpthooks import store
+from tests.helpers import TinyNet
+
+root, crash_in = sys.argv[1], sys.argv[2]
+mc = ModelCheckpoint(dirpath=root, save_top_k=0, save_last=True)
+ckpt = Checkpointer(root, callbacks=[mc]).track(model=TinyNet())
+for target in range(2):
+    if target == 1:  # the second save of last.ckpt dies half-way
+        def die(*args, **kwargs):
+            os.kill(os.getpid(), signal.SIGKILL)
+        if crash_in == "torch.save":
+            torch.save = die
+        else:
+            real = store.write_manifest
+            store.write_manifest = lambda path, *a, **k: die() if path.endswith("last.ckpt") else real(path, *a, **k)
+    ckpt.epoch_start()
+    ckpt.step_end()
+    ckpt.epoch_end()
+"""
+
+
+@pytest.mark.parametrize("crash_in", ["torch.save", "write_manifest"])
+def test_a_crash_while_overwriting_the_only_checkpoint_leaves_the_old_one_committed(
+    tmp_path: Path, crash_in: str
+) -> None:
+    repo = Path(__file__).resolve().parents[1]
+    child = subprocess.run(
+        [sys.executable, "-c", CRASHING_OVERWRITE, str(tmp_path), crash_in],
+        cwd=repo, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert child.returncode == -signal.SIGKILL, child.stderr
+    assert read_manifest(str(tmp_path / "last.ckpt")) is None  # the overwrite was under way
+
+    fresh, _ = only_last(tmp_path)  # the next start
+    assert fresh.find_checkpoint("last") == previous_path(str(tmp_path / "last.ckpt"))
+    report = fresh.restore("last")
+    assert report is not None and report.global_step == 1
+
+
+def test_the_kept_previous_version_goes_once_the_overwrite_is_committed(tmp_path: Path) -> None:
+    ckpt, _ = only_last(tmp_path)
+    step(ckpt)
+    step(ckpt)
+    assert sorted(os.listdir(tmp_path)) == ["last.ckpt", "last.ckpt.manifest.json"]
+    manifest = read_manifest(str(tmp_path / "last.ckpt"))
+    assert manifest is not None and manifest.global_step == 2
+
+
+def test_a_previous_version_left_by_a_crash_after_the_commit_is_removed_at_start(tmp_path: Path) -> None:
+    ckpt, _ = only_last(tmp_path)
+    step(ckpt)
+    # the state a crash leaves right after the new commit and before the kept copy is dropped
+    kept = manifest_module.keep_previous(str(tmp_path / "last.ckpt"))
+    assert kept is not None and os.path.exists(kept)
+    only_last(tmp_path)  # next start: last.ckpt is committed, so the kept copy is not needed
+    assert not os.path.exists(kept)
+    assert read_manifest(str(tmp_path / "last.ckpt")) is not None
