@@ -346,6 +346,8 @@ class CallbacksComponent(StateComponent):
         for key in sorted((defaults & stateful) - set(saved)):
             log.info("the checkpoint holds no state for the default %s; it starts fresh", key)
         stateful -= defaults - set(saved)
+        if not found.present and not stateful:
+            return Found({})  # only default policies, which start fresh: nothing is missing
         if found.present or stateful:
             found.missing += [f"callbacks[{k!r}]" for k in sorted(stateful - set(saved))]
             found.unexpected += [f"callbacks[{k!r}]" for k in sorted(set(saved) - stateful)]

@@ -196,7 +196,26 @@ def scenario_fail(rank: int, workdir: Path) -> dict[str, Any]:
     return {"raised": None, "global_step": ckpt.global_step}
 
 
+def scenario_link(rank: int, workdir: Path) -> dict[str, Any]:
+    """save_last="link": the writer hard-links last.ckpt; every rank must take the same path."""
+    spy_on_saves(rank, workdir)
+    policy = ModelCheckpoint(
+        monitor="epoch", mode="max", save_top_k=1, save_last="link", filename="{epoch}"
+    )
+    ckpt, model, optimizer = make_setup(workdir / "run", seed=0, callbacks=[policy])
+    result = train(ckpt, model, optimizer, EPOCHS)
+    dist.barrier()
+    folder = workdir / "run" / "checkpoints"
+    return {
+        "global_step": result.global_step,
+        "last_model_path": policy.last_model_path,
+        "files": sorted(os.listdir(folder)),
+        "linked": os.path.samefile(folder / "last.ckpt", folder / "epoch=1.ckpt"),
+    }
+
+
 SCENARIOS = {
+    "link": scenario_link,
     "fit": scenario_fit,
     "fit_straggler": lambda rank, workdir: scenario_fit(rank, workdir, straggle=0.5),
     "fail": scenario_fail,

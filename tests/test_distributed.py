@@ -30,7 +30,7 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-SCENARIOS = ("fit", "fit_straggler", "fail")
+SCENARIOS = ("fit", "fit_straggler", "fail", "link")
 
 
 def run_ranks(scenarios: tuple[str, ...], workdir: Path) -> tuple[dict[str, list[dict[str, Any]]], float]:
@@ -192,3 +192,18 @@ def test_rank_zero_only_without_a_process_group(monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setenv("RANK", "0")
     assert record(5) == 10
     assert calls == [3, 5]
+
+
+@pytest.mark.distributed
+def test_save_last_link_works_under_ddp(runs: Any) -> None:
+    workdir, results = _results(runs, "link")
+    folder = workdir / "run" / "checkpoints"
+    for result in results:
+        assert result["global_step"] == 8
+        assert result["linked"] is True
+        assert result["last_model_path"] == str(folder / "last.ckpt")
+        names = ["epoch=1.ckpt", "last.ckpt"]
+        assert result["files"] == sorted(names + [f"{n}{MANIFEST_SUFFIX}" for n in names])
+    # rank 0 wrote the two top-k files once each; last.ckpt was never written, only linked
+    assert _save_log(workdir, 1) == []
+    assert _save_log(workdir, 0) == [f"0 {folder / 'epoch=0.ckpt'}", f"0 {folder / 'epoch=1.ckpt'}"]
