@@ -347,7 +347,8 @@ class CallbacksComponent(StateComponent):
             log.info("the checkpoint holds no state for the default %s; it starts fresh", key)
         stateful -= defaults - set(saved)
         if not found.present and not stateful:
-            return Found({})  # only default policies, which start fresh: nothing is missing
+            # nothing saved, and only default policies (which start fresh) would want state
+            return Found({}) if self.is_active(checkpointer) else found
         if found.present or stateful:
             found.missing += [f"callbacks[{k!r}]" for k in sorted(stateful - set(saved))]
             found.unexpected += [f"callbacks[{k!r}]" for k in sorted(set(saved) - stateful)]
