@@ -82,18 +82,22 @@ def verify_command(
 
     options = _storage_options(storage_option_args)
     root = paths.normalize(target)
-    fs = paths.filesystem(root, options)
-    stripped = paths.fs_path(fs, root)
-    if stripped.endswith(MANIFEST_SUFFIX):
-        root = root[: -len(MANIFEST_SUFFIX)]
-        stripped = stripped[: -len(MANIFEST_SUFFIX)]
-    if fs.isdir(stripped) and read_manifest(root, options) is None:
-        targets = [item.path for item in iter_committed(root, options)]
-        if not targets:
-            _emit_verify([], as_json, f"no committed checkpoint under {target}")
-            sys.exit(EXIT_FAILURE)
-    else:
-        targets = [root]
+    try:
+        fs = paths.filesystem(root, options)
+        stripped = paths.fs_path(fs, root)
+        if stripped.endswith(MANIFEST_SUFFIX):
+            root = root[: -len(MANIFEST_SUFFIX)]
+            stripped = stripped[: -len(MANIFEST_SUFFIX)]
+        if fs.isdir(stripped) and read_manifest(root, options) is None:
+            targets = [item.path for item in iter_committed(root, options)]
+            if not targets:
+                _emit_verify([], as_json, f"no committed checkpoint under {target}")
+                sys.exit(EXIT_FAILURE)
+        else:
+            targets = [root]
+    except (CheckpointError, OSError) as exc:
+        _emit_verify([], as_json, f"error: {type(exc).__name__}: {exc}")
+        sys.exit(EXIT_FAILURE)
     results: list[dict[str, Any]] = []
     for path in targets:
         record: dict[str, Any] = {"path": path, "ok": True, "error": None}

@@ -65,3 +65,15 @@ def test_verify_accepts_the_manifest_path_and_deep_loads(tmp_path: Path) -> None
     (a,) = committed(tmp_path, "a.ckpt")
     result = CliRunner().invoke(main, ["verify", f"{a}.manifest.json", "--deep"])
     assert result.exit_code == 0, result.output
+
+
+def test_verify_a_folder_with_a_manifest_from_a_newer_ckpthooks_fails_cleanly(tmp_path: Path) -> None:
+    (a,) = committed(tmp_path, "a.ckpt")
+    manifest_file = Path(f"{a}.manifest.json")
+    data = json.loads(manifest_file.read_text())
+    data["manifest_version"] = 999
+    manifest_file.write_text(json.dumps(data))
+    result = CliRunner().invoke(main, ["verify", str(tmp_path)])
+    assert result.exit_code == 1
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+    assert "IncompatibleFormatError" in result.output and "upgrade" in result.output.lower()

@@ -494,3 +494,20 @@ def test_temp_names() -> None:
     assert os.path.dirname(torch_io.temp_name_for("/some/folder/model.ckpt")) == "/some/folder"
     assert not is_temp_name("model.ckpt")
     assert not is_temp_name(".hidden.ckpt")
+
+
+@pytest.mark.parametrize(
+    "content, says",
+    [
+        (b"", "the file is empty"),
+        (b"\x89PNG\r\n\x1a\n" + bytes(64), "PNG image"),
+        (b'{"epoch": 3}', "JSON text"),
+        (len(b'{"a":{}}').to_bytes(8, "little") + b'{"a":{}}', "safetensors file"),
+    ],
+)
+def test_foreign_files_are_named_by_type(tmp_path: Path, content: bytes, says: str) -> None:
+    path = tmp_path / "foreign.ckpt"
+    path.write_bytes(content)
+    with pytest.raises(ckpthooks.CorruptCheckpointError, match=says) as info:
+        TorchCheckpointIO().load_checkpoint(str(path))
+    assert "weights_only" not in str(info.value)

@@ -199,7 +199,7 @@ class TorchCheckpointIO(CheckpointIO):
             if isinstance(exc, CorruptCheckpointError):
                 raise
             raise CorruptCheckpointError(
-                f"{path} is not a readable checkpoint ({type(exc).__name__}: {_first_line(exc)}); "
+                f"{path} is not a readable checkpoint ({_load_failure(exc, path, storage_options)}); "
                 "it may be truncated, altered or of another file type"
             ) from exc
         if not isinstance(loaded, dict):
@@ -312,6 +312,39 @@ def _pinned(path: str, handle: Any) -> str:
     """
     pinned = f"/proc/self/fd/{handle.fileno()}"
     return pinned if os.path.exists(pinned) else path
+
+
+_MAGIC = (
+    (b"\x89PNG", "it is a PNG image"),
+    (b"\xff\xd8\xff", "it is a JPEG image"),
+    (b"%PDF", "it is a PDF document"),
+    (b"\x1f\x8b", "it is gzip-compressed"),
+    (b"{", "it looks like JSON text"),
+    (b"[", "it looks like JSON text"),
+)
+
+
+def _load_failure(exc: BaseException, path: str, storage_options: Mapping[str, Any] | None) -> str:
+    """What went wrong, in words: the file type when it is recognisably not a torch file."""
+    try:
+        fs = paths.filesystem(path, storage_options)
+        with fs.open(paths.fs_path(fs, path), "rb") as handle:
+            head = handle.read(16)
+    except Exception:
+        head = b""
+    if not head:
+        return "the file is empty"
+    for magic, what in _MAGIC:
+        if head.startswith(magic):
+            return what
+    if len(head) >= 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") < 100_000_000:
+        return "it is a safetensors file: load it with the ckpthooks-safetensors plugin's backend"
+    text = _first_line(exc)
+    if "Weights only load failed" in str(exc):
+        marker = "Unsupported operand"
+        index = str(exc).find(marker)
+        text = str(exc)[index:].splitlines()[0] if index >= 0 else "not a pickle torch.load understands"
+    return f"{type(exc).__name__}: {text}"
 
 
 def _first_line(exc: BaseException) -> str:
