@@ -22,15 +22,19 @@ venv: $(STAMP)
 demo: $(STAMP)
 	$(PY) examples/demo.py
 
-## Run the default test suite.
+PLUGINS := plugins/ckpthooks-safetensors
+
+## Run the default test suite: the core, then each plugin package's own tests.
 test: $(STAMP)
 	$(PY) -m pytest -q
+	for plugin in $(PLUGINS); do $(PY) -m pytest -q $$plugin/tests || exit 1; done
 
 lint: $(STAMP)
-	$(PY) -m ruff check ckpthooks tests examples
+	$(PY) -m ruff check ckpthooks tests examples $(PLUGINS)
 
 typecheck: $(STAMP)
 	$(PY) -m mypy
+	for plugin in $(PLUGINS); do $(PY) -m mypy $$plugin/$$(basename $$plugin | tr - _) || exit 1; done
 
 check: lint typecheck test
 
