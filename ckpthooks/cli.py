@@ -128,9 +128,10 @@ def _storage_options(args: tuple[str, ...]) -> dict[str, Any] | None:
 
 
 def _deep_load(path: str, storage_options: dict[str, Any] | None = None) -> None:
-    from ckpthooks.io.torch_io import TorchCheckpointIO
+    """Load through the storage hooks, so plugin formats load too; never unpickles code."""
+    from ckpthooks.store import CheckpointStore
 
-    TorchCheckpointIO().load_checkpoint(path, map_location="cpu", storage_options=storage_options, weights_only=True)
+    CheckpointStore(storage_options=storage_options).load(path, map_location="cpu", weights_only=True, verify="off")
 
 
 def _emit_verify(results: list[dict[str, Any]], as_json: bool, note: str | None) -> None:
