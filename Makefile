@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.ckpthooks-installed
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: demo test test-all lint typecheck check clean
+.PHONY: demo test crash-test lint typecheck check clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -28,6 +28,11 @@ PLUGINS := plugins/ckpthooks-safetensors
 test: $(STAMP)
 	$(PY) -m pytest -q
 	for plugin in $(PLUGINS); do $(PY) -m pytest -q $$plugin/tests || exit 1; done
+
+## Crash consistency: 100 SIGKILL trials during saves, manifest writes and pruning
+## (the default test run does 20).
+crash-test: $(STAMP)
+	CKPTHOOKS_CRASH_TRIALS=$${CKPTHOOKS_CRASH_TRIALS:-100} $(PY) -m pytest -q -s tests/test_crash_consistency.py -m crash
 
 lint: $(STAMP)
 	$(PY) -m ruff check ckpthooks tests examples $(PLUGINS)

@@ -133,3 +133,18 @@ def test_a_pruning_failure_does_not_fail_the_committed_save(
     assert "older files may be left behind" in caplog.text
     assert read_manifest(str(tmp_path / "epoch=1.ckpt")) is not None
     assert {Path(p).name for p in mc.best_k_models} == {"epoch=1.ckpt"}
+
+
+def test_a_forked_child_gets_its_own_process_token(tmp_path: Path) -> None:
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child reports its token and leaves at once
+        os.write(write, torch_io.PROCESS_TOKEN.encode())
+        os._exit(0)
+    os.close(write)
+    child_token = os.read(read, 64).decode()
+    os.waitpid(pid, 0)
+    assert child_token and child_token != torch_io.PROCESS_TOKEN
+    leftover = tmp_path / f".a.ckpt{torch_io.TEMP_MARKER}{pid}-{child_token}-1"
+    leftover.write_bytes(b"x")
+    assert clean_leftovers([str(tmp_path)]) == [str(leftover)]

@@ -32,6 +32,15 @@ _BUFFER = 8 * 1024 * 1024
 PROCESS_TOKEN = uuid.uuid4().hex[:8]
 
 
+def _new_process_token() -> None:
+    global PROCESS_TOKEN
+    PROCESS_TOKEN = uuid.uuid4().hex[:8]
+
+
+# a forked child is another process: its crashed saves must be recognisable as someone else's
+os.register_at_fork(after_in_child=_new_process_token)
+
+
 def temp_name_for(path: str) -> str:
     """A unique temporary sibling of ``path``: ``.<name>.ckpthooks-tmp-<pid>-<process token>-<n>``."""
     base = paths.basename(path)
