@@ -189,6 +189,7 @@ class FaultProxy:
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _stopping: threading.Event = field(default_factory=threading.Event)
     _connections: set[socket.socket] = field(default_factory=set)
+    _refusing: bool = False
     _server: ThreadingHTTPServer | None = None
     _thread: threading.Thread | None = None
 
@@ -215,9 +216,11 @@ class FaultProxy:
         return rule
 
     def cut_connections(self) -> int:
-        """Close every client connection now (a watchdog's way to unblock a stuck client: it gets an
-        error instead of waiting forever); returns how many were open."""
+        """Close every client connection now, and each new one at once until :meth:`reset` (a
+        watchdog's way to unblock a stuck client: it gets errors instead of waiting forever);
+        returns how many were open."""
         with self._lock:
+            self._refusing = True
             connections = list(self._connections)
         for conn in connections:
             with contextlib.suppress(OSError):
@@ -226,6 +229,7 @@ class FaultProxy:
 
     def reset(self) -> None:
         with self._lock:
+            self._refusing = False
             self.rules.clear()
             self.log.clear()
 
@@ -265,6 +269,10 @@ class FaultProxy:
                 super().setup()
                 with proxy._lock:
                     proxy._connections.add(self.connection)
+                    refusing = proxy._refusing
+                if refusing:
+                    with contextlib.suppress(OSError):
+                        self.connection.shutdown(socket.SHUT_RDWR)
 
             def finish(self) -> None:
                 with proxy._lock:

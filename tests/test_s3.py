@@ -95,7 +95,7 @@ def s3(s3_servers: tuple[MotoServer, FaultProxy, Any], request: pytest.FixtureRe
     name = re.sub(r"[^A-Za-z0-9_-]+", "-", request.node.name)
     overdue = threading.Event()
 
-    def deadline() -> None:
+    def deadline() -> None:  # fail rather than hang: the client gets connection errors from now on
         overdue.set()
         proxy.cut_connections()
 
