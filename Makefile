@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.ckpthooks-installed
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: demo test crash-test lint typecheck check clean
+.PHONY: demo test crash-test lint typecheck check clean docs
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -18,6 +18,16 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
+DOCS_STAMP := $(VENV)/.ckpthooks-docs-installed
+
+$(DOCS_STAMP): $(STAMP)
+	$(PY) -m pip install --quiet -e ".[docs]"
+	touch $(DOCS_STAMP)
+
+## Build the docs site into site/; any warning fails (the hook reference is generated during the build).
+docs: $(DOCS_STAMP)
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict
+
 ## Run the main job: train, get killed, resume from "last", compare with an uninterrupted run.
 demo: $(STAMP)
 	$(PY) examples/demo.py
@@ -26,7 +36,7 @@ PLUGINS := plugins/ckpthooks-safetensors
 
 ## Run the default test suite: the core, then each plugin package's own tests.
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 2
 	for plugin in $(PLUGINS); do $(PY) -m pytest -q $$plugin/tests || exit 1; done
 
 ## Crash consistency: 100 SIGKILL trials during saves, manifest writes and pruning
@@ -35,7 +45,7 @@ crash-test: $(STAMP)
 	CKPTHOOKS_CRASH_TRIALS=$${CKPTHOOKS_CRASH_TRIALS:-100} $(PY) -m pytest -q -s tests/test_crash_consistency.py -m crash
 
 lint: $(STAMP)
-	$(PY) -m ruff check ckpthooks tests examples $(PLUGINS)
+	$(PY) -m ruff check ckpthooks tests examples docs/_gen_hooks.py $(PLUGINS)
 
 typecheck: $(STAMP)
 	$(PY) -m mypy

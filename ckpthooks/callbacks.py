@@ -54,6 +54,13 @@ class Callback:
     def on_checkpoint_committed(self, checkpointer: Checkpointer, path: str, manifest: Manifest) -> None:
         """Called on the writer rank when a checkpoint at ``path`` has been committed."""
 
+    def on_checkpoint_failed(self, checkpointer: Checkpointer, path: str, error: BaseException) -> None:
+        """Called on the writer rank when a background save (``async_save``) of ``path`` failed.
+
+        Runs on the save worker thread; the error itself reaches the training thread at the next
+        save, at ``wait()`` or at ``close()``.
+        """
+
     def retains(self, checkpointer: Checkpointer, path: str) -> bool:
         """Return ``True`` to keep ``path`` when a policy is about to delete it (retention veto)."""
         return False

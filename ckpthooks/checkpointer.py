@@ -18,6 +18,7 @@ from typing import Any, Literal, TypeVar
 
 from ckpthooks import distributed
 from ckpthooks._version import FORMAT_VERSION, LIGHTNING_LAYOUT_VERSION, __version__
+from ckpthooks.async_save import AsyncSaver, snapshot
 from ckpthooks.callbacks import Callback
 from ckpthooks.components import NAMESPACE, StateComponent, TrackedComponent, namespace
 from ckpthooks.exceptions import (
@@ -30,12 +31,16 @@ from ckpthooks.exceptions import (
     MissingStateError,
     UnexpectedStateError,
 )
+from ckpthooks.fast_forward import skip_batches
 from ckpthooks.io import paths
-from ckpthooks.io.base import CheckpointIO
+from ckpthooks.io.base import CheckpointIO, restoring
 from ckpthooks.leftovers import clean_leftovers
 from ckpthooks.manifest import CommittedCheckpoint, Manifest, VerifyMode, iter_committed
 from ckpthooks.plugin_host import PluginHost, get_plugin_host
+from ckpthooks.policies.model_checkpoint import ModelCheckpoint
+from ckpthooks.preemption import DEFAULT_SIGNALS, PreemptionWatcher, exit_code_for
 from ckpthooks.progress import LoopProgress
+from ckpthooks.rng import collect_rng_states, restore_rng_states
 from ckpthooks.store import CheckpointStore, check_format_version
 
 log = logging.getLogger(__name__)
@@ -109,6 +114,19 @@ class Checkpointer:
             stops training with the error; ``"log"`` logs it and training goes on (the policy's
             bookkeeping stays as it was before the failed write). Manual ``save_checkpoint`` calls
             always raise.
+        preemption_signals: signals that ask for a checkpoint and a clean stop (default SIGTERM;
+            add e.g. ``signal.SIGUSR1``; ``None`` or ``()`` leaves signal handling alone). While the
+            loop runs, such a signal is recorded; at the next safe point (the end of a step or an
+            epoch) every rank saves ``preempted.ckpt`` in the checkpoint folder and the process
+            exits with ``preemption_exit_code``.
+        preemption_exit_code: the exit code after a preemption save; default ``128 + signal``
+            (143 for SIGTERM), the shell's convention for "ended by this signal".
+        async_save: save in the background: the training thread only copies the state (tensors
+            to CPU), a worker thread writes and commits it. A background failure is raised at the
+            next save, at :meth:`wait` or at :meth:`close` (logged there instead for policy saves
+            when ``on_save_error="log"``). See :mod:`ckpthooks.async_save`.
+        max_saves_in_flight: with ``async_save``, how many saves may be queued or writing at once;
+            the next save waits (back-pressure). Each holds one copy of the state in memory.
         plugin_host: the plugin host to use; the shared one by default.
     """
 
@@ -124,6 +142,10 @@ class Checkpointer:
         save_rng_state: bool = True,
         verify: VerifyMode = "full",
         on_save_error: Literal["raise", "log"] = "raise",
+        preemption_signals: Sequence[int] | None = DEFAULT_SIGNALS,
+        preemption_exit_code: int | None = None,
+        async_save: bool = False,
+        max_saves_in_flight: int = 1,
         plugin_host: PluginHost | None = None,
     ) -> None:
         if checkpoint_io is not None and not isinstance(checkpoint_io, CheckpointIO):
@@ -135,6 +157,10 @@ class Checkpointer:
         if on_save_error not in ("raise", "log"):
             raise ConfigurationError(f'on_save_error must be "raise" or "log", not {on_save_error!r}')
         self.on_save_error = on_save_error
+        self.async_save = async_save
+        self._async: AsyncSaver | None = AsyncSaver(max_saves_in_flight) if async_save else None
+        self.preemption = PreemptionWatcher(preemption_signals or ())
+        self.preemption_exit_code = preemption_exit_code
         self.storage_options = dict(storage_options) if storage_options else None
         self.strict = strict
         self.save_rng_state = save_rng_state
@@ -161,8 +187,9 @@ class Checkpointer:
         self.restore_strict = strict
         self._validated_this_epoch = False
         self._in_fit = False
-
-        from ckpthooks.policies.model_checkpoint import ModelCheckpoint
+        #: batches in the epoch ``batches()`` iterates, when its iterable has a length (Lightning's
+        #: ``loops`` mark a save after the epoch's last batch with it)
+        self._epoch_length: int | None = None
 
         self.callbacks: list[Callback] = list(_as_list(callbacks))
         for cb in self.callbacks:
@@ -262,15 +289,15 @@ class Checkpointer:
 
     @property
     def is_global_zero(self) -> bool:
-        return distributed.is_global_zero()
+        return distributed.is_global_zero(self.host)
 
     @property
     def global_rank(self) -> int:
-        return distributed.global_rank()
+        return distributed.global_rank(self.host)
 
     @property
     def world_size(self) -> int:
-        return distributed.world_size()
+        return distributed.world_size(self.host)
 
     def log(self, name: str, value: Any) -> None:
         """Record a metric for monitors and filename templates (a number or one-element tensor)."""
@@ -292,8 +319,9 @@ class Checkpointer:
             getattr(cb, event)(self, *args)
 
     def fit_start(self) -> None:
-        """Mark the start of training (after any restore)."""
+        """Mark the start of training (after any restore); preemption signals are handled from here."""
         self._in_fit = True
+        self.preemption.install()
         self._call("on_fit_start")
 
     def epoch_start(self, epoch: int | None = None) -> None:
@@ -313,6 +341,30 @@ class Checkpointer:
         self.progress.batch_idx += 1
         self.progress.global_step += 1
         self._call("on_train_batch_end")
+        if self.preemption.signals:
+            self._preempt_if_asked()
+
+    def _preempt_if_asked(self) -> None:
+        """At a safe point: if a preemption signal arrived (on any rank), save and exit."""
+        signum = self.preemption.agreed_request()
+        if signum is None:
+            return
+        path = paths.join(self._preemption_folder(), "preempted.ckpt")
+        log.warning(
+            "received signal %d: saving %s at epoch %d, step %d, then exiting",
+            signum, path, self.current_epoch, self.global_step,
+        )
+        self.save_checkpoint(path, writer="preemption")
+        self.preemption.uninstall()
+        code = self.preemption_exit_code if self.preemption_exit_code is not None else exit_code_for(signum)
+        raise SystemExit(code)
+
+    def _preemption_folder(self) -> str:
+        for cb in self.callbacks:
+            dirpath = getattr(cb, "dirpath", None)
+            if isinstance(cb, ModelCheckpoint) and dirpath:
+                return str(dirpath)
+        return paths.join(self.default_root_dir, "checkpoints")
 
     def validation_end(self) -> None:
         """Mark the end of a validation run: monitor-based policies act on the logged metrics."""
@@ -325,30 +377,72 @@ class Checkpointer:
         self._call("on_train_epoch_end")
         if not self._validated_this_epoch:
             self.validation_end()
+        if self.preemption.signals:
+            self._preempt_if_asked()
+
+    def exception(self, exception: BaseException) -> None:
+        """Mark that the loop is leaving with ``exception`` (callbacks' ``on_exception`` run)."""
+        self.preemption.uninstall()
+        if self._async is not None:  # let committed-by-now saves land; report, never mask
+            self._async.wait()
+            while (error := self._async.take_error()) is not None:
+                log.error("a background checkpoint save failed: %s", error)
+        self._in_fit = False
+        self._call("on_exception", exception)
 
     def fit_end(self) -> None:
-        """Mark the normal end of training."""
+        """Mark the normal end of training (background saves are waited for)."""
+        self.wait()
         self._call("on_fit_end")
         self._in_fit = False
+        self.preemption.uninstall()
 
     def batches(self, iterable: Iterable[T]) -> Iterator[T]:
-        """Yield the batches of one epoch, counting steps; skips batches a mid-epoch resume already did.
+        """Yield the batches of one epoch, counting steps; after a mid-epoch resume, start exactly
+        where the interrupted run was.
 
         A batch counts as a completed step when the loop asks for the next one (or the epoch ends).
-        Leaving the loop with ``break`` does not count the batch being processed.
+        Leaving the loop with ``break`` does not count the batch being processed. At the start of an
+        epoch the random generator states are recorded; a mid-epoch resume recreates the epoch's
+        iterator under them (same shuffle, same worker seeds) and skips the batches already done
+        without loading them (for a DataLoader over a map-style dataset). An iterable you tracked
+        (a stateful data loader or sampler, ``track(loader=...)``) restores its own position and is
+        not skipped. Draw no random numbers between the start of the epoch and this call.
         """
-        skip = self.progress.batch_idx if not self.progress.epoch_finished else 0
-        iterator = iter(iterable)
-        if skip:
-            log.info("resuming epoch %d after %d completed batches", self.progress.epoch, skip)
-            for _ in range(skip):
-                try:
-                    next(iterator)
-                except StopIteration:
-                    return
+        progress = self.progress
+        self._epoch_length = _sized_length(iterable)
+        skip = 0 if progress.epoch_finished else progress.batch_idx
+        if skip and not self._restores_itself(iterable):
+            iterator = self._resume_iterator(iterable, skip)
+        else:
+            if not skip and self.save_rng_state:
+                progress.epoch_rng = collect_rng_states()
+            iterator = iter(iterable)
         for batch in iterator:
             yield batch
             self.step_end()
+
+    def _restores_itself(self, iterable: Any) -> bool:
+        tracked = [component.obj for component in self._tracked.values()]
+        candidates = [iterable, getattr(iterable, "sampler", None), getattr(iterable, "batch_sampler", None)]
+        return any(c is not None and any(c is t for t in tracked) for c in candidates)
+
+    def _resume_iterator(self, iterable: Iterable[T], skip: int) -> Iterator[T]:
+        log.info("resuming epoch %d after %d completed batches", self.progress.epoch, skip)
+        epoch_rng = self.progress.epoch_rng
+        if epoch_rng is None:
+            log.warning(
+                "the checkpoint has no record of the random state at the start of epoch %d: a "
+                "shuffled loader may repeat or skip samples in the rest of this epoch",
+                self.progress.epoch,
+            )
+            return skip_batches(iterable, skip)
+        current = collect_rng_states()
+        restore_rng_states(epoch_rng)
+        try:
+            return skip_batches(iterable, skip)
+        finally:
+            restore_rng_states(current)
 
     # ------------------------------------------------------------------ the loop
     def fit(
@@ -380,7 +474,7 @@ class Checkpointer:
                     break
             self.fit_end()
         except BaseException as exc:
-            self._call("on_exception", exc)
+            self.exception(exc)
             raise
         return FitResult(
             start_epoch=start,
@@ -444,18 +538,28 @@ class Checkpointer:
     ) -> Manifest | None:
         """Save the full training state (or the weights only) to ``filepath`` and commit it.
 
-        Call it on every rank: all ranks build the same checkpoint, only global rank 0 writes, and
-        every rank raises :class:`~ckpthooks.exceptions.DistributedCheckpointError` if the write
-        failed. ``on_committed`` runs on the writer rank once the checkpoint is committed (policies
-        prune there). Returns the commit manifest on the writer rank, ``None`` elsewhere.
+        Call it on every rank, with the same path: the ranks first check that they all are saving
+        ``filepath`` (raising :class:`~ckpthooks.exceptions.DistributedCheckpointError` on every
+        rank when they are not, or when a rank does not arrive within the process group's
+        timeout), all ranks build the same checkpoint, only global rank 0 writes, and every rank
+        raises :class:`~ckpthooks.exceptions.DistributedCheckpointError` if the write failed. With
+        a collective backend (``CheckpointIO.collective``, such as the ``ckpthooks-dcp`` plugin's)
+        every rank writes its own shards and rank 0 commits. ``on_committed`` runs on the writer
+        rank once the checkpoint is committed (policies prune there). Returns the commit manifest on
+        the writer rank, ``None`` elsewhere.
         """
         path = paths.normalize(filepath)
+        distributed.agree_on_call(f"saving {path}", host=self.host)
         checkpoint = self.dump_checkpoint(weights_only)
         manifest: Manifest | None = None
         error: BaseException | None = None
-        if self.is_global_zero:
+        collective = self.store.io_for(path).collective
+        if self._async is not None and not collective:
+            self._save_in_background(path, checkpoint, weights_only, writer, on_committed)
+            return None  # committed later, by the worker
+        if self.is_global_zero or collective:
             try:
-                manifest = self.store.save(
+                manifest = (self.store.save_collective if collective else self.store.save)(
                     checkpoint,
                     path,
                     epoch=self.current_epoch,
@@ -467,9 +571,79 @@ class Checkpointer:
             except Exception as exc:
                 error = exc
             else:
-                self._after_commit(path, manifest, on_committed)
-        distributed.agree_on_outcome(error, f"saving {path}")
+                if manifest is not None:  # None on the other ranks of a collective save
+                    self._after_commit(path, manifest, on_committed)
+        distributed.agree_on_outcome(error, f"saving {path}", host=self.host)
         return manifest
+
+    def _save_in_background(
+        self,
+        path: str,
+        checkpoint: dict[str, Any],
+        weights_only: bool,
+        writer: str | None,
+        on_committed: Callable[[Manifest], None] | None,
+    ) -> None:
+        """The ``async_save`` path: snapshot on this thread, write and commit on the worker."""
+        saver = self._async
+        assert saver is not None
+        error: BaseException | None = None
+        if self.is_global_zero:
+            try:
+                saver.wait_for_slot()
+                self._raise_background_error(policy_save=writer is not None)
+                state, buffers = snapshot(checkpoint, saver.take_buffers())
+                epoch, step, metrics = self.current_epoch, self.global_step, dict(self.callback_metrics)
+
+                def write() -> None:
+                    try:
+                        manifest = self.store.save(
+                            state, path, epoch=epoch, global_step=step, metrics=metrics,
+                            weights_only=weights_only, writer=writer,
+                        )
+                    except BaseException as exc:
+                        for cb in self.callbacks:
+                            cb.on_checkpoint_failed(self, path, exc)
+                        raise
+                    finally:
+                        saver.give_back(buffers)
+                    self._after_commit(path, manifest, on_committed)
+
+                saver.submit(write)
+            except Exception as exc:
+                error = exc
+        distributed.agree_on_outcome(error, f"saving {path}", host=self.host)
+
+    def settle_background_saves(self) -> None:
+        """With ``async_save``: wait until another save may start (back-pressure), so that a policy
+        decides with the outcome of earlier saves known. A no-op otherwise."""
+        if self._async is not None:
+            self._async.wait_for_slot()
+
+    def _raise_background_error(self, policy_save: bool = False) -> None:
+        """Raise (or, for policy saves with ``on_save_error="log"``, log) a failed background save."""
+        if self._async is None:
+            return
+        while (error := self._async.take_error()) is not None:
+            if policy_save and self.on_save_error == "log":
+                log.error("a background checkpoint save failed; training goes on: %s", error)
+                continue
+            raise error
+
+    def wait(self) -> None:
+        """Wait until every background save is committed; raise the first that failed.
+
+        A no-op without ``async_save``. Under ``torch.distributed`` call it on every rank.
+        """
+        error: BaseException | None = None
+        if self._async is not None and self.is_global_zero:
+            self._async.wait()
+            try:
+                self._raise_background_error()
+            except Exception as exc:
+                error = exc
+        if self._async is not None:
+            distributed.agree_on_outcome(error, "waiting for background saves", host=self.host)
 
     def _after_commit(
         self, path: str, manifest: Manifest, on_committed: Callable[[Manifest], None] | None
@@ -537,6 +711,8 @@ class Checkpointer:
         raise ConfigurationError(f'expected "last" or "best", not {which!r}')
 
     def _find_last(self) -> str | None:
+        """The newest committed checkpoint that verifies; corrupt ones are skipped with a warning,
+        and newer files that were never committed (an interrupted save) are named in one."""
         candidates = self.committed_checkpoints()
         full = [c for c in candidates if not c.manifest.weights_only] or candidates
         for candidate in full:
@@ -545,8 +721,31 @@ class Checkpointer:
             except CorruptCheckpointError as exc:
                 log.warning("skipping %s for resume: %s", candidate.path, exc)
                 continue
+            self._warn_uncommitted_newer_than(candidate.manifest.created, {c.path for c in candidates})
             return candidate.path
+        self._warn_uncommitted_newer_than(0.0, {c.path for c in candidates})
         return None
+
+    def _warn_uncommitted_newer_than(self, created: float, committed: set[str]) -> None:
+        skipped = []
+        for root in self.checkpoint_roots():
+            if not paths.is_local(root) or not os.path.isdir(root):
+                continue
+            for name in sorted(os.listdir(root)):
+                path = os.path.join(root, name)
+                if name.startswith(".") or not name.endswith(ModelCheckpoint.FILE_EXTENSION) or path in committed:
+                    continue
+                try:
+                    newer = os.path.getmtime(path) > created
+                except OSError:
+                    continue
+                if newer:
+                    skipped.append(path)
+        if skipped:
+            log.warning(
+                "ignoring %s: never committed (an interrupted save, or not written by ckpthooks)",
+                ", ".join(skipped),
+            )
 
     # ------------------------------------------------------------------ restoring
     def restore(
@@ -563,12 +762,18 @@ class Checkpointer:
         ``ckpt_path`` is a path, ``"last"`` (the newest committed checkpoint by global step, ``None``
         and a fresh start when there is none, unless ``must_exist``) or ``"best"``. Returns what was
         restored. ``weights_only=False`` allows unpickling arbitrary objects: only for files you trust.
+
+        Under ``torch.distributed`` call it on every rank: rank 0 alone resolves ``"last"`` and
+        ``"best"`` and every rank takes its answer, every rank reads that checkpoint, and if any rank
+        cannot, every rank raises (no rank trains on from another state).
         """
         if ckpt_path is None:
             return None
         text = os.fspath(ckpt_path)
         if text in ("last", "best"):
-            path = self.find_checkpoint(text)
+            path = distributed.decide_on_rank_zero(
+                lambda: self.find_checkpoint(text), f'finding ckpt_path="{text}"', host=self.host
+            )
             if path is None:
                 if must_exist or text == "best":
                     raise CheckpointNotFoundError(
@@ -579,12 +784,37 @@ class Checkpointer:
                 return None
         else:
             path = paths.normalize(text)
-        checkpoint = self.store.load(path, map_location=map_location, weights_only=weights_only)
+        checkpoint = self._load_on_every_rank(path, map_location, weights_only)
         report = self.restore_from_dict(checkpoint, strict=strict)
         report.path = path
         self.resumed_from = path
         log.info("%s", report.summary())
         return report
+
+    def _load_on_every_rank(self, path: str, map_location: Any, weights_only: bool) -> dict[str, Any]:
+        """Read ``path`` (on every rank under ``torch.distributed``); every rank raises if one failed.
+
+        A collective backend reads in one collective step: the ranks first agree that each of them
+        sees a committed, intact checkpoint, so that none starts the collective read alone.
+        """
+        checkpoint: dict[str, Any] = {}
+        error: BaseException | None = None
+        with restoring(self):
+            try:
+                verify: VerifyMode | None = None
+                if self.store.io_for(path).collective:
+                    failed: BaseException | None = None
+                    try:
+                        self.store.check_loadable(path)
+                    except Exception as exc:
+                        failed = exc
+                    distributed.agree_on_outcome(failed, f"checking {path}", host=self.host)
+                    verify = "off"  # checked just now
+                checkpoint = self.store.load(path, map_location=map_location, weights_only=weights_only, verify=verify)
+            except Exception as exc:
+                error = exc
+        distributed.agree_on_outcome(error, f"loading {path}", host=self.host)
+        return checkpoint
 
     def restore_from_dict(self, checkpoint: dict[str, Any], *, strict: bool | None = None) -> RestoreReport:
         """Restore from a checkpoint dict already in memory (see :meth:`restore`)."""
@@ -666,7 +896,14 @@ class Checkpointer:
 
     # ------------------------------------------------------------------ teardown
     def close(self) -> None:
-        """Release resources; call when training is over (``fit`` does not close)."""
+        """Release resources; call when training is over (``fit`` does not close). Background saves
+        are waited for, and a failed one is raised."""
+        if self._async is not None:
+            self._async.wait()
+            pending = self._async.take_error()
+            self._async.shutdown()
+            if pending is not None:
+                raise pending
         errors: list[BaseException] = []
         for cb in self.callbacks:
             try:
@@ -683,6 +920,13 @@ class Checkpointer:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+def _sized_length(iterable: Any) -> int | None:
+    try:
+        return len(iterable)
+    except (TypeError, NotImplementedError):
+        return None
 
 
 def _accepts_positional(fn: Callable[..., Any]) -> bool:

@@ -12,13 +12,15 @@ Rules that hold for every hook:
 * A hook implementation may accept any subset of the parameters a hook declares, by name.
 * Hooks are called on every rank of a distributed run unless their text says otherwise.
 * Contribution hooks (``register_*``) return their contributions and cannot be wrappers; they
-  are called once per :class:`~ckpthooks.Checkpointer` (storage backends: once per protocol);
+  are called once per :class:`~ckpthooks.Checkpointer` (storage backends: once per protocol;
+  command-line commands: once per ``ckpthooks`` invocation that needs them);
   their results are combined in a deterministic order (built-in plugins first, then external
   plugins ordered by name) and two contributions of the same name raise
   :class:`~ckpthooks.exceptions.DuplicateContributionError` naming both plugins.
 * Storage hooks (``save_checkpoint``, ``load_checkpoint``, ``remove_checkpoint``) stop at the first
   implementation that returns something other than ``None``; the built-in implementation runs last
   and hands the work to the :class:`~ckpthooks.CheckpointIO` chosen for the path.
+* ``distributed_context`` stops at the first result too; no built-in plugin implements it.
 
 This module imports nothing heavy: ``torch`` and the runtime classes appear only for type checking.
 """
@@ -31,9 +33,12 @@ from typing import TYPE_CHECKING, Any
 import pluggy
 
 if TYPE_CHECKING:
+    import click
+
     from ckpthooks.callbacks import Callback
     from ckpthooks.checkpointer import Checkpointer
     from ckpthooks.components import StateComponent
+    from ckpthooks.distributed import DistributedContext
     from ckpthooks.io.base import CheckpointIO, CheckpointIOSpec, SaveResult
 
 PROJECT_NAME = "ckpthooks"
@@ -84,6 +89,23 @@ def register_checkpoint_io() -> Sequence[CheckpointIOSpec] | None:
     """
 
 
+@hookspec
+def register_cli_commands() -> Sequence[click.Command] | None:
+    """Contribute subcommands of the ``ckpthooks`` command line.
+
+    Called in the ``ckpthooks`` process only (no training rank calls it), the first time the
+    command line needs a command it does not have built in, or lists its commands (``--help``);
+    never for a built-in command such as ``ckpthooks plugins``. Return a sequence of
+    :class:`click.Command` objects (a ``click.Group`` is a command too), or ``None``. Each
+    command's ``name`` becomes ``ckpthooks <name>``; a built-in command of the same name wins.
+    A plugin whose implementation raises, returns something else, or contributes a name another
+    plugin already did is reported on stderr and its commands are left out; the other commands
+    still work (``CKPTHOOKS_STRICT_PLUGINS=1`` makes it an error). Import heavy libraries such as
+    torch inside the command function, not at module level: ``ckpthooks --help`` imports every
+    plugin.
+    """
+
+
 # --------------------------------------------------------------------------- whole-checkpoint edits
 
 
@@ -121,12 +143,17 @@ def save_checkpoint(
 ) -> SaveResult | None:
     """Write ``checkpoint`` to ``path``; first result wins.
 
-    Called only on the writer rank (global rank 0; every rank for sharded backends). ``checkpoint_io``
+    Called only on the writer rank (global rank 0), with the checkpoint every rank built alike; or,
+    when the backend chosen for ``path`` is collective (``checkpoint_io.collective``, a sharded
+    backend such as the ``ckpthooks-dcp`` plugin's), on every rank at the same point, each with its
+    own checkpoint dict (its shards): an implementation must then take part on every rank or on
+    none, and return the :class:`~ckpthooks.SaveResult` on rank 0. ``checkpoint_io``
     is the backend chosen for ``path``; ``storage_options`` are the fsspec options the checkpointer
     was given (or ``None``). Return a :class:`~ckpthooks.SaveResult` (size and checksum of
     the bytes written) when you handled the write (any other non-``None`` value, such as ``True``,
     when you cannot report them), ``None`` to let the next implementation (finally the chosen
-    backend) do it. The runtime writes the commit manifest after this returns.
+    backend) do it. The runtime writes the commit manifest after this returns (on rank 0, after
+    every rank reported success, for a collective backend).
     """
 
 
@@ -140,7 +167,11 @@ def load_checkpoint(
 ) -> dict[str, Any] | None:
     """Read the checkpoint at ``path``; first result wins.
 
-    Called on every rank that loads. ``checkpoint_io`` is the backend chosen for ``path``,
+    Called on every rank that loads (:meth:`~ckpthooks.Checkpointer.restore`: every rank, at the
+    same point, after rank 0 chose the path and, for a collective backend, after every rank found
+    the checkpoint intact). During a restore :func:`ckpthooks.io.base.restoring_checkpointer`
+    returns the restoring checkpointer, whose live objects tell an in-place loader (DCP) which
+    shards this rank needs. ``checkpoint_io`` is the backend chosen for ``path``,
     ``storage_options`` the fsspec options (or ``None``) and ``map_location`` is passed on to
     ``torch.load``. Return the checkpoint dict when you handled the read, ``None`` to pass.
     ``weights_only`` is ``True`` unless the user explicitly opted into unpickling arbitrary
@@ -156,7 +187,31 @@ def remove_checkpoint(
 ) -> bool | None:
     """Delete the checkpoint data at ``path``; first result wins.
 
-    Called only on the writer rank, and only after the runtime removed the commit manifest.
+    Called only on the writer rank (also for collective backends), and only after the runtime
+    removed the commit manifest. The data may be a folder (a sharded checkpoint): delete it whole.
     ``checkpoint_io`` is the backend chosen for ``path`` and ``storage_options`` the fsspec options
     (or ``None``). Return ``True`` when you handled the deletion, ``None`` to pass.
+    """
+
+
+# --------------------------------------------------------------------------- ranks
+
+
+@hookspec(firstresult=True)
+def distributed_context() -> DistributedContext | None:
+    """Supply ranks and collectives for a runtime other than ``torch.distributed``; first result wins.
+
+    Asked by :mod:`ckpthooks.distributed` on any rank that needs its rank, the world size, a
+    broadcast or a barrier (the rank guard of every save, the outcome every rank agrees on, policies'
+    shared decisions, ``rank_zero_only``), and only while ``torch.distributed`` is not initialized:
+    an initialized process group always decides. Return an object with the methods of
+    :class:`~ckpthooks.distributed.DistributedContext` (``rank()``, ``world_size()``,
+    ``broadcast_object(obj, src)``, ``barrier()``) when your runtime is in use in this process, or
+    ``None`` to pass; when every implementation passes, launcher variables such as ``RANK`` decide
+    the rank and the run counts as one process. Rank 0 of the context is the only one that writes.
+
+    The plugin host keeps a returned context until a plugin is registered or unregistered, and asks
+    again while every implementation returns ``None``; so decide cheaply (look in ``sys.modules``,
+    never import a heavy library here) and let the context's methods ask the runtime each time.
+    The XLA plugin (``ckpthooks-xla``) implements it with torch_xla's ordinals.
     """

@@ -1,7 +1,8 @@
 """Removing what a crashed save left behind, and nothing else.
 
 A save streams into ``.<name>.ckpthooks-tmp-<pid>-<token>-<n>`` next to its target and renames it
-into place; a crash leaves that temporary file. At the next start the writer rank removes such files
+into place; a crash leaves that temporary file (a temporary folder, for a sharded checkpoint whose
+ranks write into a fresh folder named so by rank 0). At the next start the writer rank removes such files
 from the checkpoint folders when the process that created them is gone: its pid is not running, or
 it belongs to another process (a different token: pids repeat across container restarts) and the
 file has not been written to for :data:`STALE_AFTER` seconds. Files without our marker are never
@@ -24,6 +25,7 @@ import functools
 import json
 import logging
 import os
+import shutil
 import socket
 import time
 from collections.abc import Iterable, Mapping
@@ -97,7 +99,10 @@ def clean_leftovers(folders: Iterable[str], storage_options: Mapping[str, Any] |
             if is_leftover(local, name):
                 target = os.path.join(local, name)
                 with contextlib.suppress(FileNotFoundError):
-                    os.remove(target)
+                    if os.path.isdir(target) and not os.path.islink(target):
+                        shutil.rmtree(target)  # the fresh folder of a sharded save
+                    else:
+                        os.remove(target)
                     removed.append(target)
                     log.warning("removed %s, left behind by an interrupted save", target)
             elif _previous_no_longer_needed(local, name):

@@ -12,8 +12,9 @@ import contextlib
 import json
 import logging
 import os
+import shutil
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
@@ -197,7 +198,9 @@ def keep_previous(checkpoint_path: str) -> str | None:
     between would leave no committed checkpoint when it was the only one (``save_top_k=0`` with
     ``save_last=True``). The old data is hard-linked (no copy) to ``.<name>.ckpthooks-prev`` and
     committed there; "last" finds it until :func:`drop_previous` removes it after the new commit.
-    Returns the kept path, or ``None`` where this is not possible (remote storage, no hard links).
+    A folder (a sharded checkpoint) cannot be hard-linked: it is renamed there instead, so that the
+    new folder can be renamed into place. Returns the kept path, or ``None`` where this is not
+    possible (remote storage, no hard links).
     """
     if not paths.is_local(checkpoint_path):
         return None
@@ -208,7 +211,11 @@ def keep_previous(checkpoint_path: str) -> str | None:
     kept = previous_path(source)
     drop_previous(kept)
     try:
-        os.link(source, kept)
+        if os.path.isdir(source) and not os.path.islink(source):
+            os.rename(source, kept)
+            fsync_dir(os.path.dirname(source))
+        else:
+            os.link(source, kept)
     except OSError as exc:
         log.info("cannot keep the previous version of %s while it is overwritten: %s", checkpoint_path, exc)
         return None
@@ -222,8 +229,12 @@ def drop_previous(kept: str | None) -> None:
     if kept is None:
         return
     remove_manifest(kept)
+    local = paths.local_path(kept)
+    if os.path.isdir(local) and not os.path.islink(local):
+        shutil.rmtree(local)  # a kept folder (a sharded checkpoint)
+        return
     with contextlib.suppress(FileNotFoundError):
-        os.remove(paths.local_path(kept))
+        os.remove(local)
 
 
 def iter_committed(
@@ -278,8 +289,13 @@ def verify_checkpoint(
     manifest: Manifest | None = None,
     mode: VerifyMode = "full",
     storage_options: Mapping[str, Any] | None = None,
+    *,
+    progress: Callable[[int], None] | None = None,
 ) -> Manifest:
     """Check size (and checksum, with ``mode="full"``) against the manifest; return the manifest.
+
+    ``progress``, when given, is called with the number of bytes of every chunk the checksum reads
+    (the command line's progress bar).
 
     Raises :class:`CheckpointNotFoundError` when the checkpoint is not committed, and
     :class:`CorruptCheckpointError` naming what differs otherwise.
@@ -297,7 +313,7 @@ def verify_checkpoint(
     target = paths.fs_path(fs, checkpoint_path)
     fs.invalidate_cache(target)  # a cached listing may predate the write (s3fs: target and parents)
     try:
-        size = int(call_with_retry(lambda: fs.size(target), action="read the size of", path=checkpoint_path))
+        size = call_with_retry(lambda: paths.size_on(fs, target), action="read the size of", path=checkpoint_path)
     except FileNotFoundError as exc:
         raise CorruptCheckpointError(
             f"{checkpoint_path} is missing although its manifest commits it"
@@ -312,7 +328,10 @@ def verify_checkpoint(
 
         def checksum() -> str:
             with fs.open(target, "rb") as handle:
-                return hash_stream(read_chunks(handle), algorithm)[1]
+                chunks: Iterable[bytes] = read_chunks(handle)
+                if progress is not None:
+                    chunks = _reporting(chunks, progress)
+                return hash_stream(chunks, algorithm)[1]
 
         try:
             digest = call_with_retry(checksum, action="read", path=checkpoint_path)
@@ -325,3 +344,9 @@ def verify_checkpoint(
                 f"{manifest.checksum}): its bytes changed after it was committed"
             )
     return manifest
+
+
+def _reporting(chunks: Iterable[bytes], progress: Callable[[int], None]) -> Iterator[bytes]:
+    for chunk in chunks:
+        progress(len(chunk))
+        yield chunk

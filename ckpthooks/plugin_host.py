@@ -41,9 +41,12 @@ from ckpthooks.exceptions import (
 )
 
 if TYPE_CHECKING:
+    import click
+
     from ckpthooks.callbacks import Callback
     from ckpthooks.checkpointer import Checkpointer
     from ckpthooks.components import StateComponent
+    from ckpthooks.distributed import DistributedContext
     from ckpthooks.io.base import CheckpointIO, CheckpointIOSpec, SaveResult
 
 log = logging.getLogger(__name__)
@@ -55,6 +58,7 @@ BUILTIN_PLUGINS: tuple[tuple[str, str], ...] = (
     ("builtin-state", "ckpthooks._builtin.state"),
     ("builtin-policies", "ckpthooks._builtin.policies"),
     ("builtin-storage", "ckpthooks._builtin.storage"),
+    ("builtin-lightning", "ckpthooks._builtin.lightning"),
 )
 
 Source = Literal["builtin", "entrypoint", "manual"]
@@ -127,6 +131,8 @@ class PluginHost:
     _registered: dict[str, _Registered] = field(init=False, default_factory=dict)
     _failures: dict[str, PluginInfo] = field(init=False, default_factory=dict)
     _io_cache: dict[str, CheckpointIO] = field(init=False, default_factory=dict)
+    #: the ``distributed_context`` answer, once it is final (see :meth:`distributed_context`)
+    _context_cache: tuple[DistributedContext | None] | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
         if self.strict is None:
@@ -163,6 +169,7 @@ class PluginHost:
         self.pm.unregister(name=name)
         del self._registered[name]
         self._io_cache.clear()
+        self._context_cache = None
 
     def _register(
         self,
@@ -207,6 +214,7 @@ class PluginHost:
         )
         self._registered[name] = _Registered(info=info, order=order)
         self._io_cache.clear()
+        self._context_cache = None
 
     def _load_entry_points(self) -> None:
         entry_points = sorted(metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda ep: ep.name)
@@ -321,6 +329,48 @@ class PluginHost:
         """``(plugin name, spec)`` pairs from :func:`~ckpthooks.hookspecs.register_checkpoint_io`."""
         return self._collect_named("storage backend", "register_checkpoint_io", lambda s: str(s.name))
 
+    def cli_commands(self) -> tuple[list[tuple[str, click.Command]], list[str]]:
+        """``(plugin name, command)`` pairs from :func:`~ckpthooks.hookspecs.register_cli_commands`,
+        and one line per plugin whose contribution was left out.
+
+        Unlike the other contribution hooks, a failing plugin is not fatal here: a broken command
+        must not take the rest of the command line down. In strict mode
+        (``CKPTHOOKS_STRICT_PLUGINS=1``) the first problem raises :class:`PluginError` instead.
+        """
+        import click
+
+        caller = self.pm.hook.register_cli_commands
+        impls = sorted(caller.get_hookimpls(), key=lambda impl: self._order_of(impl.plugin_name))
+        commands: list[tuple[str, click.Command]] = []
+        owners: dict[str, str] = {}
+        problems: list[str] = []
+        for impl in impls:
+            plugin_name = impl.plugin_name
+            try:
+                result = impl.function()
+                if result is None:
+                    continue
+                if not isinstance(result, Sequence) or not all(isinstance(c, click.Command) for c in result):
+                    raise PluginError(
+                        f"register_cli_commands must return a sequence of click.Command, not {result!r}"
+                    )
+                names = [str(command.name) for command in result]
+                for name in names:
+                    if name in owners:
+                        raise DuplicateContributionError("command", name, owners[name], plugin_name)
+                if len(set(names)) != len(names):
+                    raise PluginError(f"register_cli_commands returned the same command name twice: {names}")
+            except Exception as exc:  # one broken plugin must not take the command line down
+                message = " ".join(f"{type(exc).__name__}: {exc}".split())
+                if self.strict:
+                    raise PluginError(f"plugin {plugin_name!r}: {message}") from exc
+                problems.append(f"plugin {plugin_name!r}: its commands are left out ({message})")
+                continue
+            for command in result:
+                owners[str(command.name)] = plugin_name
+                commands.append((plugin_name, command))
+        return commands, problems
+
     def checkpoint_io_for(self, path: str) -> CheckpointIO:
         """The storage backend for ``path``: the highest-priority spec serving its protocol."""
         from ckpthooks.io.paths import protocol_of
@@ -343,6 +393,22 @@ class PluginHost:
         io = spec.factory()
         self._io_cache[protocol] = io
         return io
+
+    def distributed_context(self) -> DistributedContext | None:
+        """The context a plugin supplies through :func:`~ckpthooks.hookspecs.distributed_context`.
+
+        :mod:`ckpthooks.distributed` asks only when ``torch.distributed`` is not initialized. A
+        context, once returned, is kept until a plugin is registered or unregistered; so is
+        ``None`` when no plugin implements the hook. When implementations exist but all return
+        ``None`` (their runtime is not in use yet), they are asked again next time.
+        """
+        if self._context_cache is not None:
+            return self._context_cache[0]
+        caller = self.pm.hook.distributed_context
+        context: DistributedContext | None = caller()
+        if context is not None or not caller.get_hookimpls():
+            self._context_cache = (context,)
+        return context
 
     # ----------------------------------------------------------------- calling edit and storage hooks
 

@@ -22,6 +22,9 @@ class LoopProgress:
     batch_idx: int = 0
     global_step: int = 0
     epoch_finished: bool = False
+    #: random generator states when the current epoch's data iterator was created; a mid-epoch
+    #: resume recreates the iterator under them, so that shuffling repeats exactly
+    epoch_rng: dict[str, Any] | None = None
 
     def state_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -31,6 +34,7 @@ class LoopProgress:
         self.batch_idx = int(state.get("batch_idx", 0))
         self.global_step = int(state.get("global_step", 0))
         self.epoch_finished = bool(state.get("epoch_finished", False))
+        self.epoch_rng = state.get("epoch_rng")
 
     def restore(self, found: dict[str, Any]) -> None:
         """Restore from what :class:`~ckpthooks.components.ProgressComponent` found.
@@ -45,6 +49,7 @@ class LoopProgress:
         self.epoch = int(found.get("epoch", 0))
         self.global_step = int(found.get("global_step", 0))
         self.batch_idx = 0
+        self.epoch_rng = None
         completed = _lightning_completed_epochs(found.get("loops"))
         if completed is None:
             log.warning(

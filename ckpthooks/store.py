@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from ckpthooks import distributed
 from ckpthooks._version import FORMAT_VERSION, __version__
 from ckpthooks.exceptions import (
     CheckpointError,
@@ -89,15 +90,25 @@ class CheckpointStore:
         weights_only: bool = False,
         writer: str | None = None,
     ) -> Manifest:
-        """Write ``checkpoint`` to ``path`` and commit it. Call on the writer rank only.
+        """Write ``checkpoint`` to ``path`` and commit it. Call on the writer rank only. (A collective
+        backend's save is :meth:`save_collective`, called on every rank; in a single process this
+        method hands it over.)
 
         An existing checkpoint at ``path`` is uncommitted first, so a crash mid-way never leaves a
         manifest describing bytes it does not match. On remote storage (no atomic rename) a pending
         marker is written before the data and removed after the commit, so that the next start can
         delete the data of a save that crashed in between (see :mod:`ckpthooks.leftovers`).
         """
-        check_weights_only_safe(checkpoint)
         io = self.io_for(path)
+        if io.collective:
+            committed = self.save_collective(
+                checkpoint, path, epoch=epoch, global_step=global_step, metrics=metrics,
+                weights_only=weights_only, writer=writer,
+            )  # fmt: skip
+            if committed is None:
+                raise ConfigurationError(f"{path}: a collective backend's save runs on every rank; use save_collective")
+            return committed
+        check_weights_only_safe(checkpoint)
         previous = None
         old = read_manifest(path, self.storage_options)
         remote = not paths.is_local(path)
@@ -142,6 +153,107 @@ class CheckpointStore:
                 log.warning("committed %s, but could not remove its pending marker: %s", path, exc)
         log.info("committed checkpoint %s (%d bytes, step %d)", path, result.size, global_step)
         return manifest
+
+    def save_collective(
+        self,
+        checkpoint: dict[str, Any],
+        path: str,
+        *,
+        epoch: int,
+        global_step: int,
+        metrics: Mapping[str, float] | None,
+        weights_only: bool,
+        writer: str | None,
+    ) -> Manifest | None:
+        """Save through a collective backend (``CheckpointIO.collective``): call on every rank, each
+        with its own part; returns the manifest on rank 0, ``None`` on the others.
+
+        1. Every rank checks its dict; rank 0 keeps a committed checkpoint at ``path`` aside,
+           committed under its hidden previous-version name (a folder is renamed, a file linked),
+           and uncommits ``path``. The ranks agree.
+        2. Every rank calls the ``save_checkpoint`` hook; the backend coordinates the ranks (the
+           DCP backend writes a fresh folder and renames it into place on rank 0). The ranks agree.
+        3. Rank 0 writes the manifest: the commit. The ranks agree, then rank 0 drops the kept
+           previous version.
+
+        Each step ends with :func:`ckpthooks.distributed.agree_on_outcome`, so an error on any rank
+        raises on every rank at the same step. A failure before the commit commits the kept
+        previous version at ``path`` again when the new data did not replace it.
+        """
+        io = self.io_for(path)
+        writer_rank = distributed.is_global_zero(self.host)
+        old: Manifest | None = None
+        previous: str | None = None
+        manifest: Manifest | None = None
+        try:
+            error: BaseException | None = None
+            try:
+                check_weights_only_safe(checkpoint)
+                if writer_rank:
+                    old = read_manifest(path, self.storage_options)
+                    if old is not None:
+                        previous = keep_previous(path)
+                        remove_manifest(path, self.storage_options)
+            except Exception as exc:
+                error = exc
+            distributed.agree_on_outcome(error, f"preparing {path}", host=self.host)
+
+            result: Any = None
+            try:
+                result = self.host.save_checkpoint(checkpoint, path, self.storage_options, io)
+            except Exception as exc:
+                error = exc
+            distributed.agree_on_outcome(error, f"writing {path}", host=self.host)
+
+            if writer_rank:
+                try:
+                    if not isinstance(result, SaveResult):
+                        result = SaveResult(size=paths.stored_size(path, self.storage_options))
+                    manifest = Manifest(
+                        file=paths.basename(path),
+                        size=result.size,
+                        checksum=result.checksum,
+                        algorithm=result.algorithm,
+                        epoch=int(epoch),
+                        global_step=int(global_step),
+                        metrics={k: float(v) for k, v in (metrics or {}).items()},
+                        created=time.time(),
+                        weights_only=weights_only,
+                        writer=writer,
+                        plugins=self.host.plugin_versions(),
+                    )
+                    write_manifest(path, manifest, self.storage_options)
+                except Exception as exc:
+                    error = exc
+            distributed.agree_on_outcome(error, f"committing {path}", host=self.host)
+        except BaseException:
+            if writer_rank and old is not None and previous is not None:
+                self._recommit_previous(path, old, previous)
+            raise
+        if writer_rank:
+            try:
+                drop_previous(previous)
+            except OSError as exc:  # committed already; the next start removes the kept copy
+                log.warning("committed %s, but could not remove its previous version: %s", path, exc)
+            assert manifest is not None
+            log.info("committed checkpoint %s (%d bytes, step %d)", path, manifest.size, global_step)
+        return manifest
+
+    def _recommit_previous(self, path: str, old: Manifest, previous: str) -> None:
+        """After a failed collective save: put the kept previous version back at ``path`` (when the
+        new data never arrived there) and commit it again; else it stays committed where it is."""
+        local, kept = paths.local_path(path), paths.local_path(previous)
+        if not paths.is_local(path) or not os.path.isdir(kept) or os.path.lexists(local):
+            return  # a kept file is a hard link: the generic recovery handles files
+        try:
+            os.rename(kept, local)
+            fsync_dir(os.path.dirname(local))
+            write_manifest(path, old, self.storage_options)
+            remove_manifest(previous)
+        except OSError as exc:
+            log.warning("%s stays uncommitted after the failed save; its previous version is %s (%s)", path, kept, exc)
+            return
+        log.info("the failed save left %s unchanged; it is committed again", path)
 
     def _recommit_if_intact(self, path: str, old: Manifest, previous: str | None) -> None:
         """After a failed overwrite: commit ``path`` again when its bytes are still the old ones
@@ -199,6 +311,16 @@ class CheckpointStore:
         Files without a manifest (written by Lightning or ``torch.save``) load unverified unless
         ``require_manifest`` is set.
         """
+        self.check_loadable(path, verify=verify, require_manifest=require_manifest)
+        checkpoint = self.host.load_checkpoint(
+            path, self.storage_options, self.io_for(path), map_location, weights_only
+        )
+        check_format_version(checkpoint, path)
+        return checkpoint
+
+    def check_loadable(self, path: str, *, verify: VerifyMode | None = None, require_manifest: bool = False) -> None:
+        """What :meth:`load` checks before reading: a committed checkpoint must verify, one without
+        a manifest (Lightning or ``torch.save`` files) must exist unless ``require_manifest``."""
         mode = verify or self.verify
         manifest = read_manifest(path, self.storage_options)
         if manifest is None:
@@ -210,11 +332,6 @@ class CheckpointStore:
             log.info("%s has no ckpthooks manifest; loading it without verification", path)
         else:
             verify_checkpoint(path, manifest, mode, self.storage_options)
-        checkpoint = self.host.load_checkpoint(
-            path, self.storage_options, self.io_for(path), map_location, weights_only
-        )
-        check_format_version(checkpoint, path)
-        return checkpoint
 
     def verify_committed(self, committed: CommittedCheckpoint, verify: VerifyMode | None = None) -> None:
         """Check a committed checkpoint's bytes against its manifest."""

@@ -3,8 +3,8 @@
     make demo          # or: python examples/demo.py
 
 1. Starts examples/plain_loop.py in a child process for 6 epochs.
-2. As soon as the third epoch's checkpoint is committed, kills the child with SIGKILL (no clean-up,
-   no chance to flush anything: a crash).
+2. As soon as a checkpoint from the middle of the third epoch is committed (the loop also saves
+   every 5 steps), kills the child with SIGKILL (no clean-up, no chance to flush anything: a crash).
 3. Starts the loop again with ckpt_path="last": it restores the newest committed checkpoint and
    finishes the remaining epochs.
 4. Runs the same 6 epochs once more without interruption and compares: the interrupted-and-resumed
@@ -39,7 +39,7 @@ def committed_steps(root: Path) -> list[int]:
 def main() -> int:
     root = Path(tempfile.mkdtemp(prefix="ckpthooks-demo-")) / "run"
     command = [sys.executable, str(HERE / "plain_loop.py"), "--root", str(root), "--epochs", "6"]
-    print(f"== run 1: training for 6 epochs into {root}; it is killed once epoch 2 is checkpointed")
+    print(f"== run 1: training for 6 epochs into {root}; it is killed in the middle of epoch 2")
     child = subprocess.Popen([*command, "--epoch-delay", "0.3"], env={**os.environ, "PYTHONUNBUFFERED": "1"})
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and child.poll() is None:
@@ -55,7 +55,8 @@ def main() -> int:
     print("== committed checkpoints left behind:")
     for manifest in sorted(root.rglob("*.manifest.json")):
         data = json.loads(manifest.read_text())
-        print(f"   {manifest.name[: -len('.manifest.json')]}: epoch {data['epoch']}, step {data['global_step']}")
+        name = manifest.relative_to(root).as_posix()[: -len(".manifest.json")]
+        print(f"   {name}: epoch {data['epoch']}, step {data['global_step']}")
     print('== run 2: the same command, ckpt_path="last"')
     resumed_summary = root.parent / "resumed.json"
     resumed = subprocess.run([*command, "--summary", str(resumed_summary)], check=False)
@@ -79,7 +80,9 @@ def main() -> int:
             f"   {label:<20} step {summary['global_step']}, val_loss {summary['val_loss']!r}, "
             f"weights {summary['weights_sha256'][:16]}"
         )
-    print("== the resumed run matches the uninterrupted one bit for bit" if same else "== MISMATCH")
+    print(
+        "== the resumed run matches the uninterrupted one bit for bit" if same else "== MISMATCH: the runs differ"
+    )
     shutil.rmtree(root.parent, ignore_errors=True)
     return 0 if same else 1
 

@@ -55,7 +55,12 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
 
     ckpt = Checkpointer(
         default_root_dir=args.root,
-        callbacks=[ModelCheckpoint(monitor="val_loss", save_top_k=2, save_last=True)],
+        callbacks=[
+            # the two best epochs by validation loss, and last.ckpt
+            ModelCheckpoint(monitor="val_loss", save_top_k=2, save_last=True),
+            # plus the latest of a checkpoint every 5 steps, so an interrupted epoch is not lost
+            ModelCheckpoint(dirpath=f"{args.root}/steps", filename="{step}", every_n_train_steps=5),
+        ],
     )
     ckpt.track(model=model, optimizers=optimizer, lr_schedulers=scheduler)
 

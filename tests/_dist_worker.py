@@ -24,6 +24,7 @@ import torch
 import torch.distributed as dist
 
 from ckpthooks import Callback, Checkpointer, ModelCheckpoint, rank_zero_only
+from ckpthooks.exceptions import CheckpointNotFoundError
 from ckpthooks.io.torch_io import TEMP_MARKER, TorchCheckpointIO
 from tests.helpers import TinyNet, make_data
 
@@ -214,12 +215,186 @@ def scenario_link(rank: int, workdir: Path) -> dict[str, Any]:
     }
 
 
+#: validation losses each rank logs per epoch: rank 1 ranks the epochs the other way round
+LOCAL_VAL_LOSS = {0: [3.0, 1.0, 2.0], 1: [0.5, 9.0, 0.25]}
+
+
+def scenario_metrics(rank: int, workdir: Path) -> dict[str, Any]:
+    """Every rank logs a different val_loss: rank 0's values decide the ranking, names and scores."""
+    spy_on_saves(rank, workdir)
+    policy = ModelCheckpoint(monitor="val_loss", save_top_k=2, filename="{epoch}-{val_loss:.2f}", save_last=True)
+    ckpt, model, optimizer = make_setup(workdir / "run", seed=0, callbacks=[policy])
+    data = make_data(batches=2)
+
+    @ckpt.loop(max_epochs=3)
+    def epoch_fn(epoch: int) -> None:
+        for x, y in ckpt.batches(data):
+            torch.nn.functional.mse_loss(model(x), y).backward()
+            optimizer.step()
+        ckpt.log("val_loss", LOCAL_VAL_LOSS[rank][epoch])
+
+    epoch_fn()
+    dist.barrier()
+    folder = workdir / "run" / "checkpoints"
+    manifests = {
+        name: json.loads((folder / name).read_text())["metrics"]["val_loss"]
+        for name in sorted(os.listdir(folder))
+        if name.endswith(".manifest.json")
+    }
+    return {
+        "best_model_path": policy.best_model_path,
+        "best_model_score": policy.best_model_score,
+        "best_k_models": policy.best_k_models,
+        "kth_value": policy.kth_value,
+        "last_model_path": policy.last_model_path,
+        "files": sorted(os.listdir(folder)),
+        "manifest_val_loss": manifests,
+    }
+
+
+def scenario_time_interval(rank: int, workdir: Path) -> dict[str, Any]:
+    """train_time_interval with clocks that disagree (rank 1's runs 20 times faster): rank 0's
+    clock decides for every rank, so every rank saves at the same steps."""
+    from ckpthooks.policies import schedule
+
+    spy_on_saves(rank, workdir)
+    if rank == 1:
+        real_time = schedule.time
+
+        class FastClock:
+            @staticmethod
+            def monotonic() -> float:
+                return real_time.monotonic() * 20
+
+        schedule.time = FastClock  # type: ignore[assignment]
+        UNDO.append(lambda: setattr(schedule, "time", real_time))
+    policy = ModelCheckpoint(train_time_interval=timedelta(seconds=0.25), save_top_k=-1, filename="{step}")
+
+    class Slow(Callback):
+        def on_train_batch_end(self, checkpointer: Any) -> None:
+            time.sleep(0.05)
+
+    ckpt, model, optimizer = make_setup(workdir / "run", seed=0, callbacks=[Slow(), policy])
+    data = make_data(batches=6)
+
+    @ckpt.loop(max_epochs=1)
+    def epoch_fn(epoch: int) -> None:
+        for x, y in ckpt.batches(data):
+            torch.nn.functional.mse_loss(model(x), y).backward()
+            optimizer.step()
+
+    epoch_fn()
+    dist.barrier()
+    return {"files": sorted(os.listdir(workdir / "run" / "checkpoints")), "policy": policy_view(policy)}
+
+
+def _train_and_save(rank: int, root: Path) -> tuple[torch.Tensor, str]:
+    policy = ModelCheckpoint(save_top_k=1, save_last=True)
+    ckpt, model, optimizer = make_setup(root, seed=0, callbacks=[policy])
+    train(ckpt, model, optimizer, EPOCHS)
+    return flat(model), policy.last_model_path
+
+
+def scenario_restore_views(rank: int, workdir: Path) -> dict[str, Any]:
+    """Rank 1 sees another folder (a stale local disk, say) whose "last" is newer: every rank must
+    still resume from the checkpoint rank 0 found."""
+    trained, last = _train_and_save(rank, workdir / "shared")
+    if rank == 1:  # what only rank 1 sees: a committed checkpoint at a much later step
+        model = TinyNet()
+        own = Checkpointer(workdir / "rank1-only", enable_checkpointing=False).track(model=model)
+        own.progress.global_step = 999
+        own.store.save(own.dump_checkpoint(), str(workdir / "rank1-only" / "newer.ckpt"), epoch=0, global_step=999)
+    dist.barrier()
+    root = workdir / ("shared" if rank == 0 else "rank1-only")
+    ckpt, model, _optimizer = make_setup(root, seed=50 + rank, callbacks=[ModelCheckpoint(save_last=True)])
+    own_view = ckpt.committed_checkpoints()[0].path
+    report = ckpt.restore("last")
+    restored = flat(model)
+    return {
+        "own_view": own_view,
+        "restored_from": None if report is None else report.path,
+        "restored_step": None if report is None else report.global_step,
+        "rank0_last": last,
+        "equal_to_trained": torch.equal(restored, trained),
+        "all_restored": [t.tolist() for t in gather_objects(restored)],
+    }
+
+
+def scenario_restore_unreadable(rank: int, workdir: Path) -> dict[str, Any]:
+    """Rank 1 cannot read the checkpoint rank 0 chose: every rank raises, none trains on."""
+    from ckpthooks.store import CheckpointStore
+
+    _train_and_save(rank, workdir / "shared")
+    dist.barrier()
+    if rank == 1:
+        real_load = CheckpointStore.load
+
+        def load(self: CheckpointStore, path: str, **kwargs: Any) -> Any:
+            raise CheckpointNotFoundError(f"no checkpoint at {path} (not visible on rank 1)")
+
+        CheckpointStore.load = load  # type: ignore[method-assign]
+        UNDO.append(lambda: setattr(CheckpointStore, "load", real_load))
+    ckpt, _model, _optimizer = make_setup(workdir / "shared", seed=0, callbacks=[ModelCheckpoint(save_last=True)])
+    started = time.monotonic()
+    try:
+        ckpt.restore("last")
+    except Exception as exc:
+        return {"raised": type(exc).__name__, "message": str(exc), "seconds": time.monotonic() - started}
+    return {"raised": None}
+
+
+def scenario_mismatch(rank: int, workdir: Path) -> dict[str, Any]:
+    """save_checkpoint with a path that depends on the rank: detected before anything is written."""
+    spy_on_saves(rank, workdir)
+    ckpt, _model, _optimizer = make_setup(workdir / "run", seed=0, callbacks=[])
+    started = time.monotonic()
+    try:
+        ckpt.save_checkpoint(workdir / "run" / f"manual-rank{rank}.ckpt")
+    except Exception as exc:
+        return {"raised": type(exc).__name__, "message": str(exc), "seconds": time.monotonic() - started}
+    return {"raised": None}
+
+
+def scenario_one_sided(rank: int, workdir: Path) -> dict[str, Any]:
+    """save_checkpoint on rank 0 only (as under `if rank == 0`): rank 0 raises once the process
+    group's timeout (lowered to 2 s here) passes. Breaks the process group: runs last."""
+    from torch.distributed.distributed_c10d import _set_pg_timeout
+
+    done = workdir / "rank0-done"
+    _set_pg_timeout(timedelta(seconds=2))
+    ckpt, _model, _optimizer = make_setup(workdir / "run", seed=0, callbacks=[])
+    if rank != 0:
+        deadline = time.monotonic() + 30
+        while not done.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return {"waited_for_rank0": done.exists()}
+    started = time.monotonic()
+    try:
+        ckpt.save_checkpoint(workdir / "run" / "alone.ckpt")
+    except Exception as exc:
+        result = {"raised": type(exc).__name__, "message": str(exc), "seconds": time.monotonic() - started}
+    else:
+        result = {"raised": None}
+    done.write_text("")
+    result["written"] = os.path.exists(workdir / "run" / "alone.ckpt")
+    return result
+
+
 SCENARIOS = {
     "link": scenario_link,
     "fit": scenario_fit,
     "fit_straggler": lambda rank, workdir: scenario_fit(rank, workdir, straggle=0.5),
     "fail": scenario_fail,
+    "metrics": scenario_metrics,
+    "time_interval": scenario_time_interval,
+    "restore_views": scenario_restore_views,
+    "restore_unreadable": scenario_restore_unreadable,
+    "mismatch": scenario_mismatch,
+    "one_sided": scenario_one_sided,
 }
+
+#: scenarios that leave the process group unusable (a timed-out collective): they run last
+TERMINAL = {"one_sided"}
 
 
 def run_scenario(name: str, rank: int, workdir: Path) -> dict[str, Any]:
@@ -243,7 +418,7 @@ def main() -> int:
     dist.init_process_group("gloo", rank=rank, world_size=world_size, timeout=timedelta(seconds=30))
     try:
         for name in scenarios.split(","):
-            if "error" in run_scenario(name, rank, workdir):
+            if "error" in run_scenario(name, rank, workdir) or name in TERMINAL:
                 break  # the other rank may be stuck in a collective: end (it times out)
             dist.barrier()
     finally:

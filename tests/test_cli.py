@@ -18,7 +18,7 @@ import ckpthooks
 from ckpthooks import plugin_host as plugin_host_module
 from ckpthooks.cli import main
 
-BUILTINS = ["builtin-state", "builtin-policies", "builtin-storage"]
+BUILTINS = ["builtin-state", "builtin-policies", "builtin-storage", "builtin-lightning"]
 JSON_KEYS = {"name", "version", "distribution", "source", "module", "hooks", "active", "error"}
 
 GOOD_PLUGIN = """
@@ -185,7 +185,9 @@ def test_plugins_honours_the_block_list(
     monkeypatch.setenv("CKPTHOOKS_PLUGINS_BLOCK", "broken,builtin-policies")
     result = runner.invoke(main, ["plugins", "--json"])
     assert result.exit_code == 0, result.output
-    assert [r["name"] for r in json.loads(result.output)] == ["builtin-state", "builtin-storage", "good"]
+    assert [r["name"] for r in json.loads(result.output)] == [
+        "builtin-state", "builtin-storage", "builtin-lightning", "good"
+    ]
 
 
 @pytest.mark.parametrize("flag", ["--help", "-h"])

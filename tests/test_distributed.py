@@ -30,7 +30,18 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-SCENARIOS = ("fit", "fit_straggler", "fail", "link")
+SCENARIOS = (
+    "fit",
+    "fit_straggler",
+    "fail",
+    "link",
+    "metrics",
+    "time_interval",
+    "restore_views",
+    "restore_unreadable",
+    "mismatch",
+    "one_sided",  # leaves the process group unusable: last
+)
 
 
 def run_ranks(scenarios: tuple[str, ...], workdir: Path) -> tuple[dict[str, list[dict[str, Any]]], float]:
@@ -207,3 +218,80 @@ def test_save_last_link_works_under_ddp(runs: Any) -> None:
     # rank 0 wrote the two top-k files once each; last.ckpt was never written, only linked
     assert _save_log(workdir, 1) == []
     assert _save_log(workdir, 0) == [f"0 {folder / 'epoch=0.ckpt'}", f"0 {folder / 'epoch=1.ckpt'}"]
+
+
+# ---------------------------------------------------------------------- agreement between ranks
+
+
+@pytest.mark.distributed
+def test_ranks_logging_different_metrics_follow_rank_zero(runs: Any) -> None:
+    """Rank 1 logs val_loss values that rank the epochs the other way round: the monitor values,
+    file names, top-k and best score are rank 0's on both ranks."""
+    workdir, (rank0, rank1) = _results(runs, "metrics")
+    folder = workdir / "run" / "checkpoints"
+    kept = ["epoch=1-val_loss=1.00.ckpt", "epoch=2-val_loss=2.00.ckpt", "last.ckpt"]
+    assert rank0 == rank1
+    assert rank0["best_model_path"] == str(folder / "epoch=1-val_loss=1.00.ckpt")
+    assert rank0["best_model_score"] == 1.0 and rank0["kth_value"] == 2.0
+    assert rank0["best_k_models"] == {str(folder / kept[0]): 1.0, str(folder / kept[1]): 2.0}
+    assert rank0["files"] == sorted(kept + [n + MANIFEST_SUFFIX for n in kept])
+    # the manifests record the values the decisions were made on
+    assert rank0["manifest_val_loss"] == {
+        kept[0] + MANIFEST_SUFFIX: 1.0,
+        kept[1] + MANIFEST_SUFFIX: 2.0,
+        "last.ckpt" + MANIFEST_SUFFIX: 2.0,
+    }
+    assert _save_log(workdir, 1) == []
+
+
+@pytest.mark.distributed
+def test_train_time_interval_follows_rank_zeros_clock(runs: Any) -> None:
+    workdir, (rank0, rank1) = _results(runs, "time_interval")
+    assert rank0 == rank1
+    assert 1 <= len(_save_log(workdir, 0)) < 6  # rank 1's fast clock alone would save at every step
+    assert _save_log(workdir, 1) == []
+
+
+@pytest.mark.distributed
+def test_every_rank_resumes_from_the_checkpoint_rank_zero_finds(runs: Any) -> None:
+    workdir, (rank0, rank1) = _results(runs, "restore_views")
+    expected = str(workdir / "shared" / "checkpoints" / "last.ckpt")
+    assert rank0["rank0_last"] == expected
+    assert rank1["own_view"] == str(workdir / "rank1-only" / "newer.ckpt")  # what rank 1 alone would pick
+    for result in (rank0, rank1):
+        assert result["restored_from"] == expected
+        assert result["restored_step"] == 8
+        assert result["equal_to_trained"] is True
+        assert result["all_restored"][0] == result["all_restored"][1]
+
+
+@pytest.mark.distributed
+def test_a_rank_that_cannot_read_the_checkpoint_fails_every_rank(runs: Any) -> None:
+    _workdir, (rank0, rank1) = _results(runs, "restore_unreadable")
+    assert rank1["raised"] == "CheckpointNotFoundError", rank1
+    assert rank0["raised"] == "DistributedCheckpointError", rank0
+    assert "failed on rank 1" in rank0["message"] and "not visible on rank 1" in rank0["message"]
+    assert rank0["seconds"] < 20 and rank1["seconds"] < 20
+
+
+@pytest.mark.distributed
+def test_save_checkpoint_with_rank_dependent_paths_is_refused_before_writing(runs: Any) -> None:
+    workdir, results = _results(runs, "mismatch")
+    for result in results:
+        assert result["raised"] == "DistributedCheckpointError", result
+        assert "out of step" in result["message"]
+        assert "manual-rank0.ckpt" in result["message"] and "manual-rank1.ckpt" in result["message"]
+        assert result["seconds"] < 20
+    assert _save_log(workdir, 0) == [] and _save_log(workdir, 1) == []
+    written = os.listdir(workdir / "run") if (workdir / "run").exists() else []
+    assert not any(name.startswith("manual") for name in written)
+
+
+@pytest.mark.distributed
+def test_save_checkpoint_on_one_rank_only_raises_after_the_process_group_timeout(runs: Any) -> None:
+    _workdir, (rank0, rank1) = _results(runs, "one_sided")
+    assert rank0["raised"] == "DistributedCheckpointError", rank0
+    assert "could not agree" in rank0["message"] and "every rank" in rank0["message"]
+    assert 1.5 < rank0["seconds"] < 15  # the (lowered) 2 s process-group timeout, not forever
+    assert rank0["written"] is False  # refused before anything was written
+    assert rank1["waited_for_rank0"] is True

@@ -27,7 +27,7 @@ FIXTURES = Path(__file__).parent / "fixtures"
 PACKAGES = ("ckpthooks-fixture-plugin", "ckpthooks-broken-plugin")
 GOOD_MODULE = "ckpthooks_fixture_plugin"
 BROKEN_MODULE = "ckpthooks_broken_plugin"
-BUILTINS = ["builtin-state", "builtin-policies", "builtin-storage"]
+BUILTINS = ["builtin-state", "builtin-policies", "builtin-storage", "builtin-lightning"]
 ENV_VARIABLES = (
     "CKPTHOOKS_STRICT_PLUGINS",
     "CKPTHOOKS_PLUGINS_ALLOW",

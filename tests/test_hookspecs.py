@@ -22,8 +22,10 @@ EXPECTED_HOOKS = {
     "register_state_components",
     "register_policies",
     "register_checkpoint_io",
+    "register_cli_commands",
+    "distributed_context",
 }
-FIRST_RESULT_HOOKS = {"save_checkpoint", "load_checkpoint", "remove_checkpoint"}
+FIRST_RESULT_HOOKS = {"save_checkpoint", "load_checkpoint", "remove_checkpoint", "distributed_context"}
 
 
 def _hookspecs() -> dict[str, Callable[..., Any]]:
@@ -47,7 +49,7 @@ def test_the_documented_hooks_exist() -> None:
     assert set(SPECS) == EXPECTED_HOOKS
 
 
-def test_only_storage_hooks_stop_at_the_first_result() -> None:
+def test_only_storage_hooks_and_the_distributed_context_stop_at_the_first_result() -> None:
     assert {name for name, fn in SPECS.items() if _opts(fn)["firstresult"]} == FIRST_RESULT_HOOKS
     assert not any(_opts(fn)["historic"] for fn in SPECS.values())
 
@@ -93,12 +95,17 @@ def test_every_parameter_and_the_return_value_are_annotated(name: str) -> None:
 
 @pytest.mark.parametrize("name", sorted(EXPECTED_HOOKS))
 def test_annotations_resolve_to_the_real_runtime_types(name: str) -> None:
+    import click
+
     from ckpthooks.callbacks import Callback
     from ckpthooks.checkpointer import Checkpointer
     from ckpthooks.components import StateComponent
+    from ckpthooks.distributed import DistributedContext
     from ckpthooks.io.base import CheckpointIO, CheckpointIOSpec, SaveResult
 
     namespace = {
+        "click": click,
+        "DistributedContext": DistributedContext,
         "Callback": Callback,
         "Checkpointer": Checkpointer,
         "StateComponent": StateComponent,

@@ -31,7 +31,7 @@ from ckpthooks import (
 from ckpthooks import plugin_host as plugin_host_module
 from ckpthooks.plugin_host import PluginHost, PluginLoadWarning
 
-BUILTINS = ["builtin-state", "builtin-policies", "builtin-storage"]
+BUILTINS = ["builtin-state", "builtin-policies", "builtin-storage", "builtin-lightning"]
 ENV_VARIABLES = (
     "CKPTHOOKS_STRICT_PLUGINS",
     "CKPTHOOKS_PLUGINS_ALLOW",
@@ -259,6 +259,7 @@ def test_builtin_plugins_are_registered_first_with_source_builtin() -> None:
         "remove_checkpoint",
         "save_checkpoint",
     )
+    assert by_name["builtin-lightning"].hooks == ("on_load_checkpoint", "on_save_checkpoint")
 
 
 def test_manual_plugin_gets_source_manual_after_the_builtins() -> None:
@@ -303,7 +304,7 @@ def test_unregister_removes_the_plugin_and_its_contributions(tmp_path: Path) -> 
 
 def test_blocked_builtin_is_not_registered() -> None:
     host = PluginHost(load_entry_points=False, block={"builtin-policies"})
-    assert names(host) == ["builtin-state", "builtin-storage"]
+    assert names(host) == ["builtin-state", "builtin-storage", "builtin-lightning"]
 
 
 # --------------------------------------------------------------------------- hook validation
@@ -342,7 +343,7 @@ def test_hookimpl_with_an_argument_the_spec_lacks_is_a_plugin_error() -> None:
     assert "'badargs'" in str(info.value)
     # nothing of the rejected plugin stays behind, not even its valid hooks
     assert host.pm.get_plugin("badargs") is None
-    assert host.pm.hook.on_load_checkpoint.get_hookimpls() == []
+    assert [i.plugin_name for i in host.pm.hook.on_load_checkpoint.get_hookimpls()] == ["builtin-lightning"]
     assert names(host) == BUILTINS
 
 
@@ -438,8 +439,8 @@ def test_contributions_are_combined_builtins_first_then_by_plugin_name(
         "policy-zeta",
     ]
     assert [s.name for _, s in host.checkpoint_io_specs()] == ["torch", "io-alpha", "io-mid", "io-zeta"]
-    assert names(host)[:3] == BUILTINS
-    assert names(host)[3:] == sorted(names(host)[3:])
+    assert names(host)[: len(BUILTINS)] == BUILTINS
+    assert names(host)[len(BUILTINS) :] == sorted(names(host)[len(BUILTINS) :])
 
 
 def test_builtin_default_policy_comes_before_plugin_policies(tmp_path: Path) -> None:
@@ -708,7 +709,7 @@ def test_block_list_can_remove_a_builtin_plugin(
     fake_entry_points("good")
     monkeypatch.setenv("CKPTHOOKS_PLUGINS_BLOCK", "builtin-policies")
     host = PluginHost()
-    assert names(host) == ["builtin-state", "builtin-storage", "good"]
+    assert names(host) == ["builtin-state", "builtin-storage", "builtin-lightning", "good"]
     assert host.pm.hook.register_policies.get_hookimpls() == []
 
 

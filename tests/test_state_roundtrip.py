@@ -360,7 +360,10 @@ def test_scaler_state_stored_under_mixed_precision(saved: Saved, on_disk: dict[s
 
 def test_callback_state_stored_under_its_state_key(on_disk: dict[str, Any]) -> None:
     assert CountingCallback().state_key == "CountingCallback"
-    assert on_disk["callbacks"] == {"CountingCallback": {"batches": SAVED_STEP}}
+    # besides: the entry Lightning's Trainer asks for the ckpthooks-only state by (see test_lightning_interop)
+    assert {k: v for k, v in on_disk["callbacks"].items() if k != "CkpthooksState"} == {
+        "CountingCallback": {"batches": SAVED_STEP}
+    }
 
 
 def test_datamodule_state_stored_under_class_qualname(on_disk: dict[str, Any]) -> None:
@@ -379,6 +382,7 @@ def test_loop_progress_stored_in_ckpthooks_namespace(on_disk: dict[str, Any]) ->
         "batch_idx": EXTRA_STEPS,
         "global_step": SAVED_STEP,
         "epoch_finished": False,
+        "epoch_rng": None,  # recorded by batches(); this loop steps by hand
     }
 
 

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ckpthooks.checkpointer import Checkpointer
 
 
 @dataclass(frozen=True)
@@ -28,7 +33,21 @@ class CheckpointIO(ABC):
     on load and remove), so a Lightning CheckpointIO subclass ports by changing its base class.
     ``save_checkpoint`` may return a :class:`SaveResult`; returning ``None`` (as Lightning's do) is
     accepted, and the runtime then records the size it finds on storage.
+
+    Under ``torch.distributed`` the runtime calls ``save_checkpoint`` on the writer rank only (global
+    rank 0), with the checkpoint every rank built alike. A backend for sharded state sets
+    :attr:`collective`: then every rank calls ``save_checkpoint`` with its own checkpoint dict (its
+    shards) and ``load_checkpoint`` at the same point, and the backend coordinates the ranks itself.
     """
+
+    #: ``True`` for a backend whose saves and loads are collective: every rank of the process group
+    #: calls ``save_checkpoint`` (each writing its own part, the backend returning the
+    #: :class:`SaveResult` on rank 0 and anything on the others) and ``load_checkpoint``, at the same
+    #: point. The runtime keeps an existing committed checkpoint at the path aside before the save,
+    #: and rank 0 writes the commit manifest only after every rank reported success; an error on any
+    #: rank raises on every rank. ``remove_checkpoint`` is still called on rank 0 only (a
+    #: checkpoint may be a folder: remove it whole). The ``ckpthooks-dcp`` plugin's backend is one.
+    collective: bool = False
 
     @abstractmethod
     def save_checkpoint(
@@ -69,3 +88,28 @@ class CheckpointIOSpec:
     factory: Callable[[], CheckpointIO] = field(compare=False)
     priority: int = 0
     description: str = ""
+
+
+_restoring: ContextVar[Checkpointer | None] = ContextVar("ckpthooks_restoring", default=None)
+
+
+def restoring_checkpointer() -> Checkpointer | None:
+    """The :class:`~ckpthooks.Checkpointer` whose :meth:`~ckpthooks.Checkpointer.restore` is reading
+    a checkpoint right now, or ``None`` (``load_from_checkpoint``, the command line, a bare
+    :class:`~ckpthooks.store.CheckpointStore`).
+
+    For backends that load in place, as ``torch.distributed.checkpoint`` does: the live model and
+    optimizers tell which shards this rank needs. A backend must not change them; it returns the
+    checkpoint dict as usual and the restore puts the state back.
+    """
+    return _restoring.get()
+
+
+@contextlib.contextmanager
+def restoring(checkpointer: Checkpointer) -> Iterator[None]:
+    """Make :func:`restoring_checkpointer` return ``checkpointer`` inside the ``with`` block."""
+    token = _restoring.set(checkpointer)
+    try:
+        yield
+    finally:
+        _restoring.reset(token)

@@ -92,3 +92,18 @@ def forget_listings(fs: fsspec.AbstractFileSystem, path: str) -> None:
     prefix = path.rstrip("/") + "/"
     for key in [key for key in list(cache) if str(key).startswith(prefix)]:
         fs.invalidate_cache(key)
+
+
+def stored_size(path: str, storage_options: Mapping[str, Any] | None = None) -> int:
+    """Bytes stored at ``path``: a file's size, or the total of every file below a folder (a
+    sharded checkpoint is a folder)."""
+    fs = filesystem(path, storage_options)
+    return size_on(fs, fs_path(fs, path))
+
+
+def size_on(fs: fsspec.AbstractFileSystem, stripped: str) -> int:
+    """:func:`stored_size` for a path already in ``fs``'s form; a missing path raises
+    ``FileNotFoundError``."""
+    if fs.isdir(stripped):
+        return int(fs.du(stripped, total=True, withdirs=False))
+    return int(fs.size(stripped))

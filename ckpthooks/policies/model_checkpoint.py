@@ -64,6 +64,13 @@ class ModelCheckpoint(Callback):
             rather than after validation.
         enable_version_counter: when a name is taken, append ``-v1``, ``-v2``...; when off, a
             name collision raises instead of replacing a file silently.
+
+    Under ``torch.distributed`` the policy runs on every rank and every rank decides alike: the
+    metrics a save decision uses (the monitored value, the values in the file name) are global
+    rank 0's, broadcast at each save decision (a rank that logged another local value follows
+    rank 0; reduce your metric across ranks before logging it if you want a global value), whether
+    a ``train_time_interval`` has passed is rank 0's clock's answer, and whether a file name is
+    taken is rank 0's view of the storage.
     """
 
     #: name (a template) of the ``save_last`` file, without extension
@@ -226,7 +233,10 @@ class ModelCheckpoint(Callback):
     def on_train_batch_end(self, checkpointer: Checkpointer) -> None:
         if self._already_saved(checkpointer):
             return
-        if self.schedule.due_after_step(checkpointer.global_step):
+        due = self.schedule.due_after_step(checkpointer.global_step)
+        if self.schedule.train_time_interval is not None:  # clocks differ: rank 0's decides
+            due = bool(distributed.broadcast_object(due, host=checkpointer.host))
+        if due:
             self.save_due(checkpointer)
 
     def on_train_epoch_end(self, checkpointer: Checkpointer) -> None:
@@ -248,11 +258,14 @@ class ModelCheckpoint(Callback):
 
     # ------------------------------------------------------------------ saving
     def monitor_candidates(self, checkpointer: Checkpointer) -> dict[str, float]:
+        """The metrics of this save decision: the logged ones plus ``epoch``, ``step`` and
+        ``global_step``; under ``torch.distributed`` global rank 0's, on every rank."""
         candidates = dict(checkpointer.callback_metrics)
         candidates.setdefault("epoch", float(checkpointer.current_epoch))
         candidates.setdefault("step", float(checkpointer.global_step))
         candidates.setdefault("global_step", float(checkpointer.global_step))
-        return candidates
+        # one broadcast per decision, so that every rank ranks, names and keeps files alike
+        return dict(distributed.broadcast_object(candidates, host=checkpointer.host))
 
     def save_due(self, checkpointer: Checkpointer) -> None:
         """Save now: a top-k (or latest) file as configured, then ``last``.
@@ -260,6 +273,7 @@ class ModelCheckpoint(Callback):
         A failed write leaves the bookkeeping as it was before that write. The error is raised,
         or logged when the checkpointer was built with ``on_save_error="log"``.
         """
+        checkpointer.settle_background_saves()  # decide knowing whether earlier saves failed
         candidates = self.monitor_candidates(checkpointer)
         self._last_global_step_saved = checkpointer.global_step
         saved = self._transaction(checkpointer, lambda: self._save_topk(checkpointer, candidates))
@@ -292,7 +306,7 @@ class ModelCheckpoint(Callback):
                 gone = read_manifest(filepath, checkpointer.storage_options) is None
             except (CheckpointError, OSError) as exc:
                 log.warning("cannot tell whether %s is still committed: %s", filepath, exc)
-        if distributed.broadcast_object(gone):
+        if distributed.broadcast_object(gone, host=checkpointer.host):
             log.warning("%s is no longer committed after the failed save; forgetting it", filepath)
             self.topk.discard(filepath)
             if self.last_model_path == filepath:
@@ -395,8 +409,12 @@ class ModelCheckpoint(Callback):
         full write. The writer rank decides, so every rank takes the same branch."""
         can_link = False
         if checkpointer.is_global_zero:
-            can_link = paths.is_local(filepath) and read_manifest(source, checkpointer.storage_options) is not None
-        if not distributed.broadcast_object(can_link):
+            can_link = (
+                paths.is_local(filepath)
+                and not os.path.isdir(paths.local_path(source))  # a folder checkpoint is written again
+                and read_manifest(source, checkpointer.storage_options) is not None
+            )
+        if not distributed.broadcast_object(can_link, host=checkpointer.host):
             self._write(checkpointer, filepath, role="last", score=None, replaces=replaces)
             return
         error: BaseException | None = None
@@ -406,7 +424,7 @@ class ModelCheckpoint(Callback):
                 checkpointer.store.link(source, filepath, writer=f"{self.state_key}#last")
             except Exception as exc:
                 error = exc
-        distributed.agree_on_outcome(error, f"linking {filepath}")
+        distributed.agree_on_outcome(error, f"linking {filepath}", host=checkpointer.host)
         if replaces is not None and checkpointer.is_global_zero:
             self._remove_if_ours(checkpointer, replaces)
 
@@ -455,7 +473,8 @@ class ModelCheckpoint(Callback):
         exists = bool(fs.exists(paths.fs_path(fs, filepath)))
         # every rank takes the writer's answer: a rank that looks after the writer saved would see
         # the new file and pick another name (Lightning broadcasts the file path for this reason)
-        return bool(distributed.broadcast_object(exists))
+        host = self._checkpointer.host if self._checkpointer else None
+        return bool(distributed.broadcast_object(exists, host=host))
 
     def _storage_options(self) -> Any:
         return self._checkpointer.storage_options if self._checkpointer else None
@@ -492,6 +511,14 @@ class ModelCheckpoint(Callback):
             if best is None or self.topk.better(score, best[0]):
                 best = (score, item.path)
         return best[1] if best else None
+
+    def on_checkpoint_failed(self, checkpointer: Checkpointer, path: str, error: BaseException) -> None:
+        """A background save failed: forget the file, so bookkeeping names committed files only."""
+        self.topk.discard(path)
+        if self.last_model_path == path:
+            self.last_model_path = ""
+        if self._latest_path == path:
+            self._latest_path = ""
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:

@@ -1,0 +1,432 @@
+"""``ckpthooks convert``: weights to and from safetensors, and Lightning or torch files into committed
+ckpthooks checkpoints. Every source is loaded with ``torch.load(weights_only=True)`` (or read as
+safetensors): converting never unpickles code."""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any
+
+import click
+
+from ckpthooks._cli.common import (
+    EXIT_FAILURE,
+    Progress,
+    describe_error,
+    emit_json,
+    error,
+    human_size,
+    json_option,
+    plugin_host,
+    progress_option,
+)
+from ckpthooks._cli.scan import sniff
+
+_NO_SAFETENSORS = (
+    "converting to or from safetensors needs the safetensors package: pip install safetensors "
+    "(or pip install ckpthooks-safetensors)"
+)
+
+
+class ConvertError(Exception):
+    """The conversion cannot be done; the message says why and what to do."""
+
+
+@click.command("convert")
+@click.argument("src")
+@click.argument("dst")
+@click.option(
+    "--to",
+    "to",
+    type=click.Choice(["safetensors", "ckpt"]),
+    default=None,
+    help="Output format. Default: safetensors when DST ends in .safetensors, else ckpt.",
+)
+@click.option(
+    "--key",
+    default=None,
+    metavar="NAME",
+    help="Where the weights are in SRC (a key of its top-level dict). Default: state_dict, or the whole "
+    "file when it is a bare state dict.",
+)
+@click.option("--overwrite", is_flag=True, help="Replace a file that exists at DST.")
+@json_option
+@progress_option
+def convert_command(
+    src: str, dst: str, to: str | None, key: str | None, overwrite: bool, as_json: bool, progress: bool | None
+) -> None:
+    """Convert SRC into DST.
+
+    \b
+    * to safetensors (DST ends in .safetensors, or --to safetensors): the model weights of a
+      ckpthooks, Lightning or torch.save file, as a standard safetensors file any safetensors
+      reader loads (tensors that shared memory are stored separately).
+    * from safetensors to .ckpt: the weights as a committed weights-only ckpthooks checkpoint in
+      Lightning's layout (state_dict, epoch, global_step), with its manifest.
+    * from a Lightning (or ckpthooks) .ckpt to .ckpt: after checking it loads with
+      torch.load(weights_only=True), the file is copied byte for byte (or, when SRC is DST,
+      left in place) and committed with a manifest: epoch and step from the file, metrics from
+      its ModelCheckpoint state. A bare torch.save state dict is wrapped as state_dict.
+
+    Local paths and fsspec URLs. Safetensors needs the safetensors package.
+
+    Exit codes: 0 when DST was written, 1 when the conversion failed, 2 on bad usage.
+    """
+    from ckpthooks.exceptions import CheckpointError
+    from ckpthooks.io import paths
+
+    source = paths.normalize(src)
+    target = paths.normalize(dst)
+    fmt = to or ("safetensors" if target.endswith(".safetensors") else "ckpt")
+    try:
+        kind = _sniff(source)
+        if fmt == "safetensors":
+            if kind == "safetensors":
+                raise ConvertError(f"{src} is a safetensors file already")
+            report = _to_safetensors(source, target, key, overwrite, progress, as_json)
+        elif kind == "safetensors":
+            report = _from_safetensors(source, target, overwrite, progress, as_json)
+        else:
+            report = _commit_torch_file(source, target, key, overwrite, progress, as_json)
+    except ConvertError as exc:
+        error(str(exc))
+        sys.exit(EXIT_FAILURE)
+    except (CheckpointError, OSError) as exc:
+        error(describe_error(exc))
+        sys.exit(EXIT_FAILURE)
+    if as_json:
+        emit_json(report)
+    else:
+        click.echo(
+            f"wrote {report['dst']} ({report['format']}, {report['tensors']} tensors, {human_size(report['size'])})"
+            + ("; committed" if report.get("committed") else "")
+        )
+
+
+def _sniff(path: str) -> str:
+    from ckpthooks.exceptions import CheckpointNotFoundError
+    from ckpthooks.io import paths
+
+    fs = paths.filesystem(path)
+    try:
+        with fs.open(paths.fs_path(fs, path), "rb") as handle:
+            head = handle.read(16)
+    except FileNotFoundError as exc:
+        raise CheckpointNotFoundError(f"no file at {path}") from exc
+    kind = sniff(head)
+    if kind == "unknown":
+        raise ConvertError(f"{path} is neither a torch.save file nor a safetensors file")
+    return kind
+
+
+def _load_weights_only(path: str) -> dict[str, Any]:
+    """Through the storage hooks (plugin formats load too), verified against a manifest if there is one."""
+    from ckpthooks.store import CheckpointStore
+
+    return CheckpointStore(host=plugin_host()).load(path, map_location="cpu", weights_only=True)
+
+
+def _weights(checkpoint: Any, key: str | None, src: str) -> dict[str, Any]:
+    import torch
+
+    def all_tensors(value: Any) -> bool:
+        return isinstance(value, dict) and bool(value) and all(isinstance(v, torch.Tensor) for v in value.values())
+
+    if key is not None:
+        if not isinstance(checkpoint, dict) or key not in checkpoint:
+            raise ConvertError(f"{src} has no key {key!r}")
+        found = checkpoint[key]
+    elif isinstance(checkpoint, dict) and isinstance(checkpoint.get("state_dict"), dict):
+        found = checkpoint["state_dict"]
+    elif all_tensors(checkpoint):
+        found = checkpoint
+    else:
+        keys = ", ".join(map(repr, list(checkpoint)[:12])) if isinstance(checkpoint, dict) else "none"
+        raise ConvertError(
+            f"{src} has no state_dict and is not a bare state dict (keys: {keys}); name the weights with --key"
+        )
+    if not all_tensors(found):
+        raise ConvertError(f"the weights of {src} are not a dict of tensors")
+    return {str(name): tensor for name, tensor in found.items()}
+
+
+# --------------------------------------------------------------------------- to safetensors
+
+
+def _to_safetensors(
+    src: str, dst: str, key: str | None, overwrite: bool, progress: bool | None, as_json: bool
+) -> dict[str, Any]:
+    try:
+        from safetensors.torch import save_file
+    except ImportError as exc:
+        raise ConvertError(_NO_SAFETENSORS) from exc
+    import torch
+
+    from ckpthooks._cli.copying import destination_free
+    from ckpthooks.io import paths
+    from ckpthooks.io.torch_io import fsync_dir, temp_name_for
+
+    checkpoint = _load_weights_only(src)
+    weights = _weights(checkpoint, key, src)
+    total = sum(t.numel() * t.element_size() for t in weights.values())
+    prepared: dict[str, Any] = {}
+    seen: set[int] = set()
+    with Progress(total, "preparing tensors", enabled=progress, as_json=as_json) as bar:
+        for name, tensor in weights.items():
+            data = tensor.detach().to("cpu")
+            storage = data.untyped_storage().data_ptr()
+            if storage in seen and data.numel():
+                data = data.clone(memory_format=torch.contiguous_format)  # no shared memory in safetensors
+            elif not data.is_contiguous():
+                data = data.contiguous()
+            seen.add(storage)
+            prepared[name] = data
+            bar.update(data.numel() * data.element_size())
+    metadata = {"format": "pt", "ckpthooks.converted_from": paths.basename(src)}
+    for field in ("epoch", "global_step"):
+        value = checkpoint.get(field) if isinstance(checkpoint, dict) else None
+        if isinstance(value, int) and not isinstance(value, bool):
+            metadata[field] = str(value)
+    destination_free(dst, None, overwrite)
+    if paths.is_local(dst):
+        local = paths.local_path(dst)
+        os.makedirs(os.path.dirname(os.path.abspath(local)), exist_ok=True)
+        tmp = temp_name_for(local)
+        try:
+            save_file(prepared, tmp, metadata=metadata)
+            with open(tmp, "rb") as handle:
+                os.fsync(handle.fileno())
+            os.replace(tmp, local)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+            raise
+        fsync_dir(os.path.dirname(os.path.abspath(local)))
+        size = os.path.getsize(local)
+    else:
+        import tempfile
+
+        fs = paths.filesystem(dst)
+        with tempfile.TemporaryDirectory() as folder:
+            local = os.path.join(folder, "weights.safetensors")
+            save_file(prepared, local, metadata=metadata)
+            size = os.path.getsize(local)
+            fs.put_file(local, paths.fs_path(fs, dst))
+    return {"src": src, "dst": dst, "format": "safetensors", "tensors": len(prepared), "size": size, "committed": False}
+
+
+# --------------------------------------------------------------------------- from safetensors
+
+
+def _from_safetensors(src: str, dst: str, overwrite: bool, progress: bool | None, as_json: bool) -> dict[str, Any]:
+    from ckpthooks._cli.copying import destination_free
+    from ckpthooks._cli.scan import scan_file
+    from ckpthooks.io import paths
+
+    fs = paths.filesystem(src)
+    with fs.open(paths.fs_path(fs, src), "rb") as handle:
+        scan = scan_file(handle, int(fs.size(paths.fs_path(fs, src))))
+    metadata = scan.safetensors_metadata or {}
+    if metadata.get("ckpthooks.format") == "safetensors-checkpoint":
+        # a whole checkpoint written by the ckpthooks-safetensors plugin: its load hook rebuilds it
+        try:
+            checkpoint = _load_weights_only(src)
+        except Exception as exc:
+            raise ConvertError(
+                f"{src} is a ckpthooks-safetensors checkpoint; converting it needs that plugin installed "
+                f"(pip install ckpthooks-safetensors): {describe_error(exc)}"
+            ) from exc
+        destination_free(dst, None, overwrite)
+        return _save(checkpoint, dst, weights_only=bool(checkpoint.get("ckpthooks", {}).get("weights_only")))
+    try:
+        from safetensors import safe_open
+    except ImportError as exc:
+        raise ConvertError(_NO_SAFETENSORS) from exc
+    weights: dict[str, Any] = {}
+    with Progress(scan.size, "reading tensors", enabled=progress, as_json=as_json) as bar:
+        if paths.is_local(src):
+            with safe_open(paths.local_path(src), framework="pt", device="cpu") as reader:
+                for name in reader.keys():  # noqa: SIM118 - safe_open is not a mapping
+                    tensor = reader.get_tensor(name)
+                    weights[name] = tensor
+                    bar.update(tensor.numel() * tensor.element_size())
+        else:
+            from safetensors.torch import load
+
+            weights = load(fs.cat_file(paths.fs_path(fs, src)))
+            bar.update(scan.size)
+    from ckpthooks._version import LIGHTNING_LAYOUT_VERSION
+
+    checkpoint = {
+        "epoch": _int(metadata.get("epoch")),
+        "global_step": _int(metadata.get("global_step")),
+        "pytorch-lightning_version": LIGHTNING_LAYOUT_VERSION,
+        "state_dict": weights,
+    }
+    destination_free(dst, None, overwrite)
+    return _save(checkpoint, dst, weights_only=True)
+
+
+def _int(text: str | None) -> int:
+    try:
+        return int(text) if text is not None else 0
+    except ValueError:
+        return 0
+
+
+def _save(checkpoint: dict[str, Any], dst: str, *, weights_only: bool) -> dict[str, Any]:
+    """Commit ``checkpoint`` at ``dst`` through the storage hooks, with the ckpthooks namespace."""
+    from ckpthooks._version import FORMAT_VERSION, __version__
+    from ckpthooks.components import namespace
+    from ckpthooks.store import CheckpointStore
+
+    host = plugin_host()
+    space = namespace(checkpoint)
+    space.setdefault("format_version", FORMAT_VERSION)
+    space.setdefault("version", __version__)
+    space.setdefault("plugins", host.plugin_versions())
+    space.setdefault("weights_only", weights_only)
+    manifest = CheckpointStore(host=host).save(
+        checkpoint,
+        dst,
+        epoch=int(checkpoint.get("epoch") or 0),
+        global_step=int(checkpoint.get("global_step") or 0),
+        weights_only=weights_only,
+    )
+    return {
+        "src": None,
+        "dst": dst,
+        "format": "ckpt",
+        "tensors": _count_tensors(checkpoint),
+        "size": manifest.size,
+        "committed": True,
+        "epoch": manifest.epoch,
+        "global_step": manifest.global_step,
+    }
+
+
+def _count_tensors(value: Any) -> int:
+    import torch
+
+    if isinstance(value, torch.Tensor):
+        return 1
+    if isinstance(value, dict):
+        return sum(_count_tensors(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return sum(_count_tensors(v) for v in value)
+    return 0
+
+
+# --------------------------------------------------------------------------- Lightning / torch -> ckpt
+
+
+def _commit_torch_file(
+    src: str, dst: str, key: str | None, overwrite: bool, progress: bool | None, as_json: bool
+) -> dict[str, Any]:
+    from ckpthooks._cli.copying import destination_free, stream
+    from ckpthooks.io import paths
+    from ckpthooks.manifest import Manifest, read_manifest, write_manifest
+
+    checkpoint = _load_weights_only(src)  # refuses anything that would unpickle code
+    if not isinstance(checkpoint, dict):
+        raise ConvertError(f"{src} holds a {type(checkpoint).__name__}, not a checkpoint dict")
+    bare = "state_dict" not in checkpoint and key is None
+    if key is not None or bare:
+        wrapped = {
+            "epoch": checkpoint.get("epoch", 0) if not bare else 0,
+            "global_step": checkpoint.get("global_step", 0) if not bare else 0,
+            "state_dict": _weights(checkpoint, key, src),
+        }
+        from ckpthooks._version import LIGHTNING_LAYOUT_VERSION
+
+        wrapped["pytorch-lightning_version"] = LIGHTNING_LAYOUT_VERSION
+        if src != dst:
+            destination_free(dst, None, overwrite)
+        report = _save(wrapped, dst, weights_only=True)
+        report["src"] = src
+        return report
+    epoch, step = _int_field(checkpoint, "epoch"), _int_field(checkpoint, "global_step")
+    weights_only = "optimizer_states" not in checkpoint
+    metrics = _lightning_metrics(checkpoint)
+    size_fs = paths.filesystem(src)
+    size = int(size_fs.size(paths.fs_path(size_fs, src)))
+    with Progress(size, "committing", enabled=progress, as_json=as_json) as bar:
+        if src == dst:
+            if read_manifest(dst) is not None and not overwrite:
+                raise ConvertError(f"{dst} is committed already; pass --overwrite to commit it again")
+            from ckpthooks.io.hashing import hash_stream, read_chunks
+
+            with size_fs.open(paths.fs_path(size_fs, src), "rb") as handle:
+                chunks = read_chunks(handle)
+                written_size, digest = hash_stream(_counting(chunks, bar.update), _algorithm())
+            checksum: str | None = digest
+            algorithm: str | None = _algorithm()
+        else:
+            destination_free(dst, None, overwrite)
+            result = stream(src, dst, None, None, algorithm=None, expected_size=size, progress=bar.update)
+            written_size, checksum, algorithm = result.size, result.checksum, result.algorithm
+    space = checkpoint.get("ckpthooks")
+    recorded = space.get("plugins") if isinstance(space, dict) else None
+    plugins = {str(k): None if v is None else str(v) for k, v in recorded.items()} if isinstance(recorded, dict) else {}
+    manifest = Manifest(
+        file=paths.basename(dst),
+        size=written_size,
+        checksum=checksum,
+        algorithm=algorithm,
+        epoch=epoch,
+        global_step=step,
+        metrics=metrics,
+        weights_only=weights_only,
+        writer=None,  # not a policy's file: no policy and no `ckpthooks prune` ever deletes it
+        plugins=plugins,
+    )
+    write_manifest(dst, manifest)
+    return {
+        "src": src,
+        "dst": dst,
+        "format": "ckpt",
+        "tensors": _count_tensors(checkpoint),
+        "size": written_size,
+        "committed": True,
+        "epoch": epoch,
+        "global_step": step,
+        "metrics": metrics,
+    }
+
+
+def _algorithm() -> str:
+    from ckpthooks.io.hashing import default_algorithm
+
+    return default_algorithm()
+
+
+def _counting(chunks: Any, update: Any) -> Any:
+    for chunk in chunks:
+        update(len(chunk))
+        yield chunk
+
+
+def _int_field(checkpoint: dict[str, Any], name: str) -> int:
+    value = checkpoint.get(name)
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+def _lightning_metrics(checkpoint: dict[str, Any]) -> dict[str, float]:
+    """``{monitor: current_score}`` of every ModelCheckpoint state in the file (Lightning keeps the
+    scores as one-element tensors)."""
+    import torch
+
+    metrics: dict[str, float] = {}
+    callbacks = checkpoint.get("callbacks")
+    if not isinstance(callbacks, dict):
+        return metrics
+    for state_key, state in callbacks.items():
+        if not (isinstance(state_key, str) and state_key.startswith("ModelCheckpoint") and isinstance(state, dict)):
+            continue
+        monitor, score = state.get("monitor"), state.get("current_score")
+        if isinstance(score, torch.Tensor) and score.numel() == 1:
+            score = float(score.item())
+        if isinstance(monitor, str) and isinstance(score, (int, float)) and not isinstance(score, bool):
+            metrics.setdefault(monitor, float(score))
+    return metrics

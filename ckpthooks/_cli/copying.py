@@ -1,0 +1,228 @@
+"""``ckpthooks copy``, and the byte-for-byte transfer with commit that ``convert`` uses too.
+
+Bytes stream from the source to the destination through fsspec (local disk, ``s3://``, ...), with
+the checksum computed on the way; the destination is committed the way the runtime commits a save:
+local files through a temporary sibling, fsync and rename; remote objects behind a pending marker;
+the manifest written last.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import sys
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from ckpthooks._cli.common import (
+    EXIT_FAILURE,
+    Progress,
+    describe_error,
+    emit_json,
+    error,
+    human_size,
+    json_option,
+    parse_storage_options,
+    progress_option,
+)
+
+if TYPE_CHECKING:
+    from ckpthooks.io.base import SaveResult
+    from ckpthooks.manifest import Manifest
+
+
+def destination_free(dst: str, options: dict[str, Any] | None, overwrite: bool) -> None:
+    """Refuse an existing destination unless ``overwrite``; with it, uncommit the old one first."""
+    from ckpthooks.exceptions import ConfigurationError
+    from ckpthooks.io import paths
+    from ckpthooks.manifest import remove_manifest
+
+    fs = paths.filesystem(dst, options)
+    if not fs.exists(paths.fs_path(fs, dst)):
+        return
+    if not overwrite:
+        raise ConfigurationError(f"{dst} exists already; pass --overwrite to replace it")
+    remove_manifest(dst, options)
+
+
+def stream(
+    src: str,
+    dst: str,
+    src_options: dict[str, Any] | None,
+    dst_options: dict[str, Any] | None,
+    *,
+    algorithm: str | None,
+    expected: str | None = None,
+    expected_size: int | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> SaveResult:
+    """Copy the bytes of ``src`` to ``dst`` durably. Bytes that do not match ``expected`` (a
+    checksum of ``algorithm``) or ``expected_size`` are never published."""
+    from ckpthooks.exceptions import CorruptCheckpointError
+    from ckpthooks.io import paths
+    from ckpthooks.io.base import SaveResult
+    from ckpthooks.io.hashing import CHUNK, HashingWriter
+    from ckpthooks.io.torch_io import _abandon, fsync_dir, temp_name_for
+    from ckpthooks.leftovers import remove_pending_marker, write_pending_marker
+
+    source_fs = paths.filesystem(src, src_options)
+
+    def pump(out: Any) -> HashingWriter:
+        writer = HashingWriter(out, algorithm)
+        with source_fs.open(paths.fs_path(source_fs, src), "rb") as handle:
+            while chunk := handle.read(CHUNK):
+                writer.write(chunk)
+                if progress is not None:
+                    progress(len(chunk))
+        if expected_size is not None and writer.size != expected_size:
+            raise CorruptCheckpointError(
+                f"{src} has {writer.size} bytes but its manifest records {expected_size}: it was truncated "
+                f"or replaced after it was committed; nothing was written to {dst}"
+            )
+        if expected is not None and writer.hexdigest() != expected:
+            raise CorruptCheckpointError(
+                f"{src} fails its {writer.algorithm} checksum while being copied (read {writer.hexdigest()}, "
+                f"manifest {expected}): its bytes changed after it was committed; nothing was written to {dst}"
+            )
+        return writer
+
+    if paths.is_local(dst):
+        local = paths.local_path(dst)
+        os.makedirs(os.path.dirname(os.path.abspath(local)), exist_ok=True)
+        tmp = temp_name_for(local)
+        try:
+            with open(tmp, "wb") as out:
+                writer = pump(out)
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(tmp, local)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.remove(tmp)
+            raise
+        fsync_dir(os.path.dirname(os.path.abspath(local)))
+    else:
+        target_fs = paths.filesystem(dst, dst_options)
+        write_pending_marker(dst, dst_options)
+        out = target_fs.open(paths.fs_path(target_fs, dst), "wb")
+        try:
+            writer = pump(out)
+        except BaseException:
+            _abandon(out)
+            raise
+        out.close()
+        remove_pending_marker(dst, dst_options)
+    return SaveResult(size=writer.size, checksum=writer.hexdigest(), algorithm=writer.algorithm)
+
+
+@click.command("copy")
+@click.argument("src")
+@click.argument("dst")
+@click.option("--overwrite", is_flag=True, help="Replace a checkpoint that exists at DST.")
+@click.option("--src-option", "src_option_args", multiple=True, metavar="KEY=VALUE",
+              help="An fsspec storage option for SRC (repeatable; JSON values as for verify -o).")
+@click.option("--dst-option", "dst_option_args", multiple=True, metavar="KEY=VALUE",
+              help="An fsspec storage option for DST (repeatable).")
+@json_option
+@progress_option
+def copy_command(
+    src: str,
+    dst: str,
+    overwrite: bool,
+    src_option_args: tuple[str, ...],
+    dst_option_args: tuple[str, ...],
+    as_json: bool,
+    progress: bool | None,
+) -> None:  # fmt: skip
+    """Copy a committed checkpoint, or every committed checkpoint under a folder, to DST and commit
+    the copies there (for example from local disk to s3://).
+
+    The bytes are checked against the source's manifest while they stream, so a source changed
+    after its commit is never copied, and each copy gets its own manifest (same step, epoch,
+    metrics and checksum) written last. A folder is copied with its layout below DST. A checkpoint
+    that exists at DST is refused unless --overwrite.
+
+    Exit codes: 0 when everything was copied, 1 when anything failed, 2 on bad usage.
+    """
+    from ckpthooks.exceptions import CheckpointError, CheckpointNotFoundError
+    from ckpthooks.io import paths
+    from ckpthooks.manifest import iter_committed, read_manifest
+
+    src_options = parse_storage_options(src_option_args, "--src-option")
+    dst_options = parse_storage_options(dst_option_args, "--dst-option")
+    source = paths.normalize(src)
+    target = paths.normalize(dst)
+    pairs: list[tuple[str, str, Manifest]] = []
+    try:
+        manifest = read_manifest(source, src_options)
+        fs = paths.filesystem(source, src_options)
+        if manifest is None and fs.isdir(paths.fs_path(fs, source)):
+            for item in iter_committed(source, src_options):
+                rel = item.path[len(source) :].lstrip("/\\").replace("\\", "/")
+                pairs.append((item.path, paths.join(target, *rel.split("/")), item.manifest))
+            if not pairs:
+                raise CheckpointNotFoundError(f"no committed checkpoint under {src}")
+        elif manifest is None:
+            raise CheckpointNotFoundError(
+                f"{src} is not a committed checkpoint (no valid manifest beside it); commit a Lightning "
+                "or torch file with ckpthooks convert"
+            )
+        else:
+            dst_fs = paths.filesystem(target, dst_options)
+            if dst.endswith(("/", os.sep)) or dst_fs.isdir(paths.fs_path(dst_fs, target)):
+                target = paths.join(target, paths.basename(source))
+            pairs.append((source, target, manifest))
+    except (CheckpointError, OSError) as exc:
+        error(describe_error(exc))
+        sys.exit(EXIT_FAILURE)
+    results: list[dict[str, Any]] = []
+    with Progress(sum(m.size for _, _, m in pairs), "copying", enabled=progress, as_json=as_json) as bar:
+        for one_src, one_dst, one_manifest in pairs:
+            record: dict[str, Any] = {"src": one_src, "dst": one_dst, "ok": True, "error": None}
+            try:
+                copy_committed(one_src, one_dst, one_manifest, src_options, dst_options, overwrite, bar.update)
+                record["size"] = one_manifest.size
+            except (CheckpointError, OSError) as exc:
+                record.update(ok=False, error=describe_error(exc))
+            results.append(record)
+    if as_json:
+        emit_json({"results": results})
+    else:
+        for record in results:
+            if record["ok"]:
+                click.echo(f"copied  {record['src']} -> {record['dst']} ({human_size(record['size'])})")
+            else:
+                click.echo(f"FAILED  {record['src']}: {record['error']}")
+    if not all(record["ok"] for record in results):
+        sys.exit(EXIT_FAILURE)
+
+
+def copy_committed(
+    src: str,
+    dst: str,
+    manifest: Manifest,
+    src_options: dict[str, Any] | None,
+    dst_options: dict[str, Any] | None,
+    overwrite: bool,
+    progress: Callable[[int], None] | None,
+) -> Manifest:
+    from ckpthooks.io import paths
+    from ckpthooks.manifest import write_manifest
+
+    destination_free(dst, dst_options, overwrite)
+    stream(
+        src,
+        dst,
+        src_options,
+        dst_options,
+        algorithm=manifest.algorithm,
+        expected=manifest.checksum if manifest.algorithm else None,
+        expected_size=manifest.size,
+        progress=progress,
+    )
+    copied = dataclasses.replace(manifest, file=paths.basename(dst))
+    write_manifest(dst, copied, dst_options)
+    return copied

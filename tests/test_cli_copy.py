@@ -1,0 +1,76 @@
+"""``ckpthooks copy``: committed checkpoints copied with their manifests, checked while they stream."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ckpthooks.manifest import read_manifest, verify_checkpoint
+from ckpthooks.testing.storage_contract import fresh_memory_url
+from tests.cli_helpers import run_cli, run_json, train
+
+
+def test_copy_one_checkpoint_into_a_folder(tmp_path: Path) -> None:
+    train(tmp_path / "run", [0.5, 0.2])
+    source = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    (tmp_path / "backup").mkdir()
+    result = run_cli("copy", str(source), str(tmp_path / "backup"))
+    assert result.exit_code == 0, result.output
+    copied = tmp_path / "backup" / "last.ckpt"
+    assert copied.read_bytes() == source.read_bytes()
+    original, manifest = read_manifest(str(source)), verify_checkpoint(str(copied))
+    assert original is not None
+    assert (manifest.global_step, manifest.metrics, manifest.checksum) == (
+        original.global_step,
+        original.metrics,
+        original.checksum,
+    )
+    assert manifest.writer == original.writer
+
+
+def test_copy_a_folder_to_a_url_keeps_the_layout(tmp_path: Path) -> None:
+    train(tmp_path, [0.5, 0.2, 0.3])
+    with fresh_memory_url() as url:
+        report = run_json("copy", str(tmp_path), f"{url}/backup")
+        assert all(r["ok"] for r in report["results"]) and len(report["results"]) == 4
+        listing = run_json("ls", f"{url}/backup")
+        assert sorted(r["name"] for r in listing["checkpoints"]) == sorted(
+            f"checkpoints/{p.name}" for p in (tmp_path / "checkpoints").glob("*.ckpt")
+        )
+        assert run_cli("verify", f"{url}/backup").exit_code == 0
+
+
+def test_a_source_changed_after_its_commit_is_not_copied(tmp_path: Path) -> None:
+    train(tmp_path / "run", [0.5])
+    source = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    data = bytearray(source.read_bytes())
+    data[500] ^= 0xFF
+    source.write_bytes(bytes(data))
+    result = run_cli("copy", str(source), str(tmp_path / "copy.ckpt"))
+    assert result.exit_code == 1
+    assert "checksum" in result.output
+    assert not (tmp_path / "copy.ckpt").exists()
+    assert not list(tmp_path.glob(".copy.ckpt*"))  # no temporary file left behind
+
+
+def test_copy_refuses_an_uncommitted_source_and_an_existing_destination(tmp_path: Path) -> None:
+    (tmp_path / "plain.ckpt").write_bytes(b"PK\x03\x04 not committed")
+    result = run_cli("copy", str(tmp_path / "plain.ckpt"), str(tmp_path / "x.ckpt"))
+    assert result.exit_code == 1 and "convert" in result.stderr
+    train(tmp_path / "run", [0.5])
+    source = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    assert run_cli("copy", str(source), str(tmp_path / "x.ckpt")).exit_code == 0
+    again = run_cli("copy", str(source), str(tmp_path / "x.ckpt"))
+    assert again.exit_code == 1 and "--overwrite" in again.output
+    assert run_cli("copy", str(source), str(tmp_path / "x.ckpt"), "--overwrite").exit_code == 0
+
+
+def test_copy_progress_goes_to_stderr_and_never_into_json(tmp_path: Path) -> None:
+    train(tmp_path / "run", [0.5])
+    source = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    result = run_cli("copy", str(source), str(tmp_path / "c.ckpt"), "--json", "--progress")
+    assert result.exit_code == 0, result.output
+    assert "copying" in result.stderr
+    assert json.loads(result.stdout)["results"][0]["ok"] is True
+    quiet = run_cli("copy", str(source), str(tmp_path / "d.ckpt"), "--json")
+    assert quiet.stderr == ""
