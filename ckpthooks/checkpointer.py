@@ -338,10 +338,12 @@ class Checkpointer:
 
     def step_end(self) -> None:
         """Mark the end of one training step: counts it and lets step-based policies act."""
-        self.progress.batch_idx += 1
-        self.progress.global_step += 1
-        self._call("on_train_batch_end")
-        if self.preemption.signals:
+        progress = self.progress
+        progress.batch_idx += 1
+        progress.global_step += 1
+        for cb in self.callbacks:  # the hot path: no generic dispatch
+            cb.on_train_batch_end(self)
+        if self.preemption.check_now:
             self._preempt_if_asked()
 
     def _preempt_if_asked(self) -> None:
@@ -377,7 +379,7 @@ class Checkpointer:
         self._call("on_train_epoch_end")
         if not self._validated_this_epoch:
             self.validation_end()
-        if self.preemption.signals:
+        if self.preemption.check_now:
             self._preempt_if_asked()
 
     def exception(self, exception: BaseException) -> None:

@@ -33,7 +33,15 @@ class PreemptionWatcher:
     def __init__(self, signals: Sequence[int]) -> None:
         self.signals = tuple(int(s) for s in signals)
         self.requested: int | None = None
+        #: whether the ranks must agree at each safe point (set at install: torch.distributed is
+        #: initialized with more than one rank); otherwise a pending request is a local matter
+        self.collective = False
         self._previous: dict[int, Any] = {}
+
+    @property
+    def check_now(self) -> bool:
+        """Cheap test for the loop: is there anything to do at this safe point?"""
+        return self.requested is not None or self.collective
 
     def install(self) -> None:
         if not self.signals or self._previous:
@@ -43,11 +51,18 @@ class PreemptionWatcher:
             return
         for signum in self.signals:
             self._previous[signum] = signal.signal(signum, self._handle)
+        try:
+            import torch.distributed as dist
+
+            self.collective = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+        except ImportError:  # pragma: no cover
+            self.collective = False
 
     def uninstall(self) -> None:
         for signum, previous in self._previous.items():
             signal.signal(signum, previous)
         self._previous.clear()
+        self.collective = False
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         self.requested = signum  # the work happens at the next safe point, not here
@@ -55,11 +70,11 @@ class PreemptionWatcher:
     def agreed_request(self) -> int | None:
         """The signal to act on now, agreed by every rank (the largest signal number any rank got)."""
         local = self.requested or 0
-        try:
-            import torch.distributed as dist
-        except ImportError:  # pragma: no cover
+        if not self.collective:
             return local or None
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        import torch.distributed as dist
+
+        if dist.is_initialized():
             import torch
 
             flag = torch.tensor([local], dtype=torch.int64)
