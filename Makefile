@@ -32,7 +32,7 @@ docs: $(DOCS_STAMP)
 demo: $(STAMP)
 	$(PY) examples/demo.py
 
-PLUGINS := plugins/ckpthooks-safetensors
+PLUGINS := plugins/ckpthooks-safetensors plugins/ckpthooks-dcp
 
 ## Run the default test suite: the core, then each plugin package's own tests.
 test: $(STAMP)

@@ -1,0 +1,297 @@
+"""DCPCheckpointIO in one process: the folder commit protocol, safe metadata, pruning, leftovers."""
+
+from __future__ import annotations
+
+import os
+import pickle
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from ckpthooks import Checkpointer, HyperparametersMixin, ModelCheckpoint
+from ckpthooks.exceptions import (
+    ConfigurationError,
+    CorruptCheckpointError,
+    StorageError,
+    UnsafeCheckpointError,
+)
+from ckpthooks.io.torch_io import TEMP_MARKER
+from ckpthooks.manifest import MANIFEST_SUFFIX, read_manifest, verify_checkpoint
+from ckpthooks.plugin_host import PluginHost, get_plugin_host
+
+import ckpthooks_dcp.plugin
+from ckpthooks_dcp import DCPCheckpointIO, read_metadata
+from ckpthooks_dcp.io import folder_size
+
+
+class Net(HyperparametersMixin, torch.nn.Module):
+    def __init__(self, hidden: int = 8) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.body = torch.nn.Sequential(
+            torch.nn.Linear(4, hidden), torch.nn.BatchNorm1d(hidden), torch.nn.Linear(hidden, 2)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)
+
+
+def setup(root: Path, seed: int = 0, callbacks: Any = None, **kwargs: Any) -> tuple[Checkpointer, Net, Any]:
+    torch.manual_seed(seed)
+    model = Net()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    ckpt = Checkpointer(root, callbacks=callbacks, checkpoint_io=DCPCheckpointIO(), **kwargs)
+    return ckpt.track(model=model, optimizers=optimizer), model, optimizer
+
+
+def step(model: Net, optimizer: Any, seed: int) -> None:
+    generator = torch.Generator().manual_seed(seed)
+    model(torch.randn(8, 4, generator=generator)).pow(2).mean().backward()
+    optimizer.step()
+    optimizer.zero_grad()
+
+
+def visible(folder: Path) -> list[str]:
+    return sorted(os.listdir(folder))
+
+
+# ---------------------------------------------------------------------- metadata without pickle's trust
+
+
+class _RunsCode:
+    def __reduce__(self) -> Any:
+        return (os.system, ("touch pwned",))
+
+
+def test_metadata_is_read_with_an_allow_list(tmp_path: Path) -> None:
+    ckpt, _model, _optimizer = setup(tmp_path, enable_checkpointing=False)
+    ckpt.save_checkpoint(tmp_path / "a.ckpt")
+    metadata = read_metadata(str(tmp_path / "a.ckpt"))
+    assert type(metadata).__module__ == "torch.distributed.checkpoint.metadata"
+    assert "state_dict.body.0.weight" in metadata.state_dict_metadata
+
+
+def test_metadata_that_names_foreign_code_is_refused_and_never_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    ckpt, _model, _optimizer = setup(tmp_path, enable_checkpointing=False)
+    ckpt.save_checkpoint(tmp_path / "a.ckpt")
+    (tmp_path / "a.ckpt" / ".metadata").write_bytes(pickle.dumps(_RunsCode()))
+    with pytest.raises(UnsafeCheckpointError, match=r"posix\.system|os\.system"):
+        read_metadata(str(tmp_path / "a.ckpt"))
+    fresh, _model, _optimizer = setup(tmp_path, seed=1, enable_checkpointing=False, verify="off")
+    with pytest.raises(UnsafeCheckpointError):
+        fresh.restore(tmp_path / "a.ckpt")
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_the_structure_entry_loads_weights_only(tmp_path: Path) -> None:
+    io = DCPCheckpointIO()
+    path = str(tmp_path / "odd.ckpt")
+    io.save_checkpoint({"epoch": 1, "odd": torch.nn.Identity(), "w": torch.ones(2)}, path)
+    with pytest.raises(UnsafeCheckpointError):
+        io.load_checkpoint(path)
+    assert isinstance(io.load_checkpoint(path, weights_only=False)["odd"], torch.nn.Identity)
+
+
+# ---------------------------------------------------------------------- the folder commit protocol
+
+
+def test_saving_commits_a_folder_written_fresh_and_verified_by_size(tmp_path: Path) -> None:
+    ckpt, model, optimizer = setup(tmp_path, enable_checkpointing=False)
+    step(model, optimizer, 0)
+    manifest = ckpt.save_checkpoint(tmp_path / "a.ckpt")
+    assert manifest is not None and manifest.size == folder_size(str(tmp_path / "a.ckpt"))
+    assert manifest.checksum is None
+    assert visible(tmp_path) == ["a.ckpt", "a.ckpt" + MANIFEST_SUFFIX]
+    assert visible(tmp_path / "a.ckpt") == [".metadata", "__0_0.distcp"]
+    verify_checkpoint(str(tmp_path / "a.ckpt"))
+    with open(tmp_path / "a.ckpt" / "__0_0.distcp", "ab") as handle:
+        handle.write(b"x")
+    with pytest.raises(CorruptCheckpointError, match="bytes but its manifest records"):
+        verify_checkpoint(str(tmp_path / "a.ckpt"))
+
+
+def test_a_resume_restores_every_piece_of_state(tmp_path: Path) -> None:
+    ckpt, model, optimizer = setup(tmp_path, callbacks=[ModelCheckpoint(save_last=True)])
+
+    @ckpt.loop(max_epochs=2)
+    def epoch(index: int) -> None:
+        for batch in ckpt.batches(range(3)):
+            step(model, optimizer, index * 10 + batch)
+
+    epoch()
+    fresh, fresh_model, fresh_optimizer = setup(tmp_path, seed=1, callbacks=[ModelCheckpoint(save_last=True)])
+    report = fresh.restore("last")
+    assert report is not None and report.global_step == 6
+    assert report.restored == ["model", "callbacks", "optimizers", "progress", "rng"] or "model" in report.restored
+    for key, value in model.state_dict().items():
+        assert torch.equal(fresh_model.state_dict()[key], value), key
+    assert fresh_model.state_dict()["body.1.num_batches_tracked"].dtype == torch.int64
+    saved, loaded = optimizer.state_dict(), fresh_optimizer.state_dict()
+    assert sorted(loaded["state"]) == sorted(saved["state"]) == list(range(6))  # integer keys survive
+    assert loaded["param_groups"] == saved["param_groups"]
+    for index, state in saved["state"].items():
+        for name, value in state.items():
+            assert torch.equal(loaded["state"][index][name], value)
+    step(model, optimizer, 99)
+    step(fresh_model, fresh_optimizer, 99)
+    for key, value in model.state_dict().items():
+        assert torch.equal(fresh_model.state_dict()[key], value), key
+
+
+def test_pruning_and_overwrites_delete_whole_folders(tmp_path: Path) -> None:
+    policy = ModelCheckpoint(monitor="loss", save_top_k=1, save_last=True)
+    ckpt, model, optimizer = setup(tmp_path, callbacks=[policy])
+
+    @ckpt.loop(max_epochs=3)
+    def epoch(index: int) -> None:
+        for batch in ckpt.batches(range(2)):
+            step(model, optimizer, batch)
+        ckpt.log("loss", 10.0 - index)
+
+    epoch()
+    folder = tmp_path / "checkpoints"
+    kept = ["epoch=2-step=6.ckpt", "last.ckpt"]
+    assert visible(folder) == sorted(kept + [name + MANIFEST_SUFFIX for name in kept])
+    assert read_manifest(str(folder / "last.ckpt")).global_step == 6  # type: ignore[union-attr]
+
+
+def test_save_last_link_writes_a_folder_again(tmp_path: Path) -> None:
+    policy = ModelCheckpoint(monitor="loss", mode="max", save_top_k=1, save_last="link", filename="{epoch}")
+    ckpt, model, optimizer = setup(tmp_path, callbacks=[policy])
+
+    @ckpt.loop(max_epochs=2)
+    def epoch(index: int) -> None:
+        for batch in ckpt.batches(range(1)):
+            step(model, optimizer, batch)
+        ckpt.log("loss", float(index))
+
+    epoch()
+    folder = tmp_path / "checkpoints"
+    names = ["epoch=1.ckpt", "last.ckpt"]
+    assert visible(folder) == sorted(names + [f"{n}{MANIFEST_SUFFIX}" for n in names])
+    assert os.path.isdir(folder / "last.ckpt")
+
+
+def test_an_overwrite_keeps_the_committed_folder_loadable_until_the_new_one_is_committed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ckpt, model, optimizer = setup(tmp_path, enable_checkpointing=False)
+    step(model, optimizer, 0)
+    ckpt.progress.global_step = 1
+    ckpt.save_checkpoint(tmp_path / "last.ckpt")
+    first = {k: v.clone() for k, v in model.state_dict().items()}
+    step(model, optimizer, 1)
+    ckpt.progress.global_step = 2
+
+    from torch.distributed.checkpoint import state_dict_saver
+
+    real_save = state_dict_saver.save
+    seen: dict[str, Any] = {}
+
+    def save(*args: Any, **kwargs: Any) -> Any:  # while the new folder is written
+        seen["last"] = ckpt.find_checkpoint("last")
+        seen["loadable"] = ckpt.store.load(seen["last"])["state_dict"]["body.0.weight"]
+        return real_save(*args, **kwargs)
+
+    monkeypatch.setattr(state_dict_saver, "save", save)
+    ckpt.save_checkpoint(tmp_path / "last.ckpt")
+    assert seen["last"] == str(tmp_path / ".last.ckpt.ckpthooks-prev")
+    assert torch.equal(seen["loadable"], first["body.0.weight"])
+    assert visible(tmp_path) == ["last.ckpt", "last.ckpt" + MANIFEST_SUFFIX]
+    assert read_manifest(str(tmp_path / "last.ckpt")).global_step == 2  # type: ignore[union-attr]
+
+
+def test_a_failed_overwrite_commits_the_previous_folder_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    ckpt, model, optimizer = setup(tmp_path, enable_checkpointing=False)
+    step(model, optimizer, 0)
+    ckpt.save_checkpoint(tmp_path / "last.ckpt")
+    first = {k: v.clone() for k, v in model.state_dict().items()}
+    step(model, optimizer, 1)
+
+    from torch.distributed.checkpoint import FileSystemWriter
+
+    def broken(self: Any, plan: Any, planner: Any) -> Any:
+        raise OSError(28, "No space left on device (injected)")
+
+    monkeypatch.setattr(FileSystemWriter, "write_data", broken)
+    with pytest.raises(StorageError, match="injected"):
+        ckpt.save_checkpoint(tmp_path / "last.ckpt")
+    monkeypatch.undo()
+    assert visible(tmp_path) == ["last.ckpt", "last.ckpt" + MANIFEST_SUFFIX]  # no fresh or kept folder left
+    fresh, fresh_model, _optimizer = setup(tmp_path, seed=3, enable_checkpointing=False)
+    fresh.restore("last", must_exist=True)
+    assert torch.equal(fresh_model.state_dict()["body.0.weight"], first["body.0.weight"])
+
+
+def test_fresh_folders_of_dead_writers_are_removed_at_the_next_start(tmp_path: Path) -> None:
+    leftover = tmp_path / "checkpoints" / f".last.ckpt{TEMP_MARKER}999999999-deadbeef-0"
+    leftover.mkdir(parents=True)
+    (leftover / "__0_0.distcp").write_bytes(b"partial")
+    setup(tmp_path, callbacks=[ModelCheckpoint()])
+    assert not leftover.exists()
+
+
+def test_remote_paths_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(ConfigurationError, match="shared file system"):
+        DCPCheckpointIO().save_checkpoint({"w": torch.ones(1)}, "memory://bucket/a.ckpt")
+
+
+# ---------------------------------------------------------------------- the plugin's load hook
+
+
+@pytest.fixture
+def host_with_plugin() -> Any:
+    from ckpthooks.plugin_host import set_plugin_host
+
+    host = PluginHost(load_entry_points=False)
+    host.register(ckpthooks_dcp.plugin, "dcp")
+    previous = set_plugin_host(host)
+    try:
+        yield host
+    finally:
+        set_plugin_host(previous)
+
+
+def test_folders_load_without_choosing_the_backend(tmp_path: Path, host_with_plugin: PluginHost) -> None:
+    ckpt, model, optimizer = setup(tmp_path, enable_checkpointing=False)
+    step(model, optimizer, 0)
+    ckpt.save_checkpoint(tmp_path / "a.ckpt")
+    assert get_plugin_host() is host_with_plugin
+    plain = Checkpointer(tmp_path, enable_checkpointing=False)
+    fresh = Net()
+    plain.track(model=fresh).restore("last", must_exist=True, strict=False)
+    assert torch.equal(fresh.state_dict()["body.0.weight"], model.state_dict()["body.0.weight"])
+    loaded = Net.load_from_checkpoint(tmp_path / "a.ckpt")
+    assert torch.equal(loaded.state_dict()["body.2.bias"], model.state_dict()["body.2.bias"])
+    specs = {spec.name: spec for _name, spec in host_with_plugin.checkpoint_io_specs()}
+    assert specs["dcp"].priority < specs["torch"].priority  # installing it changes no default
+
+
+def test_names_that_would_collide_get_a_suffix_and_the_structure_round_trips(tmp_path: Path) -> None:
+    from collections import OrderedDict
+
+    from ckpthooks_dcp.layout import join, split
+
+    ordered: OrderedDict[str, Any] = OrderedDict(w=torch.ones(2))
+    ordered._metadata = {"": {"version": 1}}  # type: ignore[attr-defined]
+    checkpoint = {
+        "a.b": torch.zeros(1),
+        "a": {"b": torch.ones(1)},
+        "t": (torch.ones(3), 2),
+        1: [torch.ones(1), None],
+        "o": ordered,
+    }
+    tensors, structure = split(checkpoint)
+    assert sorted(tensors) == ["1.0", "a.b", "a.b#1", "o.w", "t.0"]
+    rebuilt = join(structure["checkpoint"], tensors)
+    assert rebuilt.keys() == checkpoint.keys() and isinstance(rebuilt["t"], tuple)
+    assert rebuilt["o"]._metadata == {"": {"version": 1}}
+    io = DCPCheckpointIO()
+    io.save_checkpoint(checkpoint, str(tmp_path / "c.ckpt"))
+    loaded = io.load_checkpoint(str(tmp_path / "c.ckpt"))
+    assert torch.equal(loaded["a"]["b"], torch.ones(1)) and torch.equal(loaded["a.b"], torch.zeros(1))
+    assert loaded[1][1] is None and loaded["t"][1] == 2 and type(loaded["o"]) is OrderedDict
