@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.ckpthooks-installed
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: demo test crash-test lint typecheck check clean docs
+.PHONY: demo test crash-test lint typecheck check clean docs xla-venv xla-test
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -32,7 +32,7 @@ docs: $(DOCS_STAMP)
 demo: $(STAMP)
 	$(PY) examples/demo.py
 
-PLUGINS := plugins/ckpthooks-safetensors plugins/ckpthooks-dcp
+PLUGINS := plugins/ckpthooks-safetensors plugins/ckpthooks-dcp plugins/ckpthooks-xla
 
 ## Run the default test suite: the core, then each plugin package's own tests.
 test: $(STAMP)
@@ -43,6 +43,27 @@ test: $(STAMP)
 ## (the default test run does 20).
 crash-test: $(STAMP)
 	CKPTHOOKS_CRASH_TRIALS=$${CKPTHOOKS_CRASH_TRIALS:-100} $(PY) -m pytest -q -s tests/test_crash_consistency.py -m crash
+
+XLA_VENV ?= .venv-xla
+XLA_PY := $(XLA_VENV)/bin/python
+XLA_STAMP := $(XLA_VENV)/.ckpthooks-xla-installed
+XLA_TORCH_SPEC ?= torch==2.9.0
+XLA_SPEC ?= torch-xla==2.9.0
+
+## The XLA lane's environment (about 7 GB): torch and torch-xla 2.9.0, then ckpthooks and the plugin.
+$(XLA_STAMP): pyproject.toml plugins/ckpthooks-xla/pyproject.toml
+	test -x $(XLA_PY) || $(PYTHON) -m venv $(XLA_VENV)
+	$(XLA_PY) -m pip install --quiet --upgrade pip "setuptools>=77"
+	$(XLA_PY) -m pip install --quiet "$(XLA_TORCH_SPEC)" "$(XLA_SPEC)"
+	$(XLA_PY) -m pip install --quiet pytest -e . -e plugins/ckpthooks-xla
+	$(XLA_PY) -c "import torch, torch_xla; assert torch.__version__.split('+')[0] == '$(XLA_TORCH_SPEC)'.split('==')[1], torch.__version__"
+	touch $(XLA_STAMP)
+
+xla-venv: $(XLA_STAMP)
+
+## The XLA lane: the ckpthooks-xla tests against real torch_xla on the CPU.
+xla-test: $(XLA_STAMP)
+	PJRT_DEVICE=CPU $(XLA_PY) -m pytest -q plugins/ckpthooks-xla/tests
 
 lint: $(STAMP)
 	$(PY) -m ruff check ckpthooks tests examples docs/_gen_hooks.py $(PLUGINS)
