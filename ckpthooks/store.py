@@ -122,19 +122,7 @@ class CheckpointStore:
             if not isinstance(result, SaveResult):
                 fs = paths.filesystem(path, self.storage_options)
                 result = SaveResult(size=int(fs.size(paths.fs_path(fs, path))))
-            manifest = Manifest(
-                file=paths.basename(path),
-                size=result.size,
-                checksum=result.checksum,
-                algorithm=result.algorithm,
-                epoch=int(epoch),
-                global_step=int(global_step),
-                metrics={k: float(v) for k, v in (metrics or {}).items()},
-                created=time.time(),
-                weights_only=weights_only,
-                writer=writer,
-                plugins=self.host.plugin_versions(),
-            )
+            manifest = self._manifest(path, result, epoch, global_step, metrics, weights_only, writer)
             write_manifest(path, manifest, self.storage_options)
         except BaseException:
             if old is not None:
@@ -209,19 +197,7 @@ class CheckpointStore:
                 try:
                     if not isinstance(result, SaveResult):
                         result = SaveResult(size=paths.stored_size(path, self.storage_options))
-                    manifest = Manifest(
-                        file=paths.basename(path),
-                        size=result.size,
-                        checksum=result.checksum,
-                        algorithm=result.algorithm,
-                        epoch=int(epoch),
-                        global_step=int(global_step),
-                        metrics={k: float(v) for k, v in (metrics or {}).items()},
-                        created=time.time(),
-                        weights_only=weights_only,
-                        writer=writer,
-                        plugins=self.host.plugin_versions(),
-                    )
+                    manifest = self._manifest(path, result, epoch, global_step, metrics, weights_only, writer)
                     write_manifest(path, manifest, self.storage_options)
                 except Exception as exc:
                     error = exc
@@ -271,6 +247,30 @@ class CheckpointStore:
             drop_previous(previous)
             if not paths.is_local(path):
                 remove_pending_marker(path, self.storage_options)
+
+    def _manifest(
+        self,
+        path: str,
+        result: SaveResult,
+        epoch: int,
+        global_step: int,
+        metrics: Mapping[str, float] | None,
+        weights_only: bool,
+        writer: str | None,
+    ) -> Manifest:
+        return Manifest(
+            file=paths.basename(path),
+            size=result.size,
+            checksum=result.checksum,
+            algorithm=result.algorithm,
+            epoch=int(epoch),
+            global_step=int(global_step),
+            metrics={k: float(v) for k, v in (metrics or {}).items()},
+            created=time.time(),
+            weights_only=weights_only,
+            writer=writer,
+            plugins=self.host.plugin_versions(),
+        )
 
     def link(self, source: str, target: str, *, writer: str | None = None) -> Manifest:
         """Commit ``target`` as a hard link to the committed local checkpoint ``source`` (no second
