@@ -53,6 +53,7 @@ def main(argv: list[str] | None = None) -> None:
     dist.init_process_group(args.backend, timeout=timedelta(minutes=5))
     try:
         train(args)
+        dist.barrier()  # the last collective's messages land before the group goes away
     finally:
         dist.destroy_process_group()
 

@@ -94,6 +94,9 @@ def train(args: argparse.Namespace) -> None:
         if args.summary and dist.get_rank() == 0:
             with open(args.summary, "w") as handle:
                 json.dump({"global_step": ckpt.global_step, "weights_sha256": digest(whole)}, handle)
+        # let the last collective's messages land before the group goes away (gloo may abort
+        # a process whose peer is still sending)
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 
