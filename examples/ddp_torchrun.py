@@ -11,6 +11,7 @@ everything a save decides (see docs/distributed.md). --quick trains on less data
 from __future__ import annotations
 
 import argparse
+import gc
 import hashlib
 import json
 import logging
@@ -53,7 +54,10 @@ def main(argv: list[str] | None = None) -> None:
     dist.init_process_group(args.backend, timeout=timedelta(minutes=5))
     try:
         train(args)
-        dist.barrier()  # the last collective's messages land before the group goes away
+        # free the DDP wrapper (it sits in reference cycles) while its process group still exists,
+        # and let the last collective's messages land: gloo may abort a process otherwise
+        gc.collect()
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 

@@ -15,6 +15,7 @@ the whole weights with torch.save. Runs on CPU with gloo. --quick trains on less
 from __future__ import annotations
 
 import argparse
+import gc
 import hashlib
 import json
 import logging
@@ -94,8 +95,9 @@ def train(args: argparse.Namespace) -> None:
         if args.summary and dist.get_rank() == 0:
             with open(args.summary, "w") as handle:
                 json.dump({"global_step": ckpt.global_step, "weights_sha256": digest(whole)}, handle)
-        # let the last collective's messages land before the group goes away (gloo may abort
-        # a process whose peer is still sending)
+        # collect garbage that holds process-group resources while the group still exists, and
+        # let the last collective's messages land: gloo may abort a process otherwise
+        gc.collect()
         dist.barrier()
     finally:
         dist.destroy_process_group()
