@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.ckpthooks-installed
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: demo test crash-test lint typecheck check clean docs xla-venv xla-test
+.PHONY: demo test crash-test lint typecheck check clean docs xla-venv xla-test bench bench-quick
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -44,6 +44,13 @@ test: $(STAMP)
 crash-test: $(STAMP)
 	CKPTHOOKS_CRASH_TRIALS=$${CKPTHOOKS_CRASH_TRIALS:-100} $(PY) -m pytest -q -s tests/test_crash_consistency.py -m crash
 
+## The benchmark suite: ratios against torch.save, Lightning and safetensors (docs/performance.md).
+bench: $(STAMP)
+	$(PY) -m benchmarks.run --size full
+
+bench-quick: $(STAMP)
+	$(PY) -m benchmarks.run --size quick
+
 XLA_VENV ?= .venv-xla
 XLA_PY := $(XLA_VENV)/bin/python
 XLA_STAMP := $(XLA_VENV)/.ckpthooks-xla-installed
@@ -66,7 +73,7 @@ xla-test: $(XLA_STAMP)
 	PJRT_DEVICE=CPU $(XLA_PY) -m pytest -q plugins/ckpthooks-xla/tests
 
 lint: $(STAMP)
-	$(PY) -m ruff check ckpthooks tests examples docs/_gen_hooks.py $(PLUGINS)
+	$(PY) -m ruff check ckpthooks tests examples benchmarks docs/_gen_hooks.py $(PLUGINS)
 
 typecheck: $(STAMP)
 	$(PY) -m mypy

@@ -1,0 +1,513 @@
+"""From the sections' raw samples to the table: medians, ratios, targets, PASS/MISS.
+
+``python -m benchmarks.report [results.json] [--markdown]`` prints the table of a stored run
+(default ``benchmarks/results/latest.json``); ``--markdown`` prints it for docs/performance.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from benchmarks.common import ROOT, MiB, median
+
+NA_ASYNC = "n/a (async saving not available)"
+
+
+@dataclass
+class Row:
+    section: str
+    figure: str
+    value: str  # the measured figure, formatted
+    derived: str = ""  # ratio, throughput, percentage
+    target: str = ""  # empty: information only
+    status: str = "info"  # PASS, MISS, info, n/a, error
+    number: float | None = None  # the figure the target is checked against (seconds, ratio, ...)
+    spread: str = ""  # min to max of the repetitions behind the median
+
+
+def _spread(values: list[float], fmt: Any = None) -> str:
+    """``min to max`` of the repetitions (formatted like the median)."""
+    fmt = fmt or _s
+    return f"{fmt(min(values))} to {fmt(max(values))}" if len(values) > 1 else ""
+
+
+def _spread_of(samples: list[dict[str, Any]], key: str) -> str:
+    return _spread([float(s[key]) for s in samples])
+
+
+def _s(seconds: float) -> str:
+    if math.isnan(seconds):
+        return "n/a"
+    if seconds < 1e-3:
+        return f"{seconds * 1e6:.1f} µs"
+    if seconds < 1:
+        return f"{seconds * 1e3:.0f} ms"
+    return f"{seconds:.2f} s"
+
+
+def _mib(n: float) -> str:
+    return f"{n / MiB:.0f} MiB" if abs(n) >= 10 * MiB else f"{n / MiB:.1f} MiB"
+
+
+def _rate(nbytes: float, seconds: float) -> str:
+    rate = nbytes / seconds
+    return f"{rate / 1e9:.2f} GB/s" if rate >= 1e9 else f"{rate / 1e6:.0f} MB/s"
+
+
+def _check(ok: bool) -> str:
+    return "PASS" if ok else "MISS"
+
+
+def _med(samples: list[dict[str, Any]], key: str) -> float:
+    return median([float(s[key]) for s in samples])
+
+
+def disk_rows(d: dict[str, Any]) -> list[Row]:
+    rows: list[Row] = []
+    save = d["save"]
+    size = float(_med(save["ckpthooks"], "bytes"))
+    sec = f"Durable sync save ({_mib(size)} checkpoint, {d['state']['parameters'] / 1e6:.1f} M parameters + AdamW)"
+    torch_s = _med(save["torch"], "seconds")
+    ck_s = _med(save["ckpthooks"], "seconds")
+    rows.append(Row(sec, "torch.save + fsync (file and folder)", _s(torch_s), _rate(size, torch_s)))
+    rows[-1].spread = _spread_of(save["torch"], "seconds")
+    ratio = ck_s / torch_s
+    rows.append(
+        Row(
+            sec,
+            "ckpthooks save_checkpoint (temp file, fsync, rename, checksum, manifest)",
+            _s(ck_s),
+            f"{ratio:.2f}x torch.save",
+            "≤ 1.10x torch.save+fsync",
+            _check(ratio <= 1.10),
+            ratio,
+            _spread_of(save["ckpthooks"], "seconds"),
+        )
+    )
+    if "lightning" in save:
+        lt_s = _med(save["lightning"], "seconds")
+        rows.append(
+            Row(
+                sec,
+                "Lightning TorchCheckpointIO.save_checkpoint + fsync",
+                _s(lt_s),
+                f"{lt_s / torch_s:.2f}x torch.save",
+                spread=_spread_of(save["lightning"], "seconds"),
+            )
+        )
+        speedup = lt_s / ck_s
+        rows.append(
+            Row(
+                sec,
+                "ckpthooks speed-up over Lightning",
+                f"{speedup:.2f}x",
+                "",
+                "≥ 2.5x faster",
+                _check(speedup >= 2.5),
+                speedup,
+            )
+        )
+    else:
+        rows.append(Row(sec, "Lightning TorchCheckpointIO", "n/a (lightning not installed)", status="n/a"))
+    if "safetensors" in save:
+        st_s = _med(save["safetensors"], "seconds")
+        rows.append(
+            Row(
+                sec,
+                "safetensors save_file + fsync (flattened model + optimizer tensors)",
+                _s(st_s),
+                f"{st_s / torch_s:.2f}x torch.save",
+                spread=_spread_of(save["safetensors"], "seconds"),
+            )
+        )
+    labels = {"ckpthooks": "ckpthooks", "torch": "torch.save", "lightning": "Lightning", "safetensors": "safetensors"}
+    for name in ("ckpthooks", "torch", "lightning", "safetensors"):
+        if name not in save:
+            continue
+        peak = _med(save[name], "peak_increase")
+        share = peak / size
+        if name == "ckpthooks":
+            rows.append(
+                Row(
+                    sec,
+                    "peak RSS increase during the save: ckpthooks",
+                    _mib(peak),
+                    f"{share:.1%} of checkpoint",
+                    "≤ 5% of checkpoint",
+                    _check(share <= 0.05),
+                    share,
+                )
+            )
+        else:
+            rows.append(
+                Row(sec, f"peak RSS increase during the save: {labels[name]}", _mib(peak), f"{share:.1%} of checkpoint")
+            )
+    cks = d["checksum"]
+    algo = cks["default"]
+    hash_s = cks["seconds"][algo]
+    hash_rate = cks["bytes"] / hash_s
+    disk_rate = size / torch_s
+    rows.append(
+        Row(
+            sec,
+            f"checksum {algo} (the default here) on one core",
+            _rate(cks["bytes"], hash_s),
+            f"{hash_rate / disk_rate:.1f}x the torch.save+fsync rate",
+            "faster than the disk",
+            _check(hash_rate > disk_rate),
+            hash_rate / disk_rate,
+        )
+    )
+    for other, seconds in sorted(cks["seconds"].items()):
+        if other != algo:
+            rows.append(Row(sec, f"checksum {other}", _rate(cks["bytes"], seconds)))
+
+    sec = "Async save (each run in a new process)"
+    memcpy = d["memcpy"]
+    nbytes = memcpy[0]["bytes"]
+    default = _med(memcpy, "fresh_seconds")
+    one = _med(memcpy, "fresh_seconds_one_thread")
+    floor = min(default, one)  # the floor is the fastest way measured to copy these bytes
+    threads = memcpy[0]["threads"]
+    for label, seconds in ((f"{threads} threads (torch's default)", default), ("1 thread", one)):
+        mark = " = the floor" if seconds == floor else ""
+        rows.append(
+            Row(
+                sec,
+                f"memcpy into fresh memory (empty_like + copy_ of every tensor), {label}",
+                _s(seconds),
+                _rate(nbytes, seconds) + mark,
+            )
+        )
+    warm = _med(memcpy, "warm_seconds")
+    rows.append(Row(sec, f"memcpy into already-touched buffers, {threads} threads", _s(warm), _rate(nbytes, warm)))
+    info = d["async"]
+    if not info.get("available"):
+        for figure in (
+            "training thread blocked in save_checkpoint",
+            "blocked / sync save",
+            "total until wait() returns",
+            "peak RSS increase",
+        ):
+            rows.append(Row(sec, figure, NA_ASYNC, status="n/a"))
+    else:
+        runs = info["samples"]
+        first = [r["first"] for r in runs]
+        second = [r["second"] for r in runs]
+        blocked = _med(first, "blocked_seconds")
+        rows.append(
+            Row(
+                sec,
+                "training thread blocked in save_checkpoint (first save of the process)",
+                _s(blocked),
+                f"{blocked / floor:.2f}x memcpy",
+                "≤ 1.5x memcpy floor",
+                _check(blocked <= 1.5 * floor),
+                blocked / floor,
+                _spread_of(first, "blocked_seconds"),
+            )
+        )
+        share = blocked / ck_s
+        rows.append(
+            Row(sec, "blocked time / durable sync save time", f"{share:.1%}", "", "≤ 15%", _check(share <= 0.15), share)
+        )
+        rows.append(
+            Row(
+                sec,
+                "total until wait() returns (first save)",
+                _s(_med(first, "total_seconds")),
+                f"{_med(first, 'total_seconds') / ck_s:.2f}x sync save",
+            )
+        )
+        peak = _med(first, "peak_increase")
+        size_async = _med(first, "bytes")
+        rows.append(
+            Row(
+                sec,
+                "peak RSS increase, first save until wait()",
+                _mib(peak),
+                f"{peak / size_async:.2f}x checkpoint",
+                "≤ 1.1x checkpoint",
+                _check(peak <= 1.1 * size_async),
+                peak / size_async,
+            )
+        )
+        b2 = _med(second, "blocked_seconds")
+        rows.append(
+            Row(
+                sec,
+                "blocked, second save (buffers of the first may be reused)",
+                _s(b2),
+                f"{b2 / floor:.2f}x memcpy, {b2 / ck_s:.1%} of sync",
+            )
+        )
+        rows.append(
+            Row(
+                sec,
+                "peak RSS increase over both saves",
+                _mib(_med(second, "peak_increase")),
+                f"{_med(second, 'peak_increase') / size_async:.2f}x checkpoint",
+            )
+        )
+
+    method = ", ".join(d.get("cache_method", [])) or "none"
+    for cache in ("cold", "warm"):
+        found = d["restore"][cache]
+        what = f"page cache dropped before each run ({method})" if cache == "cold" else "file in the page cache"
+        sec = f"Restore, {cache} ({what})"
+        base = _med(found["torch"], "seconds")
+        rows.append(Row(sec, "torch.load + model/optimizer load_state_dict", _s(base)))
+        rows[-1].spread = _spread_of(found["torch"], "seconds")
+        full = _med(found["ckpthooks"], "seconds")
+        rows.append(
+            Row(
+                sec,
+                "ckpthooks restore() with full checksum verification",
+                _s(full),
+                f"{full / base:.2f}x torch.load",
+                "≤ 0.5x torch.load+load_state_dict",
+                _check(full <= 0.5 * base),
+                full / base,
+                _spread_of(found["ckpthooks"], "seconds"),
+            )
+        )
+        sized = _med(found["ckpthooks-verify-size"], "seconds")
+        rows.append(Row(sec, "ckpthooks restore() with verify='size'", _s(sized), f"{sized / base:.2f}x torch.load"))
+        rows[-1].spread = _spread_of(found["ckpthooks-verify-size"], "seconds")
+        rows.append(
+            Row(
+                sec,
+                "first optimizer step after the restore: ckpthooks / torch.load",
+                f"{_s(_med(found['ckpthooks'], 'first_step_seconds'))} / "
+                f"{_s(_med(found['torch'], 'first_step_seconds'))}",
+                f"second step {_s(_med(found['torch'], 'second_step_seconds'))}",
+            )
+        )
+        total_ck = median([s["seconds"] + s["first_step_seconds"] for s in found["ckpthooks"]])
+        total_t = median([s["seconds"] + s["first_step_seconds"] for s in found["torch"]])
+        rows.append(
+            Row(
+                sec,
+                "restore + first optimizer step: ckpthooks / torch.load",
+                f"{_s(total_ck)} / {_s(total_t)}",
+                f"{total_ck / total_t:.2f}x",
+            )
+        )
+    return rows
+
+
+def loop_rows(d: dict[str, Any]) -> list[Row]:
+    sec = f"Loop integration, no save due (tiny model, {d['steps']:,} steps, per step)"
+    rows = [Row(sec, "plain for _ in range(N)", _s(median(d["plain_seconds"]) / d["steps"]))]
+    labels = {
+        "batches_default_policy": "for _ in ckpt.batches(range(N)), default policy",
+        "batches_every_n_train_steps": "ckpt.batches(...), ModelCheckpoint(every_n_train_steps=10**9)",
+        "step_end_default_policy": "ckpt.step_end() alone, default policy",
+        "step_end_every_n_train_steps": "ckpt.step_end() alone, every_n_train_steps=10**9",
+        "batches_no_preemption_signals": "ckpt.batches(...), default policy, preemption_signals=None",
+    }
+    for name, label in labels.items():
+        per = median([s["per_step_us"] for s in d["cases"][name]])
+        if name == "batches_no_preemption_signals":
+            rows.append(Row(sec, label, f"{per:.2f} µs"))
+        else:
+            rows.append(Row(sec, label, f"{per:.2f} µs", "", "≤ 5 µs/step", _check(per <= 5.0), per))
+    found = d.get("distributed")
+    if found:
+        per = median(found["per_step_us"]["default"])
+        rows.append(
+            Row(
+                sec,
+                "ckpt.step_end() under torch.distributed (2 ranks, gloo), default preemption signals",
+                f"{per:.1f} µs",
+                "",
+                "≤ 5 µs/step",
+                _check(per <= 5.0),
+                per,
+            )
+        )
+        per = median(found["per_step_us"]["no_preemption_signals"])
+        rows.append(
+            Row(
+                sec, "ckpt.step_end() under torch.distributed (2 ranks, gloo), preemption_signals=None", f"{per:.2f} µs"
+            )
+        )
+    return rows
+
+
+def cli_rows(d: dict[str, Any]) -> list[Row]:
+    sec = "Command line (wall time of a subprocess)"
+    s = {k: median(v) for k, v in d["seconds"].items()}
+    return [
+        Row(sec, "python -c pass", _s(s["python_pass"])),
+        Row(sec, 'python -c "import ckpthooks"', _s(s["import_ckpthooks"])),
+        Row(
+            sec,
+            "ckpthooks plugins",
+            _s(s["ckpthooks_plugins"]),
+            "",
+            "≤ 0.5 s",
+            _check(s["ckpthooks_plugins"] <= 0.5),
+            s["ckpthooks_plugins"],
+        ),
+        Row(sec, "ckpthooks --help", _s(s["ckpthooks_help"])),
+    ]
+
+
+def s3_rows(d: dict[str, Any]) -> list[Row]:
+    size = d["bytes"]
+    sec = f"S3 through moto on loopback ({_mib(size)} checkpoint)"
+    s = {k: median(v) for k, v in d["seconds"].items()}
+    put, save = s["raw_put"], s["ckpthooks_save"]
+    get, restore = s["raw_get"], s["ckpthooks_restore"]
+    rows = [
+        Row(sec, "raw s3fs pipe_file of the same bytes", _s(put), _rate(size, put)),
+        Row(
+            sec,
+            "ckpthooks save_checkpoint (stream, checksum, pending marker, manifest)",
+            _s(save),
+            f"{_rate(size, save)} = {put / save:.2f}x raw",
+            "≥ 0.9x raw put throughput",
+            _check(put / save >= 0.9),
+            put / save,
+        ),
+        Row(sec, "raw s3fs cat_file", _s(get), _rate(size, get)),
+        Row(
+            sec,
+            "ckpthooks restore() (verify + torch.load + load_state_dict)",
+            _s(restore),
+            f"{_rate(size, restore)} = {get / restore:.2f}x raw",
+        ),
+    ]
+    for row, key in zip(rows, ("raw_put", "ckpthooks_save", "raw_get", "ckpthooks_restore")):
+        row.spread = _spread(d["seconds"][key])
+    return rows
+
+
+def scale_rows(d: dict[str, Any]) -> list[Row]:
+    n = d["checkpoints"]
+    sec = f"Scale ({n:,} committed checkpoints; top-k: {d['topk_measured_updates']} updates after a history)"
+    rows = []
+    for which in ("last", "best"):
+        for cache in ("warm", "cold"):
+            seconds = median(d["find_seconds"][f"{which}_{cache}"])
+            rows.append(
+                Row(
+                    sec,
+                    f'find "{which}", {cache} page cache',
+                    _s(seconds),
+                    "",
+                    "≤ 1 s",
+                    _check(seconds <= 1.0),
+                    seconds,
+                    _spread(d["find_seconds"][f"{which}_{cache}"]),
+                )
+            )
+    for k in ("10", "-1"):
+        runs = d["topk"][k]
+        short = median([r["policy_update_seconds"] for r in runs["10"]])
+        long = median([r["policy_update_seconds"] for r in runs[str(n)]])
+        ratio = long / short
+        rows.append(
+            Row(
+                sec,
+                f"ModelCheckpoint top-k update, save_top_k={k}: history 10 / {n:,}",
+                f"{_s(short)} / {_s(long)}",
+                f"{ratio:.2f}x",
+                "flat (≤ 1.5x)",
+                _check(ratio <= 1.5),
+                ratio,
+            )
+        )
+        bare_short = median([r["topk_update_seconds"] for r in runs["10"]])
+        bare_long = median([r["topk_update_seconds"] for r in runs[str(n)]])
+        rows.append(
+            Row(
+                sec,
+                f"bare TopK operations, save_top_k={k}: history 10 / {n:,}",
+                f"{_s(bare_short)} / {_s(bare_long)}",
+                f"{bare_long / bare_short:.2f}x",
+            )
+        )
+    sd_short = median([r["state_dict_seconds"] for r in d["topk"]["-1"]["10"]])
+    sd_long = median([r["state_dict_seconds"] for r in d["topk"]["-1"][str(n)]])
+    rows.append(
+        Row(
+            sec,
+            f"ModelCheckpoint.state_dict() (in every save), save_top_k=-1: history 10 / {n:,}",
+            f"{_s(sd_short)} / {_s(sd_long)}",
+            f"{sd_long / sd_short:.0f}x",
+        )
+    )
+    return rows
+
+
+BUILDERS = {"disk": disk_rows, "loop": loop_rows, "cli": cli_rows, "s3": s3_rows, "scale": scale_rows}
+
+
+def build_rows(sections: dict[str, Any]) -> list[Row]:
+    rows: list[Row] = []
+    for name, builder in BUILDERS.items():
+        data = sections.get(name)
+        if data is None:
+            continue
+        if "error" in data:
+            rows.append(Row(name, f"section {name} failed", data["error"].strip().splitlines()[-1], status="error"))
+            continue
+        rows.extend(builder(data))
+    return rows
+
+
+# ------------------------------------------------------------------------------------- rendering
+HEADERS = ("Figure", "Median", "Range", "Derived", "Target", "Result")
+
+
+def render_text(rows: list[Row]) -> str:
+    widths = [58, 18, 18, 32, 28, 6]
+    lines: list[str] = []
+    section = None
+    for row in rows:
+        if row.section != section:
+            section = row.section
+            lines.append("")
+            lines.append(section)
+            lines.append("  " + "  ".join(h.ljust(w) for h, w in zip(HEADERS, widths)).rstrip())
+        cells = (row.figure, row.value, row.spread, row.derived, row.target or "-", row.status)
+        lines.append("  " + "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip())
+    return "\n".join(lines)
+
+
+def render_markdown(rows: list[Row]) -> str:
+    lines: list[str] = []
+    section = None
+    for row in rows:
+        if row.section != section:
+            section = row.section
+            lines += ["", f"**{section}**", "", "| " + " | ".join(HEADERS) + " |", "|---|---|---|---|---|---|"]
+        status = f"**{row.status}**" if row.status == "MISS" else row.status
+        cells = (row.figure, row.value, row.spread, row.derived, row.target or "-", status)
+        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+    return "\n".join(lines).strip() + "\n"
+
+
+def rows_as_dicts(rows: list[Row]) -> list[dict[str, Any]]:
+    return [asdict(r) for r in rows]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("results", nargs="?", type=Path, default=ROOT / "benchmarks" / "results" / "latest.json")
+    parser.add_argument("--markdown", action="store_true")
+    args = parser.parse_args()
+    data = json.loads(args.results.read_text())
+    rows = build_rows(data["sections"])
+    print(render_markdown(rows) if args.markdown else render_text(rows))
+
+
+if __name__ == "__main__":
+    main()
