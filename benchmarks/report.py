@@ -82,7 +82,7 @@ def disk_rows(d: dict[str, Any]) -> list[Row]:
             sec,
             "ckpthooks save_checkpoint (temp file, fsync, rename, checksum, manifest)",
             _s(ck_s),
-            f"{ratio:.2f}x torch.save",
+            f"{ratio:.3f}x torch.save",
             "≤ 1.10x torch.save+fsync",
             _check(ratio <= 1.10),
             ratio,

@@ -126,8 +126,9 @@ def main() -> int:
     parser.add_argument(
         "--workdir",
         type=Path,
-        default=ROOT / "benchmarks" / ".work",
-        help="scratch folder on the disk to measure (default: benchmarks/.work; removed afterwards)",
+        default=None,
+        help="scratch folder on the disk to measure (default: a folder of this run's own under "
+        "benchmarks/.work, removed afterwards, so that concurrent runs do not collide)",
     )
     parser.add_argument("--results-dir", type=Path, default=ROOT / "benchmarks" / "results")
     parser.add_argument("--fail-on-miss", action="store_true", help="exit 1 when a target is missed")
@@ -137,9 +138,10 @@ def main() -> int:
     if unknown:
         parser.error(f"unknown sections {sorted(unknown)}; choose from {list(SECTIONS)}")
 
-    workdir = args.workdir.resolve()
-    workdir.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    own_workdir = args.workdir is None
+    workdir = (args.workdir or ROOT / "benchmarks" / ".work" / f"{stamp}-{os.getpid()}").resolve()
+    workdir.mkdir(parents=True, exist_ok=True)
     started = time.time()
     meta: dict[str, Any] = {
         "timestamp": stamp,
@@ -198,8 +200,10 @@ def main() -> int:
     write_json(stamped, result)
     write_json(latest, result)
     print(f"\nwrote {stamped.relative_to(ROOT) if stamped.is_relative_to(ROOT) else stamped} and {latest.name}")
-    if args.workdir == parser.get_default("workdir"):
+    if own_workdir:
         shutil.rmtree(workdir, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            workdir.parent.rmdir()  # benchmarks/.work, unless another run is using it
     misses = [r for r in rows if r.status == "MISS"]
     if misses:
         print(f"{len(misses)} target(s) missed: " + "; ".join(r.figure for r in misses))
