@@ -327,7 +327,8 @@ class CheckpointIOContract:
 
     @pytest.fixture
     def checkpoint_io(self) -> CheckpointIO:
-        raise NotImplementedError(
+        """The backend under test: every subclass overrides this fixture (a required override)."""
+        pytest.fail(
             f"{type(self).__name__} must override the checkpoint_io fixture to return the backend under test"
         )
 
