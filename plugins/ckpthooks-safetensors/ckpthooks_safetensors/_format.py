@@ -17,6 +17,8 @@ from __future__ import annotations
 import ctypes
 import json
 import math
+import mmap
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import IO, Any, Protocol
@@ -248,4 +250,28 @@ def read_tensors(handle: IO[bytes], entries: list[HeaderEntry]) -> dict[str, tor
         tensors[entry.name] = torch.frombuffer(buffer, dtype=torch.uint8).view(entry.dtype).reshape(entry.shape)
     if handle.read(1):
         raise FormatError("there are bytes after the last tensor")
+    return tensors
+
+
+def map_tensors(handle: IO[bytes], entries: list[HeaderEntry]) -> dict[str, torch.Tensor]:
+    """Map the tensors that follow the header copy-on-write: nothing is read until a tensor is used,
+    and writing to a tensor never reaches the file. ``handle`` must be a local file positioned right
+    after the header; the mapping holds that file (its inode), so a checkpoint replaced at the same
+    path meanwhile cannot mix into what was loaded. The file must end right after the last tensor."""
+    start = handle.tell()
+    data_size = entries[-1].end if entries else 0
+    file_size = os.fstat(handle.fileno()).st_size
+    if file_size < start + data_size:
+        raise FormatError(f"the file ends inside the tensors ({file_size - start} of {data_size} bytes)")
+    if file_size > start + data_size:
+        raise FormatError("there are bytes after the last tensor")
+    tensors: dict[str, torch.Tensor] = {}
+    mapped = mmap.mmap(handle.fileno(), file_size, access=mmap.ACCESS_COPY) if data_size else None
+    for entry in entries:
+        count = math.prod(entry.shape)
+        if entry.end == entry.begin or mapped is None:
+            tensors[entry.name] = torch.empty(entry.shape, dtype=entry.dtype)
+            continue
+        flat = torch.frombuffer(mapped, dtype=entry.dtype, count=count, offset=start + entry.begin)
+        tensors[entry.name] = flat.reshape(entry.shape)
     return tensors

@@ -160,12 +160,8 @@ class SafetensorsCheckpointIO(CheckpointIO):
             raise _storage_error("read", path, exc) from exc
         except (_format.FormatError, _structure.StructureError, RecursionError) as exc:
             raise _corrupt(path, exc) from exc
-        except Exception as exc:
-            if type(exc).__name__ == "SafetensorError":
-                raise _corrupt(path, exc) from exc
-            if isinstance(exc, OSError):
-                raise _storage_error("read", path, exc) from exc
-            raise
+        except OSError as exc:
+            raise _storage_error("read", path, exc) from exc
 
     # ------------------------------------------------------------------ remove
 
@@ -278,18 +274,16 @@ def _view_key(tensor: torch.Tensor) -> tuple[Any, ...] | None:
 
 
 def _open_local(local: str, path: str) -> tuple[dict[str, str], Any]:
-    """The metadata of a local file and a function that returns its tensors, memory-mapped."""
-    from safetensors import safe_open
+    """The metadata of a local file and a function that returns its tensors, memory-mapped.
 
+    Header and tensors come from one open file, so a checkpoint replaced at ``path`` while this runs
+    (``last.ckpt`` rewritten by a training run) is read whole, old or new, never a mix of both."""
     if os.path.isdir(local):
         raise CorruptCheckpointError(f"{path} is a folder, not a checkpoint file")
-    with safe_open(local, framework="pt", device="cpu") as handle:
-        metadata = handle.metadata() or {}
-        _structure_json(metadata, path)
-        names = set(handle.keys())
-        # every tensor the structure refers to is fetched while the file is open; get_tensor maps
-        # the file copy-on-write, so this reads nothing yet
-        tensors = {name: handle.get_tensor(name) for name in names}
+    with open(local, "rb") as handle:
+        metadata, entries = _format.read_header(handle)
+        _structure_json(metadata, path)  # a foreign file fails before its tensors are mapped
+        tensors = _format.map_tensors(handle, entries)
     return metadata, tensors.get
 
 

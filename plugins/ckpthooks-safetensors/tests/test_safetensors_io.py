@@ -180,6 +180,39 @@ def test_local_loading_maps_the_file_instead_of_copying_it(io: SafetensorsCheckp
     assert torch.equal(io.load_checkpoint(str(path))["w"], torch.arange(1_000_000, dtype=torch.float32))
 
 
+def test_a_checkpoint_replaced_while_it_loads_is_read_whole(
+    io: SafetensorsCheckpointIO, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``last.ckpt`` rewritten by a running training job between the reading of the header and the
+    reading of the tensors: the load returns the old version whole, never the new tensors under the
+    old structure (the header and the tensors must come from one open file)."""
+    path = tmp_path / "last.ckpt"
+    versions = [{"version": v, "w": torch.full((1000,), float(v))} for v in range(2)]
+    io.save_checkpoint(versions[0], str(path))
+    replaced: list[bool] = []
+
+    def replace_first(original: Callable[..., Any]) -> Callable[..., Any]:
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            if not replaced:  # the new version lands at the path right after the header was read
+                replaced.append(True)
+                io.save_checkpoint(versions[1], str(path))
+            return original(*args, **kwargs)
+
+        return wrapper
+
+    from ckpthooks_safetensors import _format
+
+    # the moment the tensors are fetched: safetensors' torch backend opens the path again by name
+    monkeypatch.setattr(torch.UntypedStorage, "from_file", replace_first(torch.UntypedStorage.from_file))
+    monkeypatch.setattr(_format, "map_tensors", replace_first(_format.map_tensors))
+    loaded = io.load_checkpoint(str(path))
+
+    assert replaced, "the file was not replaced during the load"
+    assert loaded["version"] == 0
+    assert torch.equal(loaded["w"], versions[0]["w"])
+    assert io.load_checkpoint(str(path))["version"] == 1
+
+
 def test_remote_loading_gives_ordinary_tensors(io: SafetensorsCheckpointIO) -> None:
     with fresh_memory_url() as url:
         io.save_checkpoint({"w": torch.arange(10.0)}, f"{url}/a.ckpt")
