@@ -26,7 +26,7 @@ from ckpthooks.exceptions import (
     StorageError,
 )
 from ckpthooks.io import paths
-from ckpthooks.io.hashing import hash_stream, read_chunks
+from ckpthooks.io.hashing import hash_local_file, hash_stream, read_chunks
 from ckpthooks.io.retry import call_with_retry
 from ckpthooks.io.torch_io import _storage_error, fsync_dir, temp_name_for
 
@@ -327,6 +327,8 @@ def verify_checkpoint(
         algorithm = manifest.algorithm
 
         def checksum() -> str:
+            if paths.is_local(checkpoint_path):
+                return hash_local_file(paths.local_path(checkpoint_path), algorithm, progress)[1]
             with fs.open(target, "rb") as handle:
                 chunks: Iterable[bytes] = read_chunks(handle)
                 if progress is not None:

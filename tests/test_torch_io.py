@@ -128,6 +128,74 @@ def test_explicit_checksum_algorithm(tmp_path: Any) -> None:
     assert result.checksum == _file_hash(target, "crc32")[1]
 
 
+def _zip_crcs(path: str) -> list[int]:
+    import zipfile
+
+    with zipfile.ZipFile(path) as archive:
+        return [info.CRC for info in archive.infolist() if info.file_size]
+
+
+@pytest.mark.skipif(not hasattr(torch.serialization, "set_crc32_options"), reason="needs torch >= 2.6")
+@pytest.mark.parametrize("where", ["local", "memory"])
+def test_torch_zip_crcs_are_left_out_and_the_file_still_loads(tmp_path: Any, where: str) -> None:
+    """ckpthooks' checksum covers every byte, so torch's per-record CRC-32 (as costly as the
+    checksum) is not computed; torch.load, with and without mmap, reads the file all the same."""
+    target = str(tmp_path / "a.ckpt") if where == "local" else f"memory://crc-{uuid.uuid4().hex}/a.ckpt"
+    TorchCheckpointIO().save_checkpoint(_checkpoint(2.0), target)
+    local = str(tmp_path / "copy.ckpt")
+    with fsspec.open(target, "rb") as source, open(local, "wb") as copy:
+        copy.write(source.read())
+    assert set(_zip_crcs(local)) == {0}
+    for mmap in (False, True):
+        loaded = torch.load(local, weights_only=True, mmap=mmap)
+        assert torch.equal(loaded["state_dict"]["w"], torch.full((16, 16), 2.0))
+    assert torch.serialization.get_crc32_options() is True  # the process-wide switch is restored
+
+
+def test_zip_crcs_are_written_on_request(tmp_path: Any) -> None:
+    import zipfile
+
+    target = str(tmp_path / "a.ckpt")
+    TorchCheckpointIO(zip_crc32=True).save_checkpoint(_checkpoint(), target)
+    with zipfile.ZipFile(target) as archive:
+        assert archive.testzip() is None  # every record's CRC matches
+    assert 0 not in _zip_crcs(target)
+
+
+@pytest.mark.skipif(not hasattr(torch.serialization, "set_crc32_options"), reason="needs torch >= 2.6")
+def test_the_zip_crc_switch_is_restored_after_a_failed_save_and_overlapping_saves(tmp_path: Any) -> None:
+    import threading
+
+    torch.serialization.set_crc32_options(True)
+    with pytest.raises(Exception, match="_Boom"):
+        TorchCheckpointIO().save_checkpoint({"x": torch.ones(3), "bad": _Boom()}, str(tmp_path / "bad.ckpt"))
+    assert torch.serialization.get_crc32_options() is True
+
+    inside = threading.Barrier(2)
+    seen: list[bool] = []
+
+    class _Meet:
+        """Holds both saves inside torch.save at the same time."""
+
+        def __reduce__(self) -> Any:
+            seen.append(torch.serialization.get_crc32_options())
+            inside.wait(timeout=30)
+            return (int, (1,))
+
+    threads = [
+        threading.Thread(
+            target=TorchCheckpointIO().save_checkpoint, args=({"m": _Meet()}, str(tmp_path / f"{n}.ckpt"))
+        )
+        for n in range(2)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert seen == [False, False]
+    assert torch.serialization.get_crc32_options() is True
+
+
 def test_failing_pickle_leaves_previous_file_and_no_temp(tmp_path: Any) -> None:
     target = str(tmp_path / "model.ckpt")
     backend = TorchCheckpointIO()

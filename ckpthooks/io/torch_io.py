@@ -6,8 +6,9 @@ import contextlib
 import errno
 import logging
 import os
+import threading
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from ckpthooks.exceptions import (
@@ -62,6 +63,65 @@ def temp_owner(name: str) -> tuple[int, str] | None:
     return int(parts[0]), parts[1]
 
 
+_zip_crc_lock = threading.Lock()
+_zip_crc_users = 0
+_zip_crc_before = True
+_zip_crc_thread_local: bool | None = None
+
+
+def _crc_switch_is_thread_local(serialization: Any) -> bool:
+    """Whether ``set_crc32_options`` affects only the calling thread (torch >= 2.10 keeps config
+    overrides per thread) or the whole process (earlier versions). Probed once, by flipping the
+    switch in a short-lived thread."""
+    global _zip_crc_thread_local
+    if _zip_crc_thread_local is None:
+        before = serialization.get_crc32_options()
+        probe = threading.Thread(target=serialization.set_crc32_options, args=(not before,))
+        probe.start()
+        probe.join()
+        _zip_crc_thread_local = serialization.get_crc32_options() == before
+        if not _zip_crc_thread_local:
+            serialization.set_crc32_options(before)
+    return _zip_crc_thread_local
+
+
+@contextlib.contextmanager
+def _torch_save_options(zip_crc32: bool) -> Iterator[None]:
+    """Run ``torch.save`` without the CRC-32 it computes for every zip record, unless ``zip_crc32``.
+
+    ``torch.load`` never checks these CRCs, and ckpthooks' own checksum covers every byte of the
+    file. Where torch keeps the switch per thread, it is set and restored on this thread; where it
+    is process-wide, the first of overlapping ckpthooks saves (the training thread and the
+    background saver) turns it off and the last one restores what was set before."""
+    global _zip_crc_users, _zip_crc_before
+    import torch.serialization as serialization
+
+    if zip_crc32 or not hasattr(serialization, "set_crc32_options"):
+        yield
+        return
+    with _zip_crc_lock:
+        if _crc_switch_is_thread_local(serialization):
+            before = serialization.get_crc32_options()
+            serialization.set_crc32_options(False)
+            thread_local = True
+        else:
+            thread_local = False
+            if _zip_crc_users == 0:
+                _zip_crc_before = serialization.get_crc32_options()
+                serialization.set_crc32_options(False)
+            _zip_crc_users += 1
+    try:
+        yield
+    finally:
+        if thread_local:
+            serialization.set_crc32_options(before)
+        else:
+            with _zip_crc_lock:
+                _zip_crc_users -= 1
+                if _zip_crc_users == 0:
+                    serialization.set_crc32_options(_zip_crc_before)
+
+
 def fsync_dir(directory: str) -> None:
     """Make a rename inside ``directory`` durable (a no-op where directories cannot be opened)."""
     try:
@@ -88,11 +148,23 @@ class TorchCheckpointIO(CheckpointIO):
     HTTP 5xx) are repeated with backoff following ``retry`` (by default the process-wide
     :data:`ckpthooks.io.retry.DEFAULT_RETRY`); a retried write streams the checkpoint again into a
     fresh object.
+
+    ``torch.save`` computes a CRC-32 of every zip record, which costs as much CPU as the checksum
+    itself. ckpthooks' checksum (``checksum_algorithm``, recorded in the manifest) already covers
+    every byte and ``torch.load`` never checks the zip CRCs, so they are left out (written as 0)
+    unless ``zip_crc32=True``: files still load with ``torch.load`` and Lightning, while ``unzip -t``
+    would report CRC mismatches.
     """
 
-    def __init__(self, checksum_algorithm: str | None = None, retry: RetryPolicy | None = None) -> None:
+    def __init__(
+        self,
+        checksum_algorithm: str | None = None,
+        retry: RetryPolicy | None = None,
+        zip_crc32: bool = False,
+    ) -> None:
         self.checksum_algorithm = checksum_algorithm
         self.retry = retry
+        self.zip_crc32 = zip_crc32
 
     # ------------------------------------------------------------------ save
 
@@ -119,7 +191,8 @@ class TorchCheckpointIO(CheckpointIO):
         try:
             with open(tmp, "wb", buffering=_BUFFER) as handle:
                 writer = HashingWriter(handle, self.checksum_algorithm)
-                torch.save(checkpoint, writer)  # type: ignore[arg-type]  # a file-like writer
+                with _torch_save_options(self.zip_crc32):
+                    torch.save(checkpoint, writer)  # type: ignore[arg-type]  # a file-like writer
                 handle.flush()
                 os.fsync(handle.fileno())
             os.replace(tmp, path)
@@ -148,7 +221,8 @@ class TorchCheckpointIO(CheckpointIO):
             recorder = _ErrorRecorder(handle)
             writer = HashingWriter(recorder, self.checksum_algorithm)  # type: ignore[arg-type]
             try:
-                torch.save(checkpoint, writer)  # type: ignore[arg-type]  # a file-like writer
+                with _torch_save_options(self.zip_crc32):
+                    torch.save(checkpoint, writer)  # type: ignore[arg-type]  # a file-like writer
                 handle.close()  # object stores upload (the rest) here
             except BaseException as exc:
                 _abandon(handle)
