@@ -160,7 +160,11 @@ def read_manifest(
                 text = handle.read().decode()
         else:
             fs = paths.filesystem(target, storage_options)
-            text = call_with_retry(lambda: fs.cat_file(paths.fs_path(fs, target)), action="read", path=target).decode()
+            # a range read from 0 is one GET (s3fs asks for the size first otherwise: HEAD, and a
+            # listing when the manifest does not exist)
+            text = call_with_retry(
+                lambda: fs.cat_file(paths.fs_path(fs, target), start=0), action="read", path=target
+            ).decode()
         manifest = Manifest.from_json(text, source=target)
     except FileNotFoundError:
         return None

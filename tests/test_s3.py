@@ -519,3 +519,21 @@ def test_a_failed_policy_save_with_on_save_error_log_keeps_training_and_bookkeep
     assert new_checkpointer(s3, ModelCheckpoint(filename="{epoch}", monitor="loss", save_top_k=2)).find_checkpoint(
         "best"
     ) == s3.url("checkpoints/epoch=2.ckpt")
+
+
+def test_a_save_makes_no_requests_beyond_the_commit_protocol(s3: S3) -> None:
+    """An object store has no folders: nothing is created above the key, no bucket lookup. A new
+    checkpoint costs: the look for an old manifest, the pending marker, the data, the manifest, the
+    marker's removal."""
+    ckpt = new_checkpointer(s3)
+    s3.proxy.reset()
+    ckpt.save_checkpoint(s3.url("sub/a.ckpt"))
+    prefix = "/" + paths.fs_path(s3.direct, s3.root) + "/"
+    seen = [(r.method, r.path.removeprefix(prefix)) for r in s3.proxy.requests()]
+    assert seen == [
+        ("GET", "sub/a.ckpt" + MANIFEST_SUFFIX),
+        ("PUT", "sub/.a.ckpt" + PENDING_SUFFIX),
+        ("PUT", "sub/a.ckpt"),
+        ("PUT", "sub/a.ckpt" + MANIFEST_SUFFIX),
+        ("DELETE", "sub/.a.ckpt" + PENDING_SUFFIX),
+    ]

@@ -11,6 +11,8 @@ import fsspec
 from fsspec.core import split_protocol
 
 LOCAL_PROTOCOLS = frozenset({"file", "local"})
+#: Object stores: keys, no folders. Writing ``a/b/c`` needs no ``a/b`` first.
+OBJECT_STORE_PROTOCOLS = frozenset({"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "adl", "oss", "r2"})
 
 
 def protocol_of(path: str | os.PathLike[str]) -> str:
@@ -65,6 +67,15 @@ def filesystem(path: str, storage_options: Mapping[str, Any] | None = None) -> f
 def fs_path(fs: fsspec.AbstractFileSystem, path: str) -> str:
     """``path`` in the form ``fs`` expects (no protocol prefix)."""
     return str(fs._strip_protocol(path))
+
+
+def make_parent_folders(fs: fsspec.AbstractFileSystem, path: str) -> None:
+    """Create the folders above ``path`` before writing it, where the filesystem has folders. On
+    object stores nothing is created (``makedirs`` would cost requests that look the bucket up)."""
+    protocols = fs.protocol if isinstance(fs.protocol, (tuple, list)) else (fs.protocol,)
+    if OBJECT_STORE_PROTOCOLS.intersection(protocols):
+        return
+    fs.makedirs(fs_path(fs, dirname(path)), exist_ok=True)
 
 
 def unstrip(fs: fsspec.AbstractFileSystem, template: str, stripped: str) -> str:

@@ -216,7 +216,7 @@ class TorchCheckpointIO(CheckpointIO):
         def attempt() -> SaveResult:
             import torch
 
-            fs.makedirs(paths.fs_path(fs, paths.dirname(path)), exist_ok=True)
+            paths.make_parent_folders(fs, path)
             handle = fs.open(target, "wb")
             recorder = _ErrorRecorder(handle)
             writer = HashingWriter(recorder, self.checksum_algorithm)  # type: ignore[arg-type]

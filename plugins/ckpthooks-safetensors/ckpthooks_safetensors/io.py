@@ -118,7 +118,7 @@ class SafetensorsCheckpointIO(CheckpointIO):
     ) -> SaveResult:
         fs = paths.filesystem(path, storage_options)
         try:
-            fs.makedirs(paths.fs_path(fs, paths.dirname(path)), exist_ok=True)
+            paths.make_parent_folders(fs, path)
             handle = fs.open(paths.fs_path(fs, path), "wb")
             try:
                 writer = HashingWriter(handle, self.checksum_algorithm)
