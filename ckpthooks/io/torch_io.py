@@ -19,6 +19,7 @@ from ckpthooks.exceptions import (
 from ckpthooks.io import paths
 from ckpthooks.io.base import CheckpointIO, SaveResult
 from ckpthooks.io.hashing import HashingWriter
+from ckpthooks.io.pipe import WritePipe
 from ckpthooks.io.retry import RetryPolicy, call_with_retry
 from ckpthooks.io.safety import translate_load_error
 
@@ -219,12 +220,15 @@ class TorchCheckpointIO(CheckpointIO):
             paths.make_parent_folders(fs, path)
             handle = fs.open(target, "wb")
             recorder = _ErrorRecorder(handle)
-            writer = HashingWriter(recorder, self.checksum_algorithm)  # type: ignore[arg-type]
+            pipe = WritePipe(recorder)  # uploads overlap serializing and hashing
+            writer = HashingWriter(pipe, self.checksum_algorithm)  # type: ignore[arg-type]
             try:
                 with _torch_save_options(self.zip_crc32):
                     torch.save(checkpoint, writer)  # type: ignore[arg-type]  # a file-like writer
+                pipe.close()
                 handle.close()  # object stores upload (the rest) here
             except BaseException as exc:
+                pipe.abort()
                 _abandon(handle)
                 if recorder.error is not None and exc is not recorder.error:
                     raise recorder.error from exc  # what the storage raised, not torch's wrapper

@@ -23,6 +23,7 @@ from ckpthooks.exceptions import (
 from ckpthooks.io import paths
 from ckpthooks.io.base import CheckpointIO, SaveResult
 from ckpthooks.io.hashing import HashingWriter
+from ckpthooks.io.pipe import WritePipe
 from ckpthooks.io.torch_io import fsync_dir, temp_name_for
 
 from ckpthooks_safetensors import _format, _structure
@@ -120,11 +121,14 @@ class SafetensorsCheckpointIO(CheckpointIO):
         try:
             paths.make_parent_folders(fs, path)
             handle = fs.open(paths.fs_path(fs, path), "wb")
+            pipe = WritePipe(handle)  # uploads overlap hashing and copying the next tensors
             try:
-                writer = HashingWriter(handle, self.checksum_algorithm)
+                writer = HashingWriter(pipe, self.checksum_algorithm)  # type: ignore[arg-type]
                 _format.write_file(writer, entries, metadata)
+                pipe.close()
                 handle.close()  # object stores upload (the rest) here
             except BaseException:
+                pipe.abort()
                 _abandon(handle)
                 raise
         except OSError as exc:
