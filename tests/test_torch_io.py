@@ -579,3 +579,18 @@ def test_foreign_files_are_named_by_type(tmp_path: Path, content: bytes, says: s
     with pytest.raises(ckpthooks.CorruptCheckpointError, match=says) as info:
         TorchCheckpointIO().load_checkpoint(str(path))
     assert "weights_only" not in str(info.value)
+
+
+def test_atomic_write_replaces_whole_or_leaves_the_old_file(tmp_path: Any) -> None:
+    target = tmp_path / "f.bin"
+    target.write_bytes(b"old")
+    with pytest.raises(RuntimeError, match="midway"):
+        with torch_io.atomic_write(str(target)) as handle:
+            handle.write(b"new, half")
+            raise RuntimeError("midway")
+    assert target.read_bytes() == b"old"
+    assert _temp_files(tmp_path) == []
+    with torch_io.atomic_write(str(target)) as handle:
+        handle.write(b"new")
+    assert target.read_bytes() == b"new"
+    assert _temp_files(tmp_path) == []

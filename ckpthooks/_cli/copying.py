@@ -8,7 +8,6 @@ the manifest written last.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import os
 import sys
@@ -65,7 +64,7 @@ def stream(
     from ckpthooks.io import paths
     from ckpthooks.io.base import SaveResult
     from ckpthooks.io.hashing import CHUNK, HashingWriter
-    from ckpthooks.io.torch_io import _abandon, fsync_dir, temp_name_for
+    from ckpthooks.io.torch_io import _abandon, atomic_write
     from ckpthooks.leftovers import remove_pending_marker, write_pending_marker
 
     source_fs = paths.filesystem(src, src_options)
@@ -92,18 +91,8 @@ def stream(
     if paths.is_local(dst):
         local = paths.local_path(dst)
         os.makedirs(os.path.dirname(os.path.abspath(local)), exist_ok=True)
-        tmp = temp_name_for(local)
-        try:
-            with open(tmp, "wb") as out:
-                writer = pump(out)
-                out.flush()
-                os.fsync(out.fileno())
-            os.replace(tmp, local)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.remove(tmp)
-            raise
-        fsync_dir(os.path.dirname(os.path.abspath(local)))
+        with atomic_write(local) as out:
+            writer = pump(out)
     else:
         target_fs = paths.filesystem(dst, dst_options)
         write_pending_marker(dst, dst_options)

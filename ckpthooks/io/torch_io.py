@@ -9,7 +9,7 @@ import os
 import threading
 import uuid
 from collections.abc import Iterator, Mapping
-from typing import Any
+from typing import IO, Any
 
 from ckpthooks.exceptions import (
     CheckpointNotFoundError,
@@ -137,6 +137,29 @@ def fsync_dir(directory: str) -> None:
         os.close(fd)
 
 
+@contextlib.contextmanager
+def atomic_write(path: str, buffering: int = -1) -> Iterator[IO[bytes]]:
+    """Write the local file ``path`` all or nothing.
+
+    Yields a file open on a temporary sibling (:func:`temp_name_for`). When the block ends normally
+    the file is flushed and fsynced, renamed over ``path`` and the folder fsynced: a crash at any
+    point leaves either the old ``path`` or the new one, never a mix. When the block raises, the
+    temporary file is removed and ``path`` is untouched. The folder must exist.
+    """
+    tmp = temp_name_for(path)
+    try:
+        with open(tmp, "wb", buffering=buffering) as handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise
+    fsync_dir(os.path.dirname(os.path.abspath(path)))
+
+
 class TorchCheckpointIO(CheckpointIO):
     """``torch.save`` streamed to storage; ``torch.load(weights_only=True)`` back.
 
@@ -187,25 +210,18 @@ class TorchCheckpointIO(CheckpointIO):
             os.makedirs(directory, exist_ok=True)
         except OSError as exc:
             raise _storage_error("create the folder", directory, exc) from exc
-        tmp = temp_name_for(path)
         writer: HashingWriter | None = None
         try:
-            with open(tmp, "wb", buffering=_BUFFER) as handle:
+            with atomic_write(path, buffering=_BUFFER) as handle:
                 writer = HashingWriter(handle, self.checksum_algorithm)
                 with _torch_save_options(self.zip_crc32):
                     torch.save(checkpoint, writer)  # type: ignore[arg-type]  # a file-like writer
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, path)
         except BaseException as exc:
-            with contextlib.suppress(OSError):
-                os.remove(tmp)
             if isinstance(exc, OSError):
                 raise _storage_error("write", path, exc) from exc
             if writer is not None and writer.error is not None:
                 raise _storage_error("write", path, writer.error) from exc
             raise
-        fsync_dir(directory)
         return SaveResult(size=writer.size, checksum=writer.hexdigest(), algorithm=writer.algorithm)
 
     def _save_remote(

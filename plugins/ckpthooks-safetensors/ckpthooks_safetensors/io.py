@@ -24,7 +24,7 @@ from ckpthooks.io import paths
 from ckpthooks.io.base import CheckpointIO, SaveResult
 from ckpthooks.io.hashing import HashingWriter
 from ckpthooks.io.pipe import WritePipe
-from ckpthooks.io.torch_io import fsync_dir, temp_name_for
+from ckpthooks.io.torch_io import atomic_write
 
 from ckpthooks_safetensors import _format, _structure
 from ckpthooks_safetensors._version import FORMAT_VERSION
@@ -93,21 +93,12 @@ class SafetensorsCheckpointIO(CheckpointIO):
             os.makedirs(directory, exist_ok=True)
         except OSError as exc:
             raise _storage_error("create the folder", directory, exc) from exc
-        tmp = temp_name_for(path)
         try:
-            with open(tmp, "wb", buffering=_BUFFER) as handle:
+            with atomic_write(path, buffering=_BUFFER) as handle:
                 writer = HashingWriter(handle, self.checksum_algorithm)
                 _format.write_file(writer, entries, metadata)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, path)
-        except BaseException as exc:
-            with contextlib.suppress(OSError):
-                os.remove(tmp)
-            if isinstance(exc, OSError):
-                raise _storage_error("write", path, exc) from exc
-            raise
-        fsync_dir(directory)
+        except OSError as exc:
+            raise _storage_error("write", path, exc) from exc
         return SaveResult(size=writer.size, checksum=writer.hexdigest(), algorithm=writer.algorithm)
 
     def _save_remote(
