@@ -584,10 +584,9 @@ def test_foreign_files_are_named_by_type(tmp_path: Path, content: bytes, says: s
 def test_atomic_write_replaces_whole_or_leaves_the_old_file(tmp_path: Any) -> None:
     target = tmp_path / "f.bin"
     target.write_bytes(b"old")
-    with pytest.raises(RuntimeError, match="midway"):
-        with torch_io.atomic_write(str(target)) as handle:
-            handle.write(b"new, half")
-            raise RuntimeError("midway")
+    with pytest.raises(RuntimeError, match="midway"), torch_io.atomic_write(str(target)) as handle:
+        handle.write(b"new, half")
+        raise RuntimeError("midway")
     assert target.read_bytes() == b"old"
     assert _temp_files(tmp_path) == []
     with torch_io.atomic_write(str(target)) as handle:

@@ -332,7 +332,7 @@ def _scan_zip(handle: IO[bytes], size: int) -> Scan:
     record = archive.getinfo(pickles[0])
     if record.file_size > MAX_PICKLE:
         raise ScanError(f"its data.pkl is {record.file_size} bytes, more than a checkpoint's structure needs")
-    unpickler = InertUnpickler(io.BytesIO(archive.read(record)), sizes)
+    unpickler = InertUnpickler(io.BytesIO(_read_record(archive, handle, record)), sizes)
     try:
         obj = unpickler.load()
     except ScanError:
@@ -340,6 +340,25 @@ def _scan_zip(handle: IO[bytes], size: int) -> Scan:
     except Exception as exc:  # a malformed pickle: nothing was executed either way
         raise ScanError(f"its data.pkl is not a readable pickle ({type(exc).__name__}: {exc})") from exc
     return Scan("torch-zip", obj, size, unsafe_globals=unpickler.unsafe_globals)
+
+
+def _read_record(archive: zipfile.ZipFile, handle: IO[bytes], record: zipfile.ZipInfo) -> bytes:
+    """The bytes of one record. torch stores records uncompressed, and ckpthooks' saves leave out
+    their CRC-32 (written as 0; ckpthooks' checksum covers the file): such a record is read straight
+    from the archive, since ``zipfile`` would reject the CRC."""
+    if record.CRC != 0 or record.compress_type != zipfile.ZIP_STORED:
+        return archive.read(record)
+    handle.seek(record.header_offset)
+    local = handle.read(30)  # the local file header
+    if len(local) != 30 or local[:4] != b"PK\x03\x04":
+        raise ScanError(f"a damaged zip archive (no local header for {record.filename})")
+    name_length = int.from_bytes(local[26:28], "little")
+    extra_length = int.from_bytes(local[28:30], "little")
+    handle.seek(record.header_offset + 30 + name_length + extra_length)
+    data = handle.read(record.compress_size)
+    if len(data) != record.compress_size:
+        raise ScanError(f"a damaged zip archive ({record.filename} is cut short)")
+    return data
 
 
 def _scan_safetensors(handle: IO[bytes], size: int) -> Scan:
