@@ -73,6 +73,11 @@ class Callback:
         """This callback's state; an empty dict means "stateless" (nothing is saved)."""
         return {}
 
+    def has_state(self) -> bool:
+        """Whether :meth:`state_dict` has something to save. A save asks this first and builds the
+        state once; override it when the state is costly to build and the answer is cheap."""
+        return bool(self.state_dict())
+
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Restore what :meth:`state_dict` returned."""
 

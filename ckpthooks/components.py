@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from ckpthooks.exceptions import IncompatibleStateError
 
 if TYPE_CHECKING:
+    from ckpthooks.callbacks import Callback
     from ckpthooks.checkpointer import Checkpointer
 
 log = logging.getLogger(__name__)
@@ -318,6 +319,16 @@ class DatamoduleComponent(StateComponent):
         checkpointer.datamodule.load_state_dict(state)
 
 
+def _callback_has_state(cb: Callback) -> bool:
+    """Whether ``cb.state_dict()`` is not empty, asked through :meth:`Callback.has_state` (so that
+    ``ModelCheckpoint``, whose state grows with the files it keeps, answers without building it);
+    a duck-typed callback without the method is asked for its state."""
+    has_state = getattr(cb, "has_state", None)
+    if callable(has_state):
+        return bool(has_state())
+    return bool(cb.state_dict())
+
+
 class CallbacksComponent(StateComponent):
     """Every stateful callback's state, keyed by its ``state_key``."""
 
@@ -327,7 +338,7 @@ class CallbacksComponent(StateComponent):
         return "callbacks"
 
     def is_active(self, checkpointer: Checkpointer) -> bool:
-        return any(cb.state_dict() for cb in checkpointer.callbacks)
+        return any(_callback_has_state(cb) for cb in checkpointer.callbacks)
 
     def dump(self, checkpointer: Checkpointer) -> Any:
         states = {}
@@ -340,7 +351,7 @@ class CallbacksComponent(StateComponent):
     def find(self, checkpointer: Checkpointer, checkpoint: dict[str, Any]) -> Found:
         found = super().find(checkpointer, checkpoint)
         saved = found.value if found.present else {}
-        stateful = {cb.state_key for cb in checkpointer.callbacks if cb.state_dict()}
+        stateful = {cb.state_key for cb in checkpointer.callbacks if _callback_has_state(cb)}
         # the default policy (added because no ModelCheckpoint was configured) may start fresh
         defaults = {cb.state_key for cb in checkpointer.callbacks if getattr(cb, "is_default_policy", False)}
         for key in sorted((defaults & stateful) - set(saved)):

@@ -15,7 +15,7 @@ import os
 import re
 from collections.abc import Callable
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 from ckpthooks import distributed
 from ckpthooks.callbacks import Callback
@@ -30,6 +30,17 @@ if TYPE_CHECKING:
     from ckpthooks.checkpointer import Checkpointer
 
 log = logging.getLogger(__name__)
+
+
+class _Savepoint(NamedTuple):
+    """Where a transaction started: marks in the undo logs, and the paths it may change."""
+
+    topk: int
+    pending: int
+    latest_path: str
+    last_model_path: str
+    #: whether this transaction started the pending-removals log (it is not nested in another)
+    outermost: bool
 
 
 def _check_inside_dirpath(name: str, what: str) -> None:
@@ -139,6 +150,8 @@ class ModelCheckpoint(Callback):
         # files displaced but not deleted yet; saved with the state, so that a run resuming after a
         # crash between a commit and its pruning finishes the pruning (see on_fit_start)
         self._pending_removals: set[str] = set()
+        # while a transaction is open: (path, whether it was pending before), oldest first
+        self._pending_journal: list[tuple[str, bool]] | None = None
         self._checkpointer: Checkpointer | None = None
         self._writing: str | None = None  # the file the save in progress writes
         self._reusable_last = ""  # a last file a failed save left uncommitted
@@ -224,7 +237,7 @@ class ModelCheckpoint(Callback):
             try:
                 manifest = read_manifest(filepath, checkpointer.storage_options)
                 if manifest is not None and manifest.global_step > checkpointer.global_step:
-                    self._pending_removals.discard(filepath)  # a later save reused the name: not the one
+                    self._discard_pending(filepath)  # a later save reused the name: not the one
                     continue
                 self._remove_if_ours(checkpointer, filepath)
             except (CheckpointError, OSError) as exc:
@@ -280,17 +293,67 @@ class ModelCheckpoint(Callback):
         self._transaction(checkpointer, lambda: self._save_last(checkpointer, candidates, saved))
 
     def _transaction(self, checkpointer: Checkpointer, write: Callable[[], str | None]) -> str | None:
-        snapshot = (dict(self.topk.scores), self._latest_path, self.last_model_path, set(self._pending_removals))
+        """Run ``write``; when it fails, undo the bookkeeping changes it made (top-k scores, pending
+        removals, ``last_model_path``, the latest path). The changes are logged as they are made,
+        so that a save costs the same however many files the policy keeps."""
+        savepoint = self._savepoint()
         self._writing = None
         try:
             return write()
         except (StorageError, DistributedCheckpointError, OSError) as exc:
-            self.topk.scores, self._latest_path, self.last_model_path, self._pending_removals = snapshot
+            self._rollback(savepoint)
             self._forget_if_uncommitted(checkpointer, self._writing)
             if checkpointer.on_save_error == "log":
                 log.error("checkpoint save failed at step %d; training goes on: %s", checkpointer.global_step, exc)
                 return None
             raise
+        finally:
+            self._release(savepoint)
+
+    def _savepoint(self) -> _Savepoint:
+        outermost = self._pending_journal is None
+        if self._pending_journal is None:
+            self._pending_journal = []
+        return _Savepoint(
+            topk=self.topk.savepoint(),
+            pending=len(self._pending_journal),
+            latest_path=self._latest_path,
+            last_model_path=self.last_model_path,
+            outermost=outermost,
+        )
+
+    def _rollback(self, savepoint: _Savepoint) -> None:
+        self.topk.rollback(savepoint.topk)
+        journal = self._pending_journal
+        assert journal is not None
+        while len(journal) > savepoint.pending:
+            path, was_pending = journal.pop()
+            if was_pending:
+                self._pending_removals.add(path)
+            else:
+                self._pending_removals.discard(path)
+        self._latest_path = savepoint.latest_path
+        self.last_model_path = savepoint.last_model_path
+
+    def _release(self, savepoint: _Savepoint) -> None:
+        self.topk.release()
+        if savepoint.outermost:
+            self._pending_journal = None
+
+    def _add_pending(self, path: str) -> None:
+        """Mark ``path`` for removal (undone with the transaction that marks it)."""
+        if path not in self._pending_removals:
+            self._pending_removals.add(path)
+            journal = self._pending_journal  # read once: a save worker thread may prune meanwhile
+            if journal is not None:
+                journal.append((path, False))
+
+    def _discard_pending(self, path: str) -> None:
+        if path in self._pending_removals:
+            self._pending_removals.discard(path)
+            journal = self._pending_journal
+            if journal is not None:
+                journal.append((path, True))
 
     def _forget_if_uncommitted(self, checkpointer: Checkpointer, filepath: str | None) -> None:
         """After a failed save over a file the bookkeeping names (``last.ckpt``, a reused name):
@@ -397,7 +460,7 @@ class ModelCheckpoint(Callback):
                 self._remove_if_ours(checkpointer, replaces)
 
         if replaces is not None and replaces != filepath:
-            self._pending_removals.add(replaces)  # before the state is dumped into the new file
+            self._add_pending(replaces)  # before the state is dumped into the new file
         self._writing = filepath
         writer = f"{self.state_key}#{role}"
         checkpointer.save_checkpoint(
@@ -482,18 +545,18 @@ class ModelCheckpoint(Callback):
     # ------------------------------------------------------------------ deleting
     def _remove_if_ours(self, checkpointer: Checkpointer, filepath: str) -> None:
         if filepath in self.topk.scores or filepath in (self.last_model_path, self._latest_path):
-            self._pending_removals.discard(filepath)
+            self._discard_pending(filepath)
             return  # still referenced (the name was reused)
         manifest = read_manifest(filepath, checkpointer.storage_options)
         if manifest is None or not (manifest.writer or "").startswith(self.state_key + "#"):
             if manifest is not None:
                 log.info("keeping %s: this ModelCheckpoint did not write it", filepath)
-            self._pending_removals.discard(filepath)
+            self._discard_pending(filepath)
             return
         removed = checkpointer.remove_checkpoint(filepath)
         if removed or checkpointer.resumed_from != paths.normalize(filepath):
             # kept only when it is this run's resume file: a later run deletes it
-            self._pending_removals.discard(filepath)
+            self._discard_pending(filepath)
 
     # ------------------------------------------------------------------ finding
     def find_best(self, checkpointer: Checkpointer) -> str | None:
@@ -521,20 +584,38 @@ class ModelCheckpoint(Callback):
             self._latest_path = ""
 
     # ------------------------------------------------------------------ state
+    def has_state(self) -> bool:
+        """Whether :meth:`state_dict` has something to save, without building it (the state holds
+        every kept file, so it grows with them). Always, unless a subclass changed ``state_dict``."""
+        if type(self).state_dict is ModelCheckpoint.state_dict:
+            return True
+        return bool(self.state_dict())
+
     def state_dict(self) -> dict[str, Any]:
-        def rel(path: str | None) -> str | None:
+        """Lightning's keys, plus ours; paths relative to ``dirpath``. Building it is proportional
+        to the files kept (``best_k_models`` lists them all), so a save builds it once."""
+        scores = self.topk.scores
+        best = self.topk.best_path
+        kth = self.topk.kth_path
+        prefix = self._relative_prefix() if scores else None
+        if prefix is None:
+            best_k_models = {self._relative(p): s for p, s in scores.items()}
+        else:
+            best_k_models = {p.removeprefix(prefix): s for p, s in scores.items()}
+
+        def rel(path: str) -> str:
             return self._relative(path) if path else path
 
         return {
             "monitor": self.monitor,
             "mode": self.mode,
             "dirpath": self.dirpath,
-            "best_model_score": self.best_model_score,
-            "best_model_path": rel(self.best_model_path),
+            "best_model_score": None if best is None else scores[best],
+            "best_model_path": rel(self._latest_path if self.monitor is None else best or ""),
             "current_score": self.current_score,
-            "best_k_models": {self._relative(p): s for p, s in self.topk.scores.items()},
-            "kth_best_model_path": rel(self.kth_best_model_path),
-            "kth_value": self.kth_value,
+            "best_k_models": best_k_models,
+            "kth_best_model_path": rel(kth or ""),
+            "kth_value": None if kth is None else scores[kth],
             "last_model_path": rel(self.last_model_path),
             "latest_model_path": rel(self._latest_path),
             "last_global_step_saved": self._last_global_step_saved,
@@ -553,9 +634,15 @@ class ModelCheckpoint(Callback):
     def _relative(self, path: str) -> str:
         if not path:
             return path
-        assert self.dirpath is not None
-        prefix = self.dirpath.rstrip("/") + ("/" if not paths.is_local(self.dirpath) else os.sep)
-        return path[len(prefix) :] if path.startswith(prefix) else path
+        prefix = self._relative_prefix()
+        assert prefix is not None
+        return path.removeprefix(prefix)
+
+    def _relative_prefix(self) -> str | None:
+        """What :meth:`_relative` cuts off the paths in ``dirpath``."""
+        if self.dirpath is None:
+            return None
+        return self.dirpath.rstrip("/") + ("/" if not paths.is_local(self.dirpath) else os.sep)
 
     def _absolute(self, path: str) -> str:
         if not path:
