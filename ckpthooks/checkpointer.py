@@ -343,14 +343,12 @@ class Checkpointer:
         progress.global_step += 1
         for cb in self.callbacks:  # the hot path: no generic dispatch
             cb.on_train_batch_end(self)
-        if self.preemption.check_now:
-            self._preempt_if_asked()
+        signum = self.preemption.at_step_end()
+        if signum is not None:
+            self._preempt(signum)
 
-    def _preempt_if_asked(self) -> None:
-        """At a safe point: if a preemption signal arrived (on any rank), save and exit."""
-        signum = self.preemption.agreed_request()
-        if signum is None:
-            return
+    def _preempt(self, signum: int) -> None:
+        """At a safe point where every rank agreed on the preemption signal ``signum``: save and exit."""
         path = paths.join(self._preemption_folder(), "preempted.ckpt")
         log.warning(
             "received signal %d: saving %s at epoch %d, step %d, then exiting",
@@ -379,12 +377,13 @@ class Checkpointer:
         self._call("on_train_epoch_end")
         if not self._validated_this_epoch:
             self.validation_end()
-        if self.preemption.check_now:
-            self._preempt_if_asked()
+        signum = self.preemption.at_epoch_end()
+        if signum is not None:
+            self._preempt(signum)
 
     def exception(self, exception: BaseException) -> None:
         """Mark that the loop is leaving with ``exception`` (callbacks' ``on_exception`` run)."""
-        self.preemption.uninstall()
+        self.preemption.uninstall(synchronize=False)
         if self._async is not None:  # let committed-by-now saves land; report, never mask
             self._async.wait()
             while (error := self._async.take_error()) is not None:

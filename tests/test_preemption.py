@@ -15,6 +15,7 @@ from typing import IO
 import pytest
 
 from ckpthooks.manifest import read_manifest, verify_checkpoint
+from ckpthooks.preemption import PreemptionWatcher
 
 TESTS = Path(__file__).resolve().parent
 WORKER = TESTS / "exact_resume_worker.py"
@@ -130,3 +131,23 @@ def test_under_ddp_a_signal_to_one_rank_stops_every_rank_at_the_same_step(tmp_pa
         assert f"rank {rank} done" not in out
     assert last_steps[0] == last_steps[1] == manifest.global_step
     assert not os.path.exists(tmp_path / "checkpoints" / ".preempted.ckpt.ckpthooks-prev")
+
+
+def test_in_one_process_a_signal_is_acted_on_at_the_next_safe_point() -> None:
+    watcher = PreemptionWatcher([signal.SIGUSR1])
+    assert not watcher.collective
+    assert watcher.at_step_end() is None and watcher.at_epoch_end() is None
+    watcher._handle(signal.SIGUSR1, None)  # what the installed handler does
+    assert watcher.at_step_end() == signal.SIGUSR1
+    assert watcher.at_epoch_end() == signal.SIGUSR1
+
+
+def test_the_agreement_interval_spans_agree_seconds_within_its_bounds() -> None:
+    watcher = PreemptionWatcher([signal.SIGTERM], agree_seconds=0.05, min_steps=1, max_steps=1024)
+    assert watcher._proposal(steps=10, elapsed=1.0) == 1  # 100 ms steps: agree at every step
+    assert watcher._proposal(steps=100, elapsed=0.1) == 50  # 1 ms steps: every 50 steps
+    assert watcher._proposal(steps=1000, elapsed=1e-4) == 1024  # no-op steps: the cap
+    fixed = PreemptionWatcher([signal.SIGTERM], min_steps=8, max_steps=8)
+    assert {fixed._proposal(10, 1.0), fixed._proposal(1000, 1e-4)} == {8}
+    with pytest.raises(ValueError, match="min_steps"):
+        PreemptionWatcher([signal.SIGTERM], min_steps=0)
