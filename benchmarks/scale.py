@@ -3,8 +3,10 @@ long history.
 
 The checkpoints are tiny (one real checkpoint's bytes, copied) with real manifests, written by a
 ``ModelCheckpoint(monitor="val_loss", save_top_k=-1)`` writer with random scores, so that "best"
-has to rank them all. Each lookup uses ``Checkpointer.find_checkpoint`` (what
-``restore("last"/"best")`` calls), with a warm page cache, then with a cold one.
+has to rank them all, and the folder's commit index as the writer leaves it (see
+``ckpthooks/commit_index.py``). Each lookup uses ``Checkpointer.find_checkpoint`` (what
+``restore("last"/"best")`` calls), with a warm page cache, then with a cold one; then again without
+the commit index (a folder written by an older ckpthooks: every manifest is read).
 
     python -m benchmarks.scale --size quick --workdir /tmp/x --out /tmp/x/scale.json
 """
@@ -27,8 +29,8 @@ from benchmarks.common import make_cold, median, progress, section_args, write_j
 def populate(folder: Path, count: int) -> tuple[Any, Any]:
     """``count`` committed checkpoints in ``folder/checkpoints``; returns a Checkpointer on them
     and its ModelCheckpoint."""
-    from ckpthooks import Checkpointer, ModelCheckpoint
-    from ckpthooks.manifest import manifest_path, read_manifest
+    from ckpthooks import Checkpointer, ModelCheckpoint, commit_index
+    from ckpthooks.manifest import manifest_path, read_manifest, scan_for_index
 
     def make() -> tuple[Any, Any]:
         policy = ModelCheckpoint(dirpath=folder / "checkpoints", monitor="val_loss", save_top_k=-1)
@@ -59,6 +61,8 @@ def populate(folder: Path, count: int) -> tuple[Any, Any]:
             created=created + step,
         )
         Path(manifest_path(str(path))).write_text(entry.to_json())
+    # what the commits would have left: every manifest in the folder's commit index
+    commit_index.rewrite(str(folder / "checkpoints"), scan_for_index(str(folder / "checkpoints")).entries)
     os.sync()
     return make()  # a new checkpointer: nothing cached from the writes
 
@@ -70,6 +74,23 @@ def time_find(ckpt: Any, which: str, cold: list[str] | None) -> tuple[float, str
     start = time.perf_counter()
     found = ckpt.find_checkpoint(which)
     return time.perf_counter() - start, str(found)
+
+
+def find_all(ckpt: Any, reps: int, files: list[str]) -> tuple[dict[str, list[float]], dict[str, str]]:
+    """``reps`` timings of "last" and "best", warm then cold; and the file names found."""
+    found: dict[str, list[float]] = {}
+    answers = {}
+    for cache in ("warm", "cold"):
+        for which in ("last", "best"):
+            key = f"{which}_{cache}"
+            found[key] = []
+            if cache == "warm":
+                time_find(ckpt, which, cold=None)  # fill the cache
+            for _ in range(reps):
+                seconds, answer = time_find(ckpt, which, cold=files if cache == "cold" else None)
+                found[key].append(seconds)
+                answers[which] = os.path.basename(answer)
+    return found, answers
 
 
 # ------------------------------------------------------------------------------------- top-k
@@ -156,22 +177,17 @@ def main() -> None:
     ckpt, _ = populate(work / "many", count)
     result: dict[str, Any] = {"reps": reps, "checkpoints": count, "populate_seconds": time.perf_counter() - start}
 
+    from ckpthooks.commit_index import INDEX_NAME
+
     progress('finding "last" and "best"')
     files = [str(p) for p in (work / "many").rglob("*") if p.is_file()]
-    found: dict[str, list[float]] = {}
-    answers = {}
-    for cache in ("warm", "cold"):
-        for which in ("last", "best"):
-            key = f"{which}_{cache}"
-            found[key] = []
-            if cache == "warm":
-                time_find(ckpt, which, cold=None)  # fill the cache
-            for _ in range(reps):
-                seconds, answer = time_find(ckpt, which, cold=files if cache == "cold" else None)
-                found[key].append(seconds)
-                answers[which] = os.path.basename(answer)
-    result["find_seconds"] = found
-    result["answers"] = answers
+    result["find_seconds"], result["answers"] = find_all(ckpt, reps, files)
+    progress('finding "last" and "best" without the commit index')
+    os.remove(work / "many" / "checkpoints" / INDEX_NAME)
+    files = [str(p) for p in (work / "many").rglob("*") if p.is_file()]
+    result["find_seconds_without_index"], answers = find_all(ckpt, reps, files)
+    if answers != result["answers"]:
+        raise RuntimeError(f"the commit index changed the answers: {result['answers']} with it, {answers} without")
     start = time.perf_counter()
     from ckpthooks import Checkpointer, ModelCheckpoint
 
@@ -193,7 +209,8 @@ def main() -> None:
             topk[str(save_top_k)][str(history)] = runs
     result["topk"] = topk
     result["topk_measured_updates"] = measured
-    result["medians"] = {k: median(v) for k, v in found.items()}
+    result["medians"] = {k: median(v) for k, v in result["find_seconds"].items()}
+    result["medians_without_index"] = {k: median(v) for k, v in result["find_seconds_without_index"].items()}
     shutil.rmtree(work, ignore_errors=True)
     write_json(args.out, result)
 

@@ -14,10 +14,12 @@ import logging
 import os
 import shutil
 import time
+import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
+from ckpthooks import commit_index
 from ckpthooks._version import FORMAT_VERSION, __version__
 from ckpthooks.exceptions import (
     CheckpointNotFoundError,
@@ -68,7 +70,11 @@ class Manifest:
 
     @classmethod
     def from_json(cls, text: str, source: str = "the manifest") -> Manifest:
-        data = json.loads(text)
+        return cls.from_dict(json.loads(text), source)
+
+    @classmethod
+    def from_dict(cls, data: Any, source: str = "the manifest") -> Manifest:
+        """A manifest from its decoded JSON object (what :meth:`from_json` parses)."""
         if not isinstance(data, dict) or data.get("format") != MANIFEST_FORMAT:
             raise ValueError("not a ckpthooks manifest")
         version = data.get("manifest_version")
@@ -78,8 +84,15 @@ class Manifest:
                 f"ckpthooks {__version__} reads versions up to {MANIFEST_VERSION}. Upgrade ckpthooks "
                 "(pip install --upgrade ckpthooks) to use this checkpoint."
             )
-        known = {name for name in cls.__dataclass_fields__}
-        return cls(**{k: v for k, v in data.items() if k in known})
+        return cls(**{k: v for k, v in data.items() if k in _MANIFEST_FIELDS})
+
+
+_MANIFEST_FIELDS = frozenset(Manifest.__dataclass_fields__)
+#: The fields of a manifest in the order of its commit index record (see :mod:`ckpthooks.commit_index`).
+_RECORD_FIELDS = tuple(Manifest.__dataclass_fields__)
+#: Identifies the record layout: records written with other fields or another manifest version are
+#: not used (their manifests are read from their files).
+_RECORD_LAYOUT = zlib.crc32(f"{MANIFEST_FORMAT}/{MANIFEST_VERSION}:{','.join(_RECORD_FIELDS)}".encode())
 
 
 @dataclass(frozen=True)
@@ -109,12 +122,14 @@ def write_manifest(
                     handle.write(data)
                     handle.flush()
                     os.fsync(handle.fileno())
+                    written = os.fstat(handle.fileno()).st_ino
                 os.replace(tmp, local)
             except BaseException:
                 with contextlib.suppress(OSError):
                     os.remove(tmp)
                 raise
             fsync_dir(os.path.dirname(local))
+            _index_commit(local, written, data)
         else:
             fs = paths.filesystem(target, storage_options)
             # one PUT: atomic on object stores
@@ -124,6 +139,22 @@ def write_manifest(
     except OSError as exc:
         raise _storage_error(f"commit {checkpoint_path}: could not write", target, exc) from exc
     return target
+
+
+def _index_commit(local_manifest: str, written: int, data: bytes) -> None:
+    """Record the manifest just committed at ``local_manifest`` (its bytes: ``data``) in its folder's
+    commit index, with the identity of the file now at that name: the one written (inode
+    ``written``), not a newer one. The record is made from the bytes, as a reader of the file
+    would parse them."""
+    try:
+        st = os.stat(local_manifest)
+        record = _record_of(Manifest.from_json(data.decode(), source=local_manifest))
+    except (OSError, ValueError, TypeError, IncompatibleFormatError):
+        return
+    if st.st_ino != written:
+        return  # replaced by another writer already: its commit records itself
+    entry = commit_index.Entry(os.path.basename(local_manifest), commit_index.identity_of(st), record)
+    commit_index.record_commit(os.path.dirname(local_manifest), entry, scan_for_index)
 
 
 def remove_manifest(checkpoint_path: str, storage_options: Mapping[str, Any] | None = None) -> None:
@@ -241,24 +272,123 @@ def drop_previous(kept: str | None) -> None:
         os.remove(local)
 
 
+def _is_manifest_name(name: str) -> bool:
+    """A committed manifest's file name: ``<name>.manifest.json`` (not hidden), or the manifest of a
+    kept previous version."""
+    return name.endswith(MANIFEST_SUFFIX) and (
+        not name.startswith(".") or previous_of(name[: -len(MANIFEST_SUFFIX)]) is not None
+    )
+
+
+def _from_record(record: list[Any], file: str) -> Manifest | None:
+    """The manifest of checkpoint ``file`` a commit index record holds, or ``None`` when the record
+    is not one of this layout or names another file (the caller then reads the manifest file)."""
+    if len(record) != len(_RECORD_FIELDS) + 1 or record[0] != _RECORD_LAYOUT:
+        return None
+    try:
+        manifest = Manifest(*record[1:])
+    except TypeError:
+        return None
+    return manifest if manifest.file == file else None
+
+
+def _record_of(manifest: Manifest) -> list[Any]:
+    return [_RECORD_LAYOUT, *(getattr(manifest, name) for name in _RECORD_FIELDS)]
+
+
+def _committed_in_local_folder(folder: str, files: list[str]) -> Iterator[CommittedCheckpoint]:
+    """The committed checkpoints of one local folder, from the names in its listing: from the
+    commit index where a line matches the manifest file's identity, else from the manifest."""
+    index = commit_index.load(folder) if commit_index.INDEX_NAME in files else None
+    records = index.entries if index is not None else None
+    prefix = os.path.join(folder, "")
+    for name in sorted(files):
+        if not name.endswith(MANIFEST_SUFFIX) or not _is_manifest_name(name):
+            continue
+        file = name[: -len(MANIFEST_SUFFIX)]
+        checkpoint = prefix + file
+        manifest = None
+        if records is not None:
+            try:
+                record = records.get((name, commit_index.identity_of(os.stat(prefix + name))))
+            except OSError:
+                record = None
+            if record is not None:
+                manifest = _from_record(record, file)
+        if manifest is None:
+            manifest = read_manifest(checkpoint)
+        if manifest is not None:
+            yield CommittedCheckpoint(checkpoint, manifest)
+
+
+def scan_for_index(folder: str) -> commit_index.Scan:
+    """Every committed manifest of the local ``folder`` with its file's identity, taken from the
+    commit index where it matches and read from the file otherwise (what the index is rebuilt
+    from)."""
+    try:
+        files = sorted(os.listdir(folder))
+    except FileNotFoundError:
+        files = []
+    index = commit_index.load(folder) if commit_index.INDEX_NAME in files else None
+    entries: list[commit_index.Entry] = []
+    from_index = 0
+    for name in files:
+        if not _is_manifest_name(name):
+            continue
+        path = os.path.join(folder, name)
+        try:
+            identity = commit_index.identity_of(os.stat(path))
+        except OSError:
+            continue
+        record = index.get(name, identity) if index is not None else None
+        if record is not None and _from_record(record, name[: -len(MANIFEST_SUFFIX)]) is not None:
+            entries.append(commit_index.Entry(name, identity, record))
+            from_index += 1
+            continue
+        read = _read_for_index(path)
+        if read is not None:
+            entries.append(read)
+    return commit_index.Scan(
+        entries, from_index, index.lines if index is not None else 0, index.size if index is not None else 0
+    )
+
+
+def _read_for_index(path: str) -> commit_index.Entry | None:
+    """A valid manifest file's record, with the identity of the very file read."""
+    try:
+        with open(path, "rb") as handle:
+            identity = commit_index.identity_of(os.fstat(handle.fileno()))
+            manifest = Manifest.from_json(handle.read().decode(), source=path)
+    except (OSError, ValueError, TypeError, RecursionError, IncompatibleFormatError):
+        return None
+    name = os.path.basename(path)
+    if manifest.file != name[: -len(MANIFEST_SUFFIX)]:
+        return None
+    return commit_index.Entry(name, identity, _record_of(manifest))
+
+
+def maintain_index(folder: str) -> None:
+    """Compact the commit index of ``folder`` if enough of it is dead (after deleting checkpoints);
+    nothing for remote folders and folders without an index."""
+    if paths.is_local(folder):
+        commit_index.maintain(paths.local_path(folder), scan_for_index)
+
+
 def iter_committed(
     root: str, storage_options: Mapping[str, Any] | None = None, recursive: bool = True
 ) -> Iterator[CommittedCheckpoint]:
-    """Every committed checkpoint below ``root`` (manifests only; no checkpoint is opened)."""
+    """Every committed checkpoint below ``root`` (manifests only; no checkpoint is opened).
+
+    In a local folder with a commit index (see :mod:`ckpthooks.commit_index`), manifests whose file
+    is unchanged since their commit come from the index; the others are read.
+    """
     root = paths.normalize(root)
     if paths.is_local(root):
         if not os.path.isdir(root):
             return
         walker = os.walk(root) if recursive else [next(os.walk(root))]
         for folder, _dirs, files in walker:
-            for name in sorted(files):
-                if name.endswith(MANIFEST_SUFFIX) and (
-                    not name.startswith(".") or previous_of(name[: -len(MANIFEST_SUFFIX)])
-                ):
-                    checkpoint = os.path.join(folder, name[: -len(MANIFEST_SUFFIX)])
-                    manifest = read_manifest(checkpoint)
-                    if manifest is not None:
-                        yield CommittedCheckpoint(checkpoint, manifest)
+            yield from _committed_in_local_folder(folder, files)
         return
     fs = paths.filesystem(root, storage_options)
     base = paths.fs_path(fs, root)

@@ -12,7 +12,10 @@ killed with SIGKILL at any instant, either by the parent after a random delay or
 
 Operations (only calls made from inside the ``ckpthooks`` package count, so torch or the logging
 module never trip them): ``os.replace``, ``os.fsync``, ``os.remove``, ``os.rename``, ``os.link``,
-``write_manifest``, ``remove_manifest`` and ``CheckpointStore.remove``.
+``write_manifest``, ``remove_manifest``, ``record_commit`` (the commit index's update after a
+manifest is written) and ``CheckpointStore.remove``. The commit index is kept from the first commit
+on, and compared with its folder whenever it doubles, so that its updates and compactions take part
+in every run (see ``ckpthooks/commit_index.py``).
 
 What the parent reads:
 
@@ -50,6 +53,7 @@ OPERATIONS = (
     "os.link",
     "write_manifest",
     "remove_manifest",
+    "record_commit",
     "CheckpointStore.remove",
 )
 
@@ -95,9 +99,15 @@ def install_tripwires(spec: str | None) -> None:
     for name in ("replace", "fsync", "remove", "rename", "link"):
         setattr(os, name, wrap(f"os.{name}", getattr(os, name), library_only=True))
 
+    import ckpthooks.commit_index
     import ckpthooks.manifest
     import ckpthooks.policies.model_checkpoint
     import ckpthooks.store
+
+    ckpthooks.commit_index.MIN_CHECKPOINTS = 1
+    ckpthooks.commit_index.CHECK_AFTER_BYTES = 0
+    index = ckpthooks.commit_index
+    index.record_commit = wrap("record_commit", index.record_commit, library_only=False)
 
     modules = (ckpthooks.manifest, ckpthooks.store, ckpthooks.policies.model_checkpoint)
     for name in ("write_manifest", "remove_manifest"):

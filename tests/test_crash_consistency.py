@@ -9,7 +9,9 @@ a chosen operation, before or after it), the others come after a random delay. A
 (b) every manifest on disk is valid and its checkpoint verifies (size and checksum);
 (c) no temporary file survives the start of the next run;
 (d) top-k holds at most ``save_top_k`` committed files (see :func:`check_state` for the two
-    documented exceptions) and there is one committed ``last`` file.
+    documented exceptions) and there is one committed ``last`` file;
+(e) listing the committed checkpoints through the commit index gives what reading every manifest
+    gives.
 
     CKPTHOOKS_CRASH_TRIALS=100 .venv/bin/python -m pytest tests/test_crash_consistency.py -m crash
 
@@ -38,9 +40,10 @@ from typing import Any
 import pytest
 
 from ckpthooks import ModelCheckpoint
+from ckpthooks.commit_index import INDEX_NAME
 from ckpthooks.exceptions import CheckpointError
 from ckpthooks.io.torch_io import is_temp_name
-from ckpthooks.manifest import MANIFEST_SUFFIX, Manifest, read_manifest, verify_checkpoint
+from ckpthooks.manifest import MANIFEST_SUFFIX, Manifest, iter_committed, read_manifest, verify_checkpoint
 
 WORKER = Path(__file__).resolve().parent / "crash_worker.py"
 TRIALS = int(os.environ.get("CKPTHOOKS_CRASH_TRIALS", "20"))
@@ -54,7 +57,7 @@ TIMEOUT = 120.0
 #: the operations the worker can trip on (crash_worker.OPERATIONS)
 OPERATIONS = (
     "os.replace", "os.fsync", "os.remove", "os.rename", "os.link",
-    "write_manifest", "remove_manifest", "CheckpointStore.remove",
+    "write_manifest", "remove_manifest", "record_commit", "CheckpointStore.remove",
 )
 
 
@@ -221,6 +224,12 @@ def check_state(chain: Chain, where: str, *, killed: bool, resumed_from: set[str
     strangers = [p for p, m in good if not (m.writer or "").startswith(key + "#")]
     if strangers:
         chain.failures.append(f"{where}: committed files not written by the policy: {strangers}")
+    through_index = {item.path: item.manifest for item in iter_committed(str(chain.root))}
+    if through_index != dict(good):
+        chain.failures.append(
+            f"{where}: the listing through the commit index differs from the manifests: "
+            f"{sorted(through_index.items())} != {sorted(good)}"
+        )
     return good
 
 
@@ -232,6 +241,7 @@ def orphaned_data(root: Path) -> int:
         for p in root.rglob("*")
         if p.is_file()
         and not is_temp_name(p.name)
+        and p.name != INDEX_NAME
         and not p.name.endswith(MANIFEST_SUFFIX)
         and not Path(str(p) + MANIFEST_SUFFIX).exists()
     )

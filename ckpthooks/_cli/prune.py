@@ -14,7 +14,8 @@ folder that no running policy owns. A checkpoint may be deleted only when all of
 
 Deleting uncommits first (the manifest goes), then removes the data through the storage hooks, as
 :meth:`ckpthooks.CheckpointStore.remove` does: a crash in between leaves orphaned bytes, never a
-manifest that points at nothing.
+manifest that points at nothing. Afterwards the commit index of each local folder that lost
+checkpoints is compacted when most of its lines are dead (see :mod:`ckpthooks.commit_index`).
 """
 
 from __future__ import annotations
@@ -92,6 +93,7 @@ def prune_command(
     failures: list[dict[str, str]] = []
     if confirmed and delete:
         deleted, failures = _delete(delete, options)
+        _compact_indexes(deleted)
     report = {
         "root": base,
         "monitor": monitor,
@@ -165,6 +167,15 @@ def _delete(
         except Exception as exc:  # report every failure, delete the rest
             failures.append({"path": item.path, "error": describe_error(exc)})
     return deleted, failures
+
+
+def _compact_indexes(deleted: list[str]) -> None:
+    """Compact the commit index of each local folder that lost checkpoints, if enough of it is dead."""
+    from ckpthooks.io import paths
+    from ckpthooks.manifest import maintain_index
+
+    for folder in dict.fromkeys(paths.dirname(path) for path in deleted):
+        maintain_index(folder)
 
 
 def _record(base: str, item: CommittedCheckpoint, monitor: str) -> dict[str, Any]:
