@@ -43,7 +43,6 @@ manifest (one GET each). An index object found there (copied from a local folder
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
@@ -52,7 +51,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from ckpthooks.io.torch_io import temp_name_for
+from ckpthooks.io.torch_io import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -178,17 +177,8 @@ def rewrite(folder: str, entries: Iterable[Entry]) -> int:
     """Replace the index of ``folder`` with ``entries`` atomically; returns its size."""
     target = index_path(folder)
     data = b"".join(encode(entry) for entry in entries)
-    tmp = temp_name_for(target)
-    try:
-        with open(tmp, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.remove(tmp)
-        raise
+    with atomic_write(target) as handle:
+        handle.write(data)
     return len(data)
 
 

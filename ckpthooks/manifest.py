@@ -30,7 +30,7 @@ from ckpthooks.exceptions import (
 from ckpthooks.io import paths
 from ckpthooks.io.hashing import hash_local_file, hash_stream, read_chunks
 from ckpthooks.io.retry import call_with_retry
-from ckpthooks.io.torch_io import _storage_error, fsync_dir, temp_name_for
+from ckpthooks.io.torch_io import _storage_error, atomic_write, fsync_dir
 
 log = logging.getLogger(__name__)
 
@@ -116,19 +116,9 @@ def write_manifest(
     try:
         if paths.is_local(target):
             local = paths.local_path(target)
-            tmp = temp_name_for(local)
-            try:
-                with open(tmp, "wb") as handle:
-                    handle.write(data)
-                    handle.flush()
-                    os.fsync(handle.fileno())
-                    written = os.fstat(handle.fileno()).st_ino
-                os.replace(tmp, local)
-            except BaseException:
-                with contextlib.suppress(OSError):
-                    os.remove(tmp)
-                raise
-            fsync_dir(os.path.dirname(local))
+            with atomic_write(local) as handle:
+                handle.write(data)
+                written = os.fstat(handle.fileno()).st_ino
             _index_commit(local, written, data)
         else:
             fs = paths.filesystem(target, storage_options)
