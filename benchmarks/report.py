@@ -200,12 +200,16 @@ def disk_rows(d: dict[str, Any]) -> list[Row]:
         first = [r["first"] for r in runs]
         second = [r["second"] for r in runs]
         blocked = _med(first, "blocked_seconds")
+        steps = runs[0].get("steps_before_first_save")
+        when = f"after fit_start and {steps} training steps" if steps else "first save of the process"
+        warm_share = [r["warm_bytes_at_first_save"] / r["state_bytes"] for r in runs if r.get("state_bytes")]
         rows.append(
             Row(
                 sec,
-                "training thread blocked in save_checkpoint (first save of the process)",
+                f"training thread blocked in save_checkpoint (first save, {when})",
                 _s(blocked),
-                f"{blocked / floor:.2f}x memcpy",
+                f"{blocked / floor:.2f}x memcpy"
+                + (f"; buffers warm at the save: {median(warm_share):.0%}" if warm_share else ""),
                 "≤ 1.5x memcpy floor",
                 _check(blocked <= 1.5 * floor),
                 blocked / floor,
@@ -224,12 +228,29 @@ def disk_rows(d: dict[str, Any]) -> list[Row]:
                 f"{_med(first, 'total_seconds') / ck_s:.2f}x sync save",
             )
         )
+        if steps:
+            work = median([r["work_seconds"] for r in runs])
+            rows.append(Row(sec, f"fit_start + {steps} training steps before the first save", _s(work)))
+        immediate = [r["immediate"] for r in runs if "immediate" in r]
+        if immediate:
+            b0 = _med(immediate, "blocked_seconds")
+            rows.append(
+                Row(
+                    sec,
+                    "blocked, first save right after fit_start (no time to warm up)",
+                    _s(b0),
+                    f"{b0 / floor:.2f}x memcpy, {b0 / ck_s:.1%} of sync",
+                    spread=_spread_of(immediate, "blocked_seconds"),
+                )
+            )
         peak = _med(first, "peak_increase")
         size_async = _med(first, "bytes")
         rows.append(
             Row(
                 sec,
-                "peak RSS increase, first save until wait()",
+                "peak RSS increase, first save until wait() (buffers warmed up for it included)"
+                if steps
+                else "peak RSS increase, first save until wait()",
                 _mib(peak),
                 f"{peak / size_async:.2f}x checkpoint",
                 "≤ 1.1x checkpoint",
@@ -249,7 +270,9 @@ def disk_rows(d: dict[str, Any]) -> list[Row]:
         rows.append(
             Row(
                 sec,
-                "peak RSS increase over both saves",
+                "peak RSS increase, second save (buffers kept from the first included)"
+                if steps
+                else "peak RSS increase over both saves",
                 _mib(_med(second, "peak_increase")),
                 f"{_med(second, 'peak_increase') / size_async:.2f}x checkpoint",
             )
@@ -406,6 +429,18 @@ def scale_rows(d: dict[str, Any]) -> list[Row]:
                     _check(seconds <= 1.0),
                     seconds,
                     _spread(d["find_seconds"][f"{which}_{cache}"]),
+                )
+            )
+    without = d.get("find_seconds_without_index")
+    for which in ("last", "best") if without else ():
+        for cache in ("warm", "cold"):
+            samples = without[f"{which}_{cache}"]
+            rows.append(
+                Row(
+                    sec,
+                    f'find "{which}", {cache} page cache, without the commit index (every manifest read)',
+                    _s(median(samples)),
+                    spread=_spread(samples),
                 )
             )
     for k in ("10", "-1"):

@@ -18,7 +18,7 @@ from typing import Any, Literal, TypeVar
 
 from ckpthooks import distributed
 from ckpthooks._version import FORMAT_VERSION, LIGHTNING_LAYOUT_VERSION, __version__
-from ckpthooks.async_save import AsyncSaver, snapshot
+from ckpthooks.async_save import AsyncSaver
 from ckpthooks.callbacks import Callback
 from ckpthooks.components import NAMESPACE, StateComponent, TrackedComponent, namespace
 from ckpthooks.exceptions import (
@@ -116,9 +116,11 @@ class Checkpointer:
             always raise.
         preemption_signals: signals that ask for a checkpoint and a clean stop (default SIGTERM;
             add e.g. ``signal.SIGUSR1``; ``None`` or ``()`` leaves signal handling alone). While the
-            loop runs, such a signal is recorded; at the next safe point (the end of a step or an
-            epoch) every rank saves ``preempted.ckpt`` in the checkpoint folder and the process
-            exits with ``preemption_exit_code``.
+            loop runs, such a signal is recorded; at a safe point (the end of a step or an epoch:
+            the next one in a single process, under ``torch.distributed`` the one where the ranks
+            agree, within about 0.2 s or two steps, see :mod:`ckpthooks.preemption`) every rank
+            saves ``preempted.ckpt`` in the checkpoint folder and the process exits with
+            ``preemption_exit_code``.
         preemption_exit_code: the exit code after a preemption save; default ``128 + signal``
             (143 for SIGTERM), the shell's convention for "ended by this signal".
         async_save: save in the background: the training thread only copies the state (tensors
@@ -323,6 +325,13 @@ class Checkpointer:
         self._in_fit = True
         self.preemption.install()
         self._call("on_fit_start")
+        if self._async is not None and self.is_global_zero:
+            self._async.warm_up(self._warm_up_sources())
+
+    def _warm_up_sources(self) -> list[Any]:
+        """The tracked objects whose tensors the async warm-up allocates snapshot buffers for."""
+        tracked = [component.obj for component in self._tracked.values()]
+        return [obj for obj in (self.model, *self.optimizers, *tracked) if obj is not None]
 
     def epoch_start(self, epoch: int | None = None) -> None:
         """Mark the start of an epoch (``epoch`` defaults to the next one)."""
@@ -385,6 +394,7 @@ class Checkpointer:
         """Mark that the loop is leaving with ``exception`` (callbacks' ``on_exception`` run)."""
         self.preemption.uninstall(synchronize=False)
         if self._async is not None:  # let committed-by-now saves land; report, never mask
+            self._async.stop_warm_up()
             self._async.wait()
             while (error := self._async.take_error()) is not None:
                 log.error("a background checkpoint save failed: %s", error)
@@ -593,7 +603,7 @@ class Checkpointer:
             try:
                 saver.wait_for_slot()
                 self._raise_background_error(policy_save=writer is not None)
-                state, buffers = snapshot(checkpoint, saver.take_buffers())
+                state, buffers = saver.snapshot(checkpoint)
                 epoch, step, metrics = self.current_epoch, self.global_step, dict(self.callback_metrics)
 
                 def write() -> None:
@@ -898,7 +908,9 @@ class Checkpointer:
     # ------------------------------------------------------------------ teardown
     def close(self) -> None:
         """Release resources; call when training is over (``fit`` does not close). Background saves
-        are waited for, and a failed one is raised."""
+        are waited for, and a failed one is raised. Preemption signal handlers still installed (a
+        hand-written loop that never called :meth:`fit_end`) are removed."""
+        self.preemption.uninstall(synchronize=False)
         if self._async is not None:
             self._async.wait()
             pending = self._async.take_error()

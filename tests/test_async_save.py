@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from ckpthooks import Checkpointer, ModelCheckpoint, StorageError
-from ckpthooks.async_save import snapshot
+from ckpthooks.async_save import BufferPool, snapshot
 from ckpthooks.manifest import read_manifest, verify_checkpoint
 from ckpthooks.store import CheckpointStore
 from tests.helpers import TinyNet
@@ -157,13 +157,16 @@ ckpt.save_checkpoint({str(tmp_path / "exit.ckpt")!r})
 def test_snapshots_reuse_the_buffers_of_a_written_snapshot() -> None:
     live = {"w": torch.arange(6.0).reshape(2, 3), "tied": None, "steps": [torch.tensor(1)]}
     live["tied"] = live["w"]
-    first, buffers = snapshot(live)
+    pool = BufferPool()
+    first, buffers = snapshot(live, pool)
     assert first["tied"] is first["w"] and len(buffers) == 2
+    for buffer, pinned in buffers:  # what the worker does once the snapshot is written
+        pool.put(buffer, pinned)
     live["w"].add_(10)
-    second, again = snapshot(live, reuse=buffers)
+    second, again = snapshot(live, pool)
     assert second["w"].data_ptr() == first["w"].data_ptr()  # the same memory, overwritten
     assert torch.equal(second["w"], torch.arange(6.0).reshape(2, 3) + 10)
-    assert again == buffers
+    assert [b.data_ptr() for b, _ in again] == [b.data_ptr() for b, _ in buffers]
 
 
 def test_resume_from_an_async_run(tmp_path: Path) -> None:

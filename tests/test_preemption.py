@@ -151,3 +151,17 @@ def test_the_agreement_interval_spans_agree_seconds_within_its_bounds() -> None:
     assert {fixed._proposal(10, 1.0), fixed._proposal(1000, 1e-4)} == {8}
     with pytest.raises(ValueError, match="min_steps"):
         PreemptionWatcher([signal.SIGTERM], min_steps=0)
+
+
+def test_close_removes_the_handlers_of_a_loop_that_never_ended_its_fit(tmp_path: Path) -> None:
+    """A hand-written loop calls fit_start but stops without fit_end: close() gives SIGTERM back."""
+    import torch
+
+    from ckpthooks import Checkpointer
+
+    before = signal.getsignal(signal.SIGTERM)
+    ckpt = Checkpointer(str(tmp_path), enable_checkpointing=False).track(model=torch.nn.Linear(2, 2))
+    ckpt.fit_start()
+    assert signal.getsignal(signal.SIGTERM) is not before
+    ckpt.close()
+    assert signal.getsignal(signal.SIGTERM) is before
