@@ -16,7 +16,7 @@ from ckpthooks.exceptions import (
     CorruptCheckpointError,
     StorageError,
 )
-from ckpthooks.io import paths
+from ckpthooks.io import multipart, paths
 from ckpthooks.io.base import CheckpointIO, SaveResult
 from ckpthooks.io.hashing import HashingWriter
 from ckpthooks.io.pipe import WritePipe
@@ -234,7 +234,7 @@ class TorchCheckpointIO(CheckpointIO):
             import torch
 
             paths.make_parent_folders(fs, path)
-            handle = fs.open(target, "wb")
+            handle = multipart.open_for_write(fs, target)
             recorder = _ErrorRecorder(handle)
             pipe = WritePipe(recorder)  # uploads overlap serializing and hashing
             writer = HashingWriter(pipe, self.checksum_algorithm)  # type: ignore[arg-type]

@@ -20,7 +20,7 @@ from ckpthooks.exceptions import (
     CorruptCheckpointError,
     StorageError,
 )
-from ckpthooks.io import paths
+from ckpthooks.io import multipart, paths
 from ckpthooks.io.base import CheckpointIO, SaveResult
 from ckpthooks.io.hashing import HashingWriter
 from ckpthooks.io.pipe import WritePipe
@@ -111,7 +111,7 @@ class SafetensorsCheckpointIO(CheckpointIO):
         fs = paths.filesystem(path, storage_options)
         try:
             paths.make_parent_folders(fs, path)
-            handle = fs.open(paths.fs_path(fs, path), "wb")
+            handle = multipart.open_for_write(fs, paths.fs_path(fs, path))
             pipe = WritePipe(handle)  # uploads overlap hashing and copying the next tensors
             try:
                 writer = HashingWriter(pipe, self.checksum_algorithm)  # type: ignore[arg-type]
