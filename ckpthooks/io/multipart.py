@@ -42,7 +42,8 @@ class ConcurrentUpload:
         size: int = part_size or getattr(fs, "default_block_size", None) or 50 * 2**20
         self.part_size = max(int(size), MIN_PART_SIZE)
         self.concurrency = max(1, min(concurrency or MAX_CONCURRENCY, int(getattr(fs, "max_concurrency", 1) or 1)))
-        self._buffer = bytearray()
+        self._pieces: list[bytes] = []  # what the next part will hold
+        self._pending = 0
         self._upload_id: str | None = None
         self._in_flight: list[tuple[int, concurrent.futures.Future[Any]]] = []
         self._parts: list[dict[str, Any]] = []
@@ -50,13 +51,23 @@ class ConcurrentUpload:
 
     # ------------------------------------------------------------------ file-like
     def write(self, data: Any) -> int:
-        view = memoryview(data).cast("B")
-        self._buffer += view
-        while len(self._buffer) >= self.part_size:
-            part = bytes(self._buffer[: self.part_size])
-            del self._buffer[: self.part_size]
-            self._upload_part(part)
-        return view.nbytes
+        """Take ``data`` (copied unless it is ``bytes``); a part goes out as soon as it is full."""
+        piece = data if type(data) is bytes else bytes(memoryview(data).cast("B"))
+        size = len(piece)
+        while self._pending + len(piece) >= self.part_size:
+            cut = self.part_size - self._pending
+            self._pieces.append(piece[:cut])
+            piece = piece[cut:]
+            self._upload_part(self._take())
+        if piece:
+            self._pieces.append(piece)
+            self._pending += len(piece)
+        return size
+
+    def _take(self) -> bytes:
+        part = b"".join(self._pieces)
+        self._pieces, self._pending = [], 0
+        return part
 
     def flush(self) -> None:
         """Parts go out as they fill; nothing is forced out early (S3 parts have a minimum size)."""
@@ -65,10 +76,10 @@ class ConcurrentUpload:
         if self._closed:
             return
         if self._upload_id is None:  # smaller than one part: one PUT
-            self._run(self.fs._call_s3("put_object", Bucket=self.bucket, Key=self.key, Body=bytes(self._buffer)))
+            self._run(self.fs._call_s3("put_object", Bucket=self.bucket, Key=self.key, Body=self._take()))
         else:
-            if self._buffer:
-                self._upload_part(bytes(self._buffer))
+            if self._pending:
+                self._upload_part(self._take())
             self._wait(0)
             parts = sorted(self._parts, key=lambda part: part["PartNumber"])
             self._run(
@@ -80,7 +91,6 @@ class ConcurrentUpload:
                     MultipartUpload={"Parts": parts},
                 )
             )
-        self._buffer = bytearray()
         self._closed = True
         self.fs.invalidate_cache(self.path)
 
@@ -88,7 +98,7 @@ class ConcurrentUpload:
         """Give up: wait for the parts in flight, then abort the multipart upload (nothing is
         published)."""
         self._closed = True
-        self._buffer = bytearray()
+        self._pieces, self._pending = [], 0
         for _, future in self._in_flight:
             concurrent.futures.wait([future])
         self._in_flight.clear()
