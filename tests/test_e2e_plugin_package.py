@@ -6,10 +6,7 @@ two edit hooks; ``tests/fixtures/ckpthooks-broken-plugin`` fails at import (a mi
 
 from __future__ import annotations
 
-import importlib
 import json
-import os
-import shutil
 import subprocess
 import sys
 import types
@@ -22,48 +19,26 @@ import torch
 
 from ckpthooks import Checkpointer, UnexpectedStateError
 from ckpthooks.plugin_host import PluginHost, PluginLoadWarning, get_plugin_host, set_plugin_host
+from ckpthooks.testing.packaging import PLUGIN_ENV_VARIABLES, on_sys_path, pip_install_target, subprocess_env
 
 FIXTURES = Path(__file__).parent / "fixtures"
 PACKAGES = ("ckpthooks-fixture-plugin", "ckpthooks-broken-plugin")
 GOOD_MODULE = "ckpthooks_fixture_plugin"
 BROKEN_MODULE = "ckpthooks_broken_plugin"
 BUILTINS = ["builtin-state", "builtin-policies", "builtin-storage", "builtin-lightning"]
-ENV_VARIABLES = (
-    "CKPTHOOKS_STRICT_PLUGINS",
-    "CKPTHOOKS_PLUGINS_ALLOW",
-    "CKPTHOOKS_PLUGINS_BLOCK",
-    "CKPTHOOKS_DISABLE_PLUGIN_AUTOLOAD",
-)
 
 
 @pytest.fixture(scope="module")
 def site_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """Both fixture packages pip-installed into a fresh folder, first on sys.path."""
-    work = tmp_path_factory.mktemp("plugin-packages")
-    sources = []
-    for package in PACKAGES:  # build from copies: setuptools leaves build/ and egg-info behind
-        sources.append(str(shutil.copytree(FIXTURES / package, work / package)))
-    target = work / "site"
-    result = subprocess.run(
-        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
-         "--disable-pip-version-check", "--no-input", "--target", str(target), *sources],
-        capture_output=True, text=True, timeout=300, check=False,
-    )  # fmt: skip
-    assert result.returncode == 0, f"pip install failed:\n{result.stdout}\n{result.stderr}"
-    sys.path.insert(0, str(target))
-    importlib.invalidate_caches()
-    try:
-        yield target
-    finally:
-        sys.path.remove(str(target))
-        for module in (GOOD_MODULE, BROKEN_MODULE):
-            sys.modules.pop(module, None)
-        importlib.invalidate_caches()
+    site = pip_install_target([FIXTURES / package for package in PACKAGES], tmp_path_factory.mktemp("plugin-packages"))
+    with on_sys_path(site, GOOD_MODULE, BROKEN_MODULE):
+        yield site
 
 
 @pytest.fixture(autouse=True)
 def _clean_plugin_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    for variable in ENV_VARIABLES:
+    for variable in PLUGIN_ENV_VARIABLES:
         monkeypatch.delenv(variable, raising=False)
 
 
@@ -88,13 +63,6 @@ def plugin(host: PluginHost) -> Iterator[types.ModuleType]:
     yield module
     module.COUNTER.value = 0
     module.COUNTER.loaded.clear()
-
-
-def subprocess_env(site_dir: Path, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in ENV_VARIABLES}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(site_dir), env.get("PYTHONPATH")]))
-    env.update(extra)
-    return env
 
 
 def cli_command() -> list[str]:

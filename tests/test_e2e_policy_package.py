@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
-import shutil
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,6 +10,7 @@ import pytest
 from ckpthooks import Checkpointer
 from ckpthooks.manifest import read_manifest
 from ckpthooks.plugin_host import PluginHost
+from ckpthooks.testing.packaging import on_sys_path, pip_install_target
 from tests.helpers import TinyNet
 
 PACKAGE = Path(__file__).parent / "fixtures" / "ckpthooks-fixture-policy"
@@ -21,23 +18,9 @@ PACKAGE = Path(__file__).parent / "fixtures" / "ckpthooks-fixture-policy"
 
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    work = tmp_path_factory.mktemp("policy-package")
-    source = shutil.copytree(PACKAGE, work / PACKAGE.name)
-    target = work / "site"
-    result = subprocess.run(
-        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
-         "--disable-pip-version-check", "--target", str(target), str(source)],
-        capture_output=True, text=True, timeout=300, check=False,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr
-    sys.path.insert(0, str(target))
-    importlib.invalidate_caches()
-    try:
-        yield target
-    finally:
-        sys.path.remove(str(target))
-        sys.modules.pop("ckpthooks_fixture_policy", None)
-        importlib.invalidate_caches()
+    site = pip_install_target([PACKAGE], tmp_path_factory.mktemp("policy-package"))
+    with on_sys_path(site, "ckpthooks_fixture_policy"):
+        yield site
 
 
 def test_an_installed_policy_decides_when_to_save(installed: Path, tmp_path: Path) -> None:

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
-import os
-import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -12,45 +9,22 @@ from pathlib import Path
 
 import pytest
 from ckpthooks.plugin_host import PluginHost
+from ckpthooks.testing.packaging import PLUGIN_ENV_VARIABLES, on_sys_path, pip_install_target, subprocess_env
 
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent
-ENV_VARIABLES = (
-    "CKPTHOOKS_STRICT_PLUGINS",
-    "CKPTHOOKS_PLUGINS_ALLOW",
-    "CKPTHOOKS_PLUGINS_BLOCK",
-    "CKPTHOOKS_DISABLE_PLUGIN_AUTOLOAD",
-)
 
 
 @pytest.fixture(scope="module")
 def site_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """The plugin pip-installed (without dependencies) into a fresh folder, first on sys.path."""
-    work = tmp_path_factory.mktemp("dcp-plugin")
-    source = work / "ckpthooks-dcp"  # build from a copy: setuptools leaves build/ behind
-    shutil.copytree(
-        PACKAGE_ROOT,
-        source,
-        ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__", ".pytest_cache", "tests"),
-    )
-    target = work / "site"
-    result = subprocess.run(
-        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
-         "--disable-pip-version-check", "--no-input", "--target", str(target), str(source)],
-        capture_output=True, text=True, timeout=300, check=False,
-    )  # fmt: skip
-    assert result.returncode == 0, f"pip install failed:\n{result.stdout}\n{result.stderr}"
-    sys.path.insert(0, str(target))
-    importlib.invalidate_caches()
-    try:
-        yield target
-    finally:
-        sys.path.remove(str(target))
-        importlib.invalidate_caches()
+    site = pip_install_target([PACKAGE_ROOT], tmp_path_factory.mktemp("dcp-plugin"))
+    with on_sys_path(site):
+        yield site
 
 
 @pytest.fixture(autouse=True)
 def _clean_plugin_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    for variable in ENV_VARIABLES:
+    for variable in PLUGIN_ENV_VARIABLES:
         monkeypatch.delenv(variable, raising=False)
 
 
@@ -78,8 +52,7 @@ def test_listing_plugins_imports_no_torch(site_dir: Path) -> None:
         "names = [info.name for info in PluginHost().plugins()]\n"
         "print('dcp' in names, 'torch' in sys.modules)\n"
     )
-    env = {k: v for k, v in os.environ.items() if k not in ENV_VARIABLES}
-    env["PYTHONPATH"] = str(site_dir)
+    env = subprocess_env(site_dir)
     result = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env, check=False
     )

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import importlib
 import json
-import os
-import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -13,53 +10,24 @@ from pathlib import Path
 
 import pytest
 from ckpthooks.plugin_host import PluginHost
+from ckpthooks.testing.packaging import PLUGIN_ENV_VARIABLES, on_sys_path, pip_install_target, subprocess_env
 
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent
-ENV_VARIABLES = (
-    "CKPTHOOKS_STRICT_PLUGINS",
-    "CKPTHOOKS_PLUGINS_ALLOW",
-    "CKPTHOOKS_PLUGINS_BLOCK",
-    "CKPTHOOKS_DISABLE_PLUGIN_AUTOLOAD",
-)
 HOOKS = ["distributed_context", "on_save_checkpoint", "register_checkpoint_io"]
 
 
 @pytest.fixture(scope="module")
 def site_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """The plugin pip-installed (without dependencies) into a fresh folder, first on sys.path."""
-    work = tmp_path_factory.mktemp("xla-plugin")
-    source = work / "ckpthooks-xla"  # build from a copy: setuptools leaves build/ behind
-    shutil.copytree(
-        PACKAGE_ROOT,
-        source,
-        ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__", ".pytest_cache", "tests"),
-    )
-    target = work / "site"
-    result = subprocess.run(
-        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
-         "--disable-pip-version-check", "--no-input", "--target", str(target), str(source)],
-        capture_output=True, text=True, timeout=300, check=False,
-    )  # fmt: skip
-    assert result.returncode == 0, f"pip install failed:\n{result.stdout}\n{result.stderr}"
-    sys.path.insert(0, str(target))
-    importlib.invalidate_caches()
-    try:
-        yield target
-    finally:
-        sys.path.remove(str(target))
-        importlib.invalidate_caches()
+    site = pip_install_target([PACKAGE_ROOT], tmp_path_factory.mktemp("xla-plugin"))
+    with on_sys_path(site):
+        yield site
 
 
 @pytest.fixture(autouse=True)
 def _clean_plugin_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    for variable in ENV_VARIABLES:
+    for variable in PLUGIN_ENV_VARIABLES:
         monkeypatch.delenv(variable, raising=False)
-
-
-def _env(site_dir: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in ENV_VARIABLES}
-    env["PYTHONPATH"] = str(site_dir)  # the installed copy, not the source tree
-    return env
 
 
 def test_the_installed_files_include_the_typing_marker_and_the_entry_point(site_dir: Path) -> None:
@@ -91,7 +59,8 @@ def test_the_cli_lists_the_plugin_without_importing_torch_or_torch_xla(site_dir:
         "print('torch' in sys.modules, 'torch_xla' in sys.modules)\n"
     )
     result = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=_env(site_dir), check=False
+        [sys.executable, "-c", code],
+        capture_output=True, text=True, timeout=120, env=subprocess_env(site_dir), check=False,
     )
     assert result.returncode == 0, result.stderr
     *listing, modules = result.stdout.strip().splitlines()
@@ -112,7 +81,8 @@ print(type(ckpt.host.checkpoint_io_for({str(tmp_path / "a.ckpt")!r})).__name__, 
       'torch_xla' in sys.modules)
 """
     result = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=_env(site_dir), check=False
+        [sys.executable, "-c", code],
+        capture_output=True, text=True, timeout=120, env=subprocess_env(site_dir), check=False,
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["TorchCheckpointIO", "None", "False"]
