@@ -128,8 +128,8 @@ class CheckpointStore:
             if old is not None:
                 self._recommit_if_intact(path, old, previous)
             raise
-        if previous is None and not remote and os.path.exists(previous_path(paths.local_path(path))):
-            previous = previous_path(paths.local_path(path))  # kept by an earlier failed overwrite
+        if previous is None and not remote:
+            previous = _left_previous(path)
         try:
             drop_previous(previous)
         except OSError as exc:  # committed already; the next start removes the kept copy
@@ -293,7 +293,10 @@ class CheckpointStore:
         manifest.file = paths.basename(target)
         manifest.writer = writer
         write_manifest(target, manifest)
-        drop_previous(previous)
+        try:
+            drop_previous(previous or _left_previous(target))
+        except OSError as exc:  # committed already; the next start removes the kept copy
+            log.warning("committed %s, but could not remove its previous version: %s", target, exc)
         return manifest
 
     # ------------------------------------------------------------------ load
@@ -343,3 +346,10 @@ class CheckpointStore:
         remove_manifest(path, self.storage_options)
         self.host.remove_checkpoint(path, self.storage_options, self.io_for(path))
         log.info("removed checkpoint %s", path)
+
+
+def _left_previous(path: str) -> str | None:
+    """The kept previous version of the local checkpoint ``path`` an earlier overwrite left (a kill
+    came before its commit), or ``None``: once ``path`` is committed again it is not needed."""
+    kept = previous_path(paths.local_path(path))
+    return kept if os.path.lexists(kept) else None

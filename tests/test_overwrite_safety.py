@@ -91,3 +91,36 @@ def test_a_previous_version_left_by_a_crash_after_the_commit_is_removed_at_start
     only_last(tmp_path)  # next start: last.ckpt is committed, so the kept copy is not needed
     assert not os.path.exists(kept)
     assert read_manifest(str(tmp_path / "last.ckpt")) is not None
+
+
+@pytest.mark.parametrize("save_last", [True, "link"])
+def test_a_run_resumed_from_the_kept_previous_version_writes_last_again_and_drops_it(
+    tmp_path: Path, save_last: bool | str
+) -> None:
+    """A kill between uncommitting ``last.ckpt`` and committing its new version: the next run
+    resumes from ``.last.ckpt.ckpthooks-prev``. Its saves must write ``last.ckpt`` again (not
+    ``last-v1.ckpt`` beside the uncommitted one), and the kept copy must go once they commit."""
+
+    def run() -> Checkpointer:
+        mc = ModelCheckpoint(dirpath=tmp_path, save_top_k=1, every_n_train_steps=1, save_last=save_last)
+        return Checkpointer(tmp_path, callbacks=[mc]).track(model=TinyNet())
+
+    first = run()
+    step(first)
+    last = str(tmp_path / "last.ckpt")
+    # the state a kill leaves after the overwrite of last.ckpt uncommitted it
+    kept = manifest_module.keep_previous(last)
+    manifest_module.remove_manifest(last)
+    assert kept is not None
+
+    second = run()
+    report = second.restore("last")
+    assert report is not None and report.path == kept
+    second.fit_start()
+    for global_step in (2, 3):
+        step(second)  # the first commit of last.ckpt already drops the kept copy
+        names = sorted(os.listdir(tmp_path))
+        assert not [n for n in names if n.startswith(".")], names
+        assert "last-v1.ckpt" not in names
+        manifest = read_manifest(last)
+        assert manifest is not None and manifest.global_step == global_step

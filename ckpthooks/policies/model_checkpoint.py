@@ -21,7 +21,7 @@ from ckpthooks import distributed
 from ckpthooks.callbacks import Callback
 from ckpthooks.exceptions import CheckpointError, ConfigurationError, DistributedCheckpointError, StorageError
 from ckpthooks.io import paths
-from ckpthooks.manifest import Manifest, iter_committed, read_manifest
+from ckpthooks.manifest import Manifest, iter_committed, previous_of, read_manifest
 from ckpthooks.policies.naming import EXTENSION, format_filename, with_version
 from ckpthooks.policies.schedule import SaveSchedule
 from ckpthooks.policies.topk import Mode, TopK
@@ -221,15 +221,23 @@ class ModelCheckpoint(Callback):
         A linked ``last`` (``save_last="link"``) holds the state of the top-k file, dumped before
         ``last`` was chosen: resumed from the first one, the state names no ``last`` file, and the
         next save would write ``last-v1`` and leave ``last`` committed beside it.
+
+        Resumed from the kept previous version of a ``last`` file (``.last.ckpt.ckpthooks-prev``,
+        committed while a killed run was overwriting ``last.ckpt``), the ``last`` file is the one it
+        keeps: the next save writes ``last.ckpt`` again, and its commit drops the kept copy.
         """
         resumed = checkpointer.resumed_from
         if not self.save_last or resumed is None or resumed == self.last_model_path or self.dirpath is None:
             return
-        if paths.dirname(resumed) != paths.dirname(self._filepath("x")) or paths.basename(resumed).startswith("."):
-            return  # not one of this policy's visible files (a kept previous version is hidden)
+        if paths.dirname(resumed) != paths.dirname(self._filepath("x")):
+            return  # not one of this policy's files
+        name = paths.basename(resumed)
+        original = previous_of(name)
+        if name.startswith(".") and original is None:
+            return
         manifest = read_manifest(resumed, checkpointer.storage_options)
         if manifest is not None and manifest.writer == f"{self.state_key}#last":
-            self.last_model_path = resumed
+            self.last_model_path = resumed if original is None else paths.join(paths.dirname(resumed), original)
 
     def _finish_pending_removals(self, checkpointer: Checkpointer) -> None:
         """Delete the files a restored state had displaced but not yet deleted (a crash came first)."""
