@@ -442,11 +442,7 @@ def verify_checkpoint(
         raise CorruptCheckpointError(
             f"{checkpoint_path} is missing although its manifest commits it"
         ) from exc
-    if size != manifest.size:
-        raise CorruptCheckpointError(
-            f"{checkpoint_path} has {size} bytes but its manifest records {manifest.size}: "
-            "the file was truncated or replaced after it was committed"
-        )
+    check_size(checkpoint_path, size, manifest)
     if mode == "full" and manifest.checksum and manifest.algorithm:
         algorithm = manifest.algorithm
 
@@ -464,12 +460,26 @@ def verify_checkpoint(
         except LookupError as exc:
             log.warning("cannot verify the checksum of %s: %s; checked its size only", checkpoint_path, exc)
             return manifest
-        if digest != manifest.checksum:
-            raise CorruptCheckpointError(
-                f"{checkpoint_path} fails its {manifest.algorithm} checksum (file {digest}, manifest "
-                f"{manifest.checksum}): its bytes changed after it was committed"
-            )
+        check_digest(checkpoint_path, digest, manifest)
     return manifest
+
+
+def check_size(checkpoint_path: str, size: int, manifest: Manifest) -> None:
+    """Raise :class:`CorruptCheckpointError` when ``size`` is not the size ``manifest`` records."""
+    if size != manifest.size:
+        raise CorruptCheckpointError(
+            f"{checkpoint_path} has {size} bytes but its manifest records {manifest.size}: "
+            "the file was truncated or replaced after it was committed"
+        )
+
+
+def check_digest(checkpoint_path: str, digest: str, manifest: Manifest) -> None:
+    """Raise :class:`CorruptCheckpointError` when ``digest`` is not the checksum ``manifest`` records."""
+    if digest != manifest.checksum:
+        raise CorruptCheckpointError(
+            f"{checkpoint_path} fails its {manifest.algorithm} checksum (file {digest}, manifest "
+            f"{manifest.checksum}): its bytes changed after it was committed"
+        )
 
 
 def _reporting(chunks: Iterable[bytes], progress: Callable[[int], None]) -> Iterator[bytes]:

@@ -11,8 +11,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import stat
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,7 +26,7 @@ from ckpthooks.exceptions import (
     IncompatibleFormatError,
     StorageError,
 )
-from ckpthooks.io import paths
+from ckpthooks.io import paths, staging
 from ckpthooks.io.base import CheckpointIO, SaveResult
 from ckpthooks.io.safety import check_weights_only_safe
 from ckpthooks.io.torch_io import fsync_dir, temp_name_for
@@ -314,18 +315,47 @@ class CheckpointStore:
         Files without a manifest (written by Lightning or ``torch.save``) load unverified unless
         ``require_manifest`` is set.
         """
-        self.check_loadable(path, verify=verify, require_manifest=require_manifest)
-        checkpoint = self.host.load_checkpoint(
-            path, self.storage_options, self.io_for(path), map_location, weights_only
-        )
+        mode = verify or self.verify
+        io = self.io_for(path)
+        for _ in range(READ_ATTEMPTS):
+            manifest = read_manifest(path, self.storage_options)
+            if manifest is not None and mode == "full" and _stages(path, manifest, io):
+                with staging.verified_copy(path, manifest, self.storage_options) as copy:
+                    if copy is not None:
+                        checkpoint = self._load_copy(copy, path, io, map_location, weights_only)
+                        break
+            with _same_file(path, pin=manifest is not None and mode != "off") as unchanged:
+                self._check_loadable(path, manifest, mode, require_manifest)
+                checkpoint = self.host.load_checkpoint(path, self.storage_options, io, map_location, weights_only)
+                if unchanged():
+                    break
+            log.info("%s was replaced while it was checked and read; reading it again", path)
+        else:
+            raise StorageError(
+                f"{path} was replaced {READ_ATTEMPTS} times while it was checked and read: another "
+                "process keeps overwriting it; load a checkpoint that is not being written"
+            )
         check_format_version(checkpoint, path)
         return checkpoint
+
+    def _load_copy(
+        self, copy: str, path: str, io: CheckpointIO, map_location: Any, weights_only: bool
+    ) -> dict[str, Any]:
+        """Load the verified local ``copy`` of the remote checkpoint ``path``; errors name ``path``."""
+        try:
+            return self.host.load_checkpoint(copy, None, io, map_location, weights_only)
+        except CheckpointError as exc:
+            renamed = _renamed(exc, copy, path)
+            if renamed is exc:
+                raise
+            raise renamed from exc
 
     def check_loadable(self, path: str, *, verify: VerifyMode | None = None, require_manifest: bool = False) -> None:
         """What :meth:`load` checks before reading: a committed checkpoint must verify, one without
         a manifest (Lightning or ``torch.save`` files) must exist unless ``require_manifest``."""
-        mode = verify or self.verify
-        manifest = read_manifest(path, self.storage_options)
+        self._check_loadable(path, read_manifest(path, self.storage_options), verify or self.verify, require_manifest)
+
+    def _check_loadable(self, path: str, manifest: Manifest | None, mode: VerifyMode, require_manifest: bool) -> None:
         if manifest is None:
             if require_manifest:
                 raise CheckpointNotFoundError(f"{path} is not a committed ckpthooks checkpoint")
@@ -353,3 +383,73 @@ def _left_previous(path: str) -> str | None:
     came before its commit), or ``None``: once ``path`` is committed again it is not needed."""
     kept = previous_path(paths.local_path(path))
     return kept if os.path.lexists(kept) else None
+
+
+#: How often :meth:`CheckpointStore.load` reads a local checkpoint that another process replaced
+#: while it was being checked and read, before it gives up.
+READ_ATTEMPTS = 3
+
+
+def _stages(path: str, manifest: Manifest, io: CheckpointIO) -> bool:
+    """Whether a full-verification load of the remote ``path`` goes through one verified download."""
+    return (
+        not paths.is_local(path)
+        and io.loads_from_local_copy
+        and not io.collective
+        and staging.can_stage(manifest)
+    )
+
+
+@contextlib.contextmanager
+def _same_file(path: str, *, pin: bool) -> Iterator[Callable[[], bool]]:
+    """Hold the local file ``path`` open around a check and a load; yields a function telling
+    whether ``path`` still names the same, unmodified file (always ``True`` unpinned; call it
+    inside the ``with`` block).
+
+    Verification and loading open the file separately: a writer renaming a new checkpoint over
+    ``path`` in between would have the load read bytes nobody checked. The file held open keeps
+    its inode number from being reused, so an unchanged identity means both read this file.
+    """
+    local = paths.local_path(path) if pin and paths.is_local(path) else None
+    handle: int | None = None
+    if local is not None:
+        try:
+            handle = os.open(local, os.O_RDONLY)
+            if not stat.S_ISREG(os.fstat(handle).st_mode):  # a folder checkpoint: renamed as a whole
+                os.close(handle)
+                handle = None
+        except OSError:
+            handle = None  # the check that follows reports it
+    if handle is None or local is None:
+        yield lambda: True
+        return
+    name, held = local, handle
+    try:
+        before = _identity(os.fstat(held))
+
+        def unchanged() -> bool:
+            try:
+                return _identity(os.stat(name)) == before == _identity(os.fstat(held))
+            except OSError:
+                return False
+
+        yield unchanged
+    finally:
+        os.close(held)
+
+
+def _identity(status: os.stat_result) -> tuple[int, ...]:
+    # not st_ctime: a hard link to the file (a kept previous version) changes it, not the bytes
+    return (status.st_dev, status.st_ino, status.st_size, status.st_mtime_ns)
+
+
+def _renamed(exc: CheckpointError, copy: str, path: str) -> CheckpointError:
+    """``exc`` with the staged ``copy``'s name replaced by ``path`` in its message, where its
+    type can be built from a message alone (else ``exc`` itself)."""
+    message = str(exc)
+    if copy not in message:
+        return exc
+    try:
+        return type(exc)(message.replace(copy, path))
+    except Exception:
+        return exc

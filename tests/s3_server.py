@@ -166,6 +166,7 @@ class Request:
     path: str  # unquoted, without the query
     query: str
     outcome: str  # "200", "204", ... for forwarded requests; "fault 503", "stall" for injected ones
+    sent: int = 0  # bytes of the response body the client got
 
 
 _ERROR_CODES = {
@@ -335,7 +336,8 @@ class FaultProxy:
                     response = upstream.getresponse()
                     data = response.read()
                     # recorded before the client gets the answer, so that the log is complete when it does
-                    proxy._record(Request(self.command, path, parsed.query, str(response.status)))
+                    sent = 0 if self.command == "HEAD" else len(data)
+                    proxy._record(Request(self.command, path, parsed.query, str(response.status), sent))
                     self.send_response_only(response.status, response.reason)
                     for key, value in response.getheaders():
                         if key.lower() not in _HOP_BY_HOP:

@@ -24,11 +24,21 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from ckpthooks import Checkpointer, ModelCheckpoint, StorageError, TorchCheckpointIO
+from ckpthooks import Checkpointer, CorruptCheckpointError, ModelCheckpoint, StorageError, TorchCheckpointIO
 from ckpthooks.cli import main
 from ckpthooks.io import paths, retry
+from ckpthooks.io import staging as io_staging
+from ckpthooks.io.hashing import new_hasher
+from ckpthooks.io.staging import STAGING_DIR_ENV
 from ckpthooks.leftovers import PENDING_SUFFIX
-from ckpthooks.manifest import MANIFEST_SUFFIX, iter_committed, read_manifest, verify_checkpoint
+from ckpthooks.manifest import (
+    MANIFEST_SUFFIX,
+    Manifest,
+    iter_committed,
+    read_manifest,
+    verify_checkpoint,
+    write_manifest,
+)
 from tests.helpers import TinyNet, assert_state_equal
 from tests.s3_server import FaultProxy, MotoServer, create_bucket, running_s3, storage_options
 
@@ -601,3 +611,86 @@ def test_a_discarded_upload_is_aborted_and_publishes_nothing(s3: S3) -> None:
     upload.discard()
     assert "gone.bin" not in s3.objects()
     assert s3.direct.list_multipart_uploads(BUCKET) == []
+
+
+# ---------------------------------------------------------------------------- restore: one verified download
+
+
+@pytest.fixture
+def staging(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    folder = tmp_path / "staging"
+    folder.mkdir()
+    monkeypatch.setenv(STAGING_DIR_ENV, str(folder))
+    return folder
+
+
+def downloaded(s3: S3, name: str) -> int:
+    """Bytes of the object ``name`` the client got back (GET responses)."""
+    return sum(r.sent for r in s3.proxy.requests("GET", "/" + name))
+
+
+def test_a_verified_restore_downloads_the_checkpoint_once(s3: S3, staging: Path) -> None:
+    """Verification and loading read one local copy: the object's bytes cross the wire once
+    (they crossed twice, once to check the checksum and once to load)."""
+    model = torch.nn.Linear(256, 256)
+    ckpt = new_checkpointer(s3, model=model)
+    ckpt.save_checkpoint(s3.url("a.ckpt"))
+    manifest = read_manifest(s3.url("a.ckpt"), s3.options)
+    assert manifest is not None and manifest.size > 256 * 256 * 4
+    s3.proxy.reset()
+    fresh_model = torch.nn.Linear(256, 256)
+    report = new_checkpointer(s3, model=fresh_model).restore(s3.url("a.ckpt"))
+    assert report is not None and report.path == s3.url("a.ckpt")
+    assert_state_equal(fresh_model.state_dict(), model.state_dict())
+    assert downloaded(s3, "a.ckpt") == manifest.size
+    assert os.listdir(staging) == []  # the copy is gone
+
+
+def test_a_corrupt_remote_checkpoint_fails_on_its_copy_and_leaves_none(s3: S3, staging: Path) -> None:
+    ckpt = new_checkpointer(s3)
+    ckpt.save_checkpoint(s3.url("a.ckpt"))
+    target = paths.fs_path(s3.direct, s3.url("a.ckpt"))
+    data = bytearray(s3.direct.cat_file(target))
+    data[len(data) // 2] ^= 0xFF
+    s3.direct.pipe_file(target, bytes(data))
+    with pytest.raises(CorruptCheckpointError, match=re.escape(s3.url("a.ckpt")) + ".*checksum"):
+        new_checkpointer(s3).restore(s3.url("a.ckpt"))
+    assert os.listdir(staging) == []
+
+
+def test_without_room_for_a_copy_a_restore_checks_and_reads_the_object(
+    s3: S3, staging: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(io_staging, "HEADROOM", 1 << 62)  # more free space than any disk has
+    model = TinyNet()
+    new_checkpointer(s3, model=model).save_checkpoint(s3.url("a.ckpt"))
+    manifest = read_manifest(s3.url("a.ckpt"), s3.options)
+    assert manifest is not None
+    s3.proxy.reset()
+    fresh = TinyNet()
+    new_checkpointer(s3, model=fresh).restore(s3.url("a.ckpt"))
+    assert_state_equal(fresh.state_dict(), model.state_dict())
+    assert downloaded(s3, "a.ckpt") >= 2 * manifest.size  # checked, then read
+    assert os.listdir(staging) == []
+
+
+def test_a_load_error_of_the_copy_names_the_remote_checkpoint(s3: S3, staging: Path) -> None:
+    """A committed object whose bytes are intact but not a checkpoint: the error names the object,
+    not the local copy."""
+    url = s3.url("a.ckpt")
+    payload = b"not a checkpoint at all" * 100
+    s3.direct.pipe_file(paths.fs_path(s3.direct, url), payload)
+    algorithm, hasher = new_hasher()
+    hasher.update(payload)
+    write_manifest(
+        url,
+        Manifest(
+            file="a.ckpt", size=len(payload), checksum=hasher.hexdigest(), algorithm=algorithm, epoch=0, global_step=0
+        ),
+        s3.options,
+    )
+    with pytest.raises(CorruptCheckpointError) as failure:
+        new_checkpointer(s3).restore(url)
+    assert url in str(failure.value)
+    assert str(staging) not in str(failure.value)
+    assert os.listdir(staging) == []

@@ -49,6 +49,14 @@ class CheckpointIO(ABC):
     #: checkpoint may be a folder: remove it whole). The ``ckpthooks-dcp`` plugin's backend is one.
     collective: bool = False
 
+    #: ``True`` for a backend that loads a local copy of a checkpoint's bytes exactly as it loads the
+    #: checkpoint where it is stored. The runtime then loads a remote checkpoint from one download:
+    #: it copies the object into a local temporary file, checks the copy against the manifest and
+    #: loads the copy (see :mod:`ckpthooks.io.staging`), instead of reading the object once to
+    #: verify it and once more to load it. ``False`` (the default) for backends that read remote
+    #: paths their own way; the built-in torch backend and the safetensors and XLA plugins set it.
+    loads_from_local_copy: bool = False
+
     @abstractmethod
     def save_checkpoint(
         self,

@@ -180,6 +180,8 @@ class TorchCheckpointIO(CheckpointIO):
     would report CRC mismatches.
     """
 
+    loads_from_local_copy = True  # a local copy of a remote file loads like the file
+
     def __init__(
         self,
         checksum_algorithm: str | None = None,

@@ -67,6 +67,8 @@ class SafetensorsCheckpointIO(CheckpointIO):
     once and loads as one tensor), and a NaN's sign and payload inside the non-tensor structure.
     """
 
+    loads_from_local_copy = True  # a local copy of a remote file loads like the file
+
     def __init__(self, checksum_algorithm: str | None = None) -> None:
         if sys.byteorder != "little":
             raise ConfigurationError(

@@ -1,0 +1,98 @@
+"""Loading a remote checkpoint from one verified download.
+
+Verifying a remote checkpoint reads all of its bytes, and loading it reads them again: two
+downloads. When the backend loads a local copy exactly as it loads the original
+(:attr:`~ckpthooks.CheckpointIO.loads_from_local_copy`), :meth:`~ckpthooks.store.CheckpointStore.load`
+downloads the object once into a temporary file of the *staging folder*, checks its size and
+checksum against the manifest, and loads the copy (memory-mapped, with the torch backend). The
+copy's name is removed as soon as the load returns; tensors mapped from it keep its data until
+they are freed.
+
+The staging folder is ``$CKPTHOOKS_STAGING_DIR`` when set, else the system's temporary folder.
+Where it has too little free space for the checkpoint (plus :data:`HEADROOM`), the load checks the
+remote object and then reads it, as without staging.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator, Mapping
+from typing import TYPE_CHECKING, Any
+
+from ckpthooks.exceptions import CorruptCheckpointError
+from ckpthooks.io import paths
+from ckpthooks.io.hashing import available_algorithms, hash_local_file
+from ckpthooks.io.retry import call_with_retry
+
+if TYPE_CHECKING:
+    from ckpthooks.manifest import Manifest
+
+log = logging.getLogger(__name__)
+
+#: Environment variable naming the folder remote checkpoints are downloaded into before a load.
+STAGING_DIR_ENV = "CKPTHOOKS_STAGING_DIR"
+#: Free space the staging folder keeps besides a copy; with less, the load reads the remote object.
+HEADROOM = 256 << 20
+#: Prefix of the staged copies' names.
+PREFIX = ".ckpthooks-staged-"
+
+
+def staging_folder() -> str:
+    """Where remote checkpoints are downloaded to before they are loaded."""
+    return os.environ.get(STAGING_DIR_ENV) or tempfile.gettempdir()
+
+
+def can_stage(manifest: Manifest) -> bool:
+    """Whether a checkpoint with this manifest can be checked from a local copy (its checksum
+    algorithm is available here)."""
+    return bool(manifest.checksum) and manifest.algorithm in available_algorithms()
+
+
+@contextlib.contextmanager
+def verified_copy(
+    path: str, manifest: Manifest, storage_options: Mapping[str, Any] | None = None
+) -> Iterator[str | None]:
+    """Download the remote checkpoint ``path`` once into the staging folder and check it against
+    ``manifest``; yield the copy's local path, removed on exit.
+
+    Yields ``None`` (nothing downloaded) when the staging folder lacks the room. Raises
+    :class:`~ckpthooks.CorruptCheckpointError` naming ``path`` when the bytes do not match the
+    manifest, :class:`~ckpthooks.StorageError` when the download keeps failing.
+    """
+    from ckpthooks.manifest import check_digest, check_size
+
+    folder = staging_folder()
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError as exc:
+        log.info("loading %s without a local copy: staging folder %s: %s", path, folder, exc)
+        free = -1
+    if free < manifest.size + HEADROOM:
+        if free >= 0:
+            log.info(
+                "loading %s without a local copy: %s has %d MiB free, the checkpoint needs %d MiB",
+                path, folder, free >> 20, (manifest.size + HEADROOM) >> 20,
+            )  # fmt: skip
+        yield None
+        return
+    handle, copy = tempfile.mkstemp(prefix=PREFIX, suffix=".ckpt", dir=folder)
+    os.close(handle)
+    try:
+        fs = paths.filesystem(path, storage_options)
+        target = paths.fs_path(fs, path)
+        fs.invalidate_cache(target)  # a cached listing may predate the write
+        try:
+            call_with_retry(lambda: fs.get_file(target, copy), action="read", path=path)
+        except FileNotFoundError as exc:
+            raise CorruptCheckpointError(f"{path} is missing although its manifest commits it") from exc
+        size, digest = hash_local_file(copy, str(manifest.algorithm))
+        check_size(path, size, manifest)
+        check_digest(path, digest, manifest)
+        yield copy
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(copy)
