@@ -806,7 +806,9 @@ class Checkpointer:
         """Read ``path`` (on every rank under ``torch.distributed``); every rank raises if one failed.
 
         A collective backend reads in one collective step: the ranks first agree that each of them
-        sees a committed, intact checkpoint, so that none starts the collective read alone.
+        sees a committed, intact checkpoint, so that none starts the collective read alone. With
+        full verification, rank 0 checks the checksum (every rank's files, once) and the other ranks
+        the size: on the shared folder they all read, one full read is enough.
         """
         checkpoint: dict[str, Any] = {}
         error: BaseException | None = None
@@ -815,8 +817,11 @@ class Checkpointer:
                 verify: VerifyMode | None = None
                 if self.store.io_for(path).collective:
                     failed: BaseException | None = None
+                    check = self.store.verify
+                    if check == "full" and not self.is_global_zero:
+                        check = "size"
                     try:
-                        self.store.check_loadable(path)
+                        self.store.check_loadable(path, verify=check)
                     except Exception as exc:
                         failed = exc
                     distributed.agree_on_outcome(failed, f"checking {path}", host=self.host)

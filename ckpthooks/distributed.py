@@ -152,6 +152,12 @@ def _all_gather(obj: Any, host: PluginHost | None) -> list[Any]:
     return [context.broadcast_object(obj if me == src else None, src) for src in range(context.world_size())]
 
 
+def all_gather_object(obj: Any, host: PluginHost | None = None) -> list[Any]:
+    """Every rank's ``obj`` (small and picklable), in rank order, on every rank (``[obj]`` in a
+    single process). A collective: every rank calls it at the same point."""
+    return _all_gather(obj, host)
+
+
 def _exchange(what: str, payload: Any, host: PluginHost | None) -> list[Any]:
     """Every rank's ``payload`` (small and picklable), on every rank, for the step ``what``.
 

@@ -28,7 +28,7 @@ from ckpthooks.exceptions import (
     StorageError,
 )
 from ckpthooks.io import paths
-from ckpthooks.io.hashing import hash_local_file, hash_stream, read_chunks
+from ckpthooks.io.hashing import folder_base, hash_local_file, hash_local_folder, hash_stream, read_chunks
 from ckpthooks.io.retry import call_with_retry
 from ckpthooks.io.torch_io import _storage_error, atomic_write, fsync_dir
 
@@ -447,6 +447,11 @@ def verify_checkpoint(
         algorithm = manifest.algorithm
 
         def checksum() -> str:
+            base = folder_base(algorithm)
+            if base is not None:  # a folder (a sharded checkpoint): its files, each hashed
+                if not paths.is_local(checkpoint_path):
+                    raise LookupError(f"folder checksums ({algorithm}) are checked on local folders only")
+                return hash_local_folder(paths.local_path(checkpoint_path), base, progress)[1]
             if paths.is_local(checkpoint_path):
                 return hash_local_file(paths.local_path(checkpoint_path), algorithm, progress)[1]
             with fs.open(target, "rb") as handle:

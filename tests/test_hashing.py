@@ -52,3 +52,37 @@ def test_a_file_that_cannot_be_mapped_is_read(tmp_path: Path, monkeypatch: pytes
         assert b"".join(bytes(c) for c in mapped_chunks(handle, chunk_size=1024)) == data
     with open(path, "rb") as handle:
         assert hash_stream(read_chunks(handle), "crc32") == hash_local_file(str(path), "crc32")
+
+
+def test_a_folder_checksum_changes_with_any_file_s_bytes_name_presence_or_place(tmp_path: Path) -> None:
+    from ckpthooks.io.hashing import folder_algorithm, folder_base, hash_local_folder
+
+    assert folder_algorithm("xxh3_64") == "xxh3_64/files"
+    assert folder_base("xxh3_64/files") == "xxh3_64" and folder_base("xxh3_64") is None
+    folder = tmp_path / "ckpt"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "a.bin").write_bytes(b"a" * 1000)
+    (folder / "sub" / "b.bin").write_bytes(b"b" * 10)
+    (folder / "empty").write_bytes(b"")
+    size, digest = hash_local_folder(str(folder), "xxh3_64")
+    assert size == 1010
+    assert hash_local_folder(str(folder), "xxh3_64") == (size, digest)  # deterministic
+
+    seen = {digest}
+
+    def changed() -> str:
+        now = hash_local_folder(str(folder), "xxh3_64")[1]
+        assert now not in seen
+        seen.add(now)
+        return now
+
+    (folder / "a.bin").write_bytes(b"a" * 999 + b"x")  # same size, other bytes
+    changed()
+    (folder / "a.bin").rename(folder / "c.bin")  # same bytes, other name
+    changed()
+    (folder / "c.bin").rename(folder / "sub" / "c.bin")  # same name, other folder
+    changed()
+    (folder / "extra").write_bytes(b"")  # an extra empty file
+    changed()
+    (folder / "empty").unlink()  # a missing one
+    changed()

@@ -57,9 +57,11 @@ def stream(
     expected: str | None = None,
     expected_size: int | None = None,
     progress: Callable[[int], None] | None = None,
+    pending: bool = True,
 ) -> SaveResult:
     """Copy the bytes of ``src`` to ``dst`` durably. Bytes that do not match ``expected`` (a
-    checksum of ``algorithm``) or ``expected_size`` are never published."""
+    checksum of ``algorithm``) or ``expected_size`` are never published. ``pending=False`` leaves
+    out the pending marker of a remote destination (a file of a folder that has one)."""
     from ckpthooks.exceptions import CorruptCheckpointError
     from ckpthooks.io import paths
     from ckpthooks.io.base import SaveResult
@@ -95,7 +97,8 @@ def stream(
             writer = pump(out)
     else:
         target_fs = paths.filesystem(dst, dst_options)
-        write_pending_marker(dst, dst_options)
+        if pending:
+            write_pending_marker(dst, dst_options)
         out = target_fs.open(paths.fs_path(target_fs, dst), "wb")
         try:
             writer = pump(out)
@@ -103,8 +106,99 @@ def stream(
             _abandon(out)
             raise
         out.close()
-        remove_pending_marker(dst, dst_options)
+        if pending:
+            remove_pending_marker(dst, dst_options)
     return SaveResult(size=writer.size, checksum=writer.hexdigest(), algorithm=writer.algorithm)
+
+
+def stream_folder(
+    src: str,
+    dst: str,
+    src_options: dict[str, Any] | None,
+    dst_options: dict[str, Any] | None,
+    *,
+    algorithm: str | None,
+    expected: str | None = None,
+    expected_size: int | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> SaveResult:
+    """Copy a folder checkpoint (a sharded one) file by file, hashing every file on the way; a
+    folder whose checksum (see :func:`ckpthooks.io.hashing.folder_digest`) or size does not match
+    ``expected`` / ``expected_size`` is never published. A local destination is written as a
+    temporary sibling folder and renamed into place; on object storage the files are written
+    behind a pending marker and deleted again when the check fails."""
+    import shutil
+
+    from ckpthooks.exceptions import CorruptCheckpointError
+    from ckpthooks.io import paths
+    from ckpthooks.io.base import SaveResult
+    from ckpthooks.io.hashing import default_algorithm, folder_algorithm, folder_base, folder_digest
+    from ckpthooks.io.torch_io import fsync_dir, temp_name_for
+    from ckpthooks.leftovers import remove_pending_marker, write_pending_marker
+
+    base = (folder_base(algorithm) if algorithm else None) or default_algorithm()
+    source_fs = paths.filesystem(src, src_options)
+    root = paths.fs_path(source_fs, src).rstrip("/")
+    names = sorted(name[len(root) + 1 :] for name in source_fs.find(root) if name.startswith(root + "/"))
+    files: dict[str, tuple[int, str]] = {}
+
+    def copy_files(into: str, options: dict[str, Any] | None) -> None:
+        for name in names:
+            result = stream(
+                paths.join(src, *name.split("/")), paths.join(into, *name.split("/")), src_options, options,
+                algorithm=base, progress=progress, pending=False,
+            )  # fmt: skip
+            files[name] = (result.size, str(result.checksum))
+
+    def check() -> tuple[int, str]:
+        size, digest = folder_digest(files, base)
+        if expected_size is not None and size != expected_size:
+            raise CorruptCheckpointError(
+                f"{src} has {size} bytes but its manifest records {expected_size}: it was changed after it "
+                f"was committed; nothing was published at {dst}"
+            )
+        if expected is not None and digest != expected:
+            raise CorruptCheckpointError(
+                f"{src} fails its {algorithm} checksum while being copied (read {digest}, manifest {expected}): "
+                f"its files changed after it was committed; nothing was published at {dst}"
+            )
+        return size, digest
+
+    if paths.is_local(dst):
+        local = paths.local_path(dst)
+        os.makedirs(os.path.dirname(os.path.abspath(local)), exist_ok=True)
+        fresh = temp_name_for(local)
+        try:
+            copy_files(fresh, None)
+            size, digest = check()
+            for folder, _dirs, _names in os.walk(fresh):
+                fsync_dir(folder)
+            aside = temp_name_for(local) if os.path.lexists(local) else None
+            if aside is not None:
+                os.rename(local, aside)
+            os.rename(fresh, local)
+            fsync_dir(os.path.dirname(os.path.abspath(local)))
+        except BaseException:
+            shutil.rmtree(fresh, ignore_errors=True)
+            raise
+        if aside is not None:
+            shutil.rmtree(aside, ignore_errors=True)
+    else:
+        target_fs = paths.filesystem(dst, dst_options)
+        write_pending_marker(dst, dst_options)
+        try:
+            if target_fs.exists(paths.fs_path(target_fs, dst)):  # uncommitted by --overwrite already
+                target_fs.rm(paths.fs_path(target_fs, dst), recursive=True)
+            copy_files(dst, dst_options)
+            size, digest = check()
+        except BaseException:
+            target = paths.fs_path(target_fs, dst)
+            if target_fs.exists(target):
+                target_fs.rm(target, recursive=True)
+            remove_pending_marker(dst, dst_options)
+            raise
+        remove_pending_marker(dst, dst_options)
+    return SaveResult(size=size, checksum=digest, algorithm=folder_algorithm(base))
 
 
 @click.command("copy")
@@ -161,7 +255,8 @@ def copy_command(
             )
         else:
             dst_fs = paths.filesystem(target, dst_options)
-            if dst.endswith(("/", os.sep)) or dst_fs.isdir(paths.fs_path(dst_fs, target)):
+            into = dst.endswith(("/", os.sep)) or dst_fs.isdir(paths.fs_path(dst_fs, target))
+            if into and read_manifest(target, dst_options) is None:  # not a folder checkpoint itself
                 target = paths.join(target, paths.basename(source))
             pairs.append((source, target, manifest))
     except (CheckpointError, OSError) as exc:
@@ -199,10 +294,15 @@ def copy_committed(
     progress: Callable[[int], None] | None,
 ) -> Manifest:
     from ckpthooks.io import paths
+    from ckpthooks.io.hashing import folder_base
     from ckpthooks.manifest import write_manifest
 
     destination_free(dst, dst_options, overwrite)
-    stream(
+    source_fs = paths.filesystem(src, src_options)
+    folder = (manifest.algorithm and folder_base(manifest.algorithm) is not None) or source_fs.isdir(
+        paths.fs_path(source_fs, src)
+    )
+    result = (stream_folder if folder else stream)(
         src,
         dst,
         src_options,
@@ -213,5 +313,7 @@ def copy_committed(
         progress=progress,
     )
     copied = dataclasses.replace(manifest, file=paths.basename(dst))
+    if not manifest.checksum:  # committed with its size only: the copy has the checksum taken on the way
+        copied = dataclasses.replace(copied, checksum=result.checksum, algorithm=result.algorithm)
     write_manifest(dst, copied, dst_options)
     return copied

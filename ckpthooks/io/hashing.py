@@ -156,3 +156,54 @@ class HashingWriter:
 
     def hexdigest(self) -> str:
         return self._hasher.hexdigest()
+
+
+# ---------------------------------------------------------------------- folders (sharded checkpoints)
+
+#: Suffix of the algorithm name of a folder's checksum: ``xxh3_64/files`` is the ``xxh3_64`` of the
+#: folder's listing of files, each with its size and its own ``xxh3_64`` (see :func:`folder_digest`).
+FOLDER_SUFFIX = "/files"
+
+
+def folder_algorithm(algorithm: str) -> str:
+    """The name under which a folder's checksum built with ``algorithm`` is recorded."""
+    return algorithm + FOLDER_SUFFIX
+
+
+def folder_base(algorithm: str) -> str | None:
+    """The per-file algorithm of a folder checksum's name, ``None`` for a file checksum's name."""
+    return algorithm[: -len(FOLDER_SUFFIX)] if algorithm.endswith(FOLDER_SUFFIX) else None
+
+
+def folder_digest(files: dict[str, tuple[int, str]], algorithm: str) -> tuple[int, str]:
+    """Total size and checksum of a folder from ``{relative path: (size, digest)}`` of its files:
+    ``algorithm`` over one line ``<path>\\t<size>\\t<digest>\\n`` per file, sorted by path (``/``
+    separates folders). A renamed, missing, extra or changed file changes it."""
+    _, hasher = new_hasher(algorithm)
+    total = 0
+    for name in sorted(files):
+        size, digest = files[name]
+        total += size
+        hasher.update(f"{name}\t{size}\t{digest}\n".encode())
+    return total, hasher.hexdigest()
+
+
+def folder_files(folder: str) -> list[str]:
+    """Relative paths (``/``-separated) of every file below the local ``folder``."""
+    found: list[str] = []
+    for root, _dirs, names in os.walk(folder):
+        for name in names:
+            found.append(os.path.relpath(os.path.join(root, name), folder).replace(os.sep, "/"))
+    return sorted(found)
+
+
+def hash_local_folder(
+    folder: str, algorithm: str, progress: Callable[[int], None] | None = None
+) -> tuple[int, str]:
+    """Size and checksum (see :func:`folder_digest`) of a local folder, every file hashed through
+    a memory map with ``algorithm`` (the per-file one: ``xxh3_64``, not ``xxh3_64/files``)."""
+    files = {
+        name: hash_local_file(os.path.join(folder, *name.split("/")), algorithm, progress)
+        for name in folder_files(folder)
+    }
+    return folder_digest(files, algorithm)

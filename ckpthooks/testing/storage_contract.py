@@ -68,7 +68,7 @@ from torch import nn
 from ckpthooks.exceptions import CheckpointNotFoundError, CorruptCheckpointError, UnsafeCheckpointError
 from ckpthooks.io import paths
 from ckpthooks.io.base import CheckpointIO, SaveResult
-from ckpthooks.io.hashing import available_algorithms, hash_stream
+from ckpthooks.io.hashing import available_algorithms, folder_base, hash_local_folder, hash_stream
 from ckpthooks.plugin_host import PluginHost
 
 __all__ = [
@@ -412,6 +412,12 @@ class CheckpointIOContract:
         if result is None and not self.returns_save_result:
             return
         assert isinstance(result, SaveResult), f"save_checkpoint returned {result!r}, not a SaveResult"
+        base = folder_base(result.algorithm) if result.checksum is not None and result.algorithm else None
+        if base is not None:  # a folder checkpoint (sharded): its files, each hashed while written
+            assert paths.is_local(path), "folder checksums are checked on local folders only"
+            assert (result.size, result.checksum) == hash_local_folder(paths.local_path(path), base)
+            assert result.size > 0
+            return
         stored = _read_bytes(path, storage_options)
         assert result.size == len(stored) > 0
         if result.checksum is not None:

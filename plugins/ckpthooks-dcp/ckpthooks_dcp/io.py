@@ -46,8 +46,10 @@ from ckpthooks.exceptions import (
 )
 from ckpthooks.io import paths
 from ckpthooks.io.base import CheckpointIO, SaveResult, restoring_checkpointer
+from ckpthooks.io.hashing import folder_algorithm, new_hasher
 from ckpthooks.io.torch_io import fsync_dir, temp_name_for
 
+from ckpthooks_dcp.checksums import folder_checksum, hashing_file_system, relative_records
 from ckpthooks_dcp.layout import STRUCTURE_KEY, is_dtensor, join, split
 from ckpthooks_dcp.metadata import METADATA_FILE, read_metadata
 
@@ -126,14 +128,19 @@ class DCPCheckpointIO(CheckpointIO):
         thread_count: threads each rank writes its files with (DCP's ``FileSystemWriter``).
         sync_files: fsync every file before the checkpoint is committed (keep it on: without it a
             crash can leave a committed folder with missing bytes).
+        checksum_algorithm: what every file is hashed with while it is written (default: the
+            fastest available, ``xxh3_64``); the manifest records the folder's checksum as
+            ``<algorithm>/files`` (see :mod:`ckpthooks_dcp.checksums`), which loading and
+            ``ckpthooks verify`` check.
     """
 
     #: every rank calls save_checkpoint and load_checkpoint (see :class:`ckpthooks.CheckpointIO`)
     collective = True
 
-    def __init__(self, thread_count: int = 1, sync_files: bool = True) -> None:
+    def __init__(self, thread_count: int = 1, sync_files: bool = True, checksum_algorithm: str | None = None) -> None:
         self.thread_count = thread_count
         self.sync_files = sync_files
+        self.checksum_algorithm, _ = new_hasher(checksum_algorithm)  # an unknown name fails here
 
     # ------------------------------------------------------------------ save
     def save_checkpoint(
@@ -143,7 +150,7 @@ class DCPCheckpointIO(CheckpointIO):
         storage_options: Mapping[str, Any] | None = None,
     ) -> SaveResult | None:
         from torch.distributed.checkpoint.default_planner import DefaultSavePlanner
-        from torch.distributed.checkpoint.filesystem import FileSystemWriter
+        from torch.distributed.checkpoint.filesystem import FileSystem, FileSystemWriter
         from torch.distributed.checkpoint.state_dict_saver import save as dcp_save
 
         local = local_folder(path)
@@ -154,17 +161,23 @@ class DCPCheckpointIO(CheckpointIO):
         if writer_rank:
             state[STRUCTURE_KEY] = structure
         fresh = distributed.broadcast_object(temp_name_for(local) if writer_rank else None)
+        storage_writer = FileSystemWriter(fresh, sync_files=self.sync_files, thread_count=self.thread_count)
+        recording = None
+        if isinstance(getattr(storage_writer, "fs", None), FileSystem):  # DCP writes through it
+            recording = storage_writer.fs = hashing_file_system(self.checksum_algorithm)
         try:
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", message=".*torch.distributed is disabled.*")
                 dcp_save(
                     state,
-                    storage_writer=FileSystemWriter(
-                        fresh, sync_files=self.sync_files, thread_count=self.thread_count
-                    ),
+                    storage_writer=storage_writer,
                     planner=DefaultSavePlanner(flatten_state_dict=False, flatten_sharded_tensors=False),
                     no_dist=_world_size() == 1,
                 )
+            # every rank's files, with their checksums, to rank 0 (a collective: every rank is here)
+            gathered = distributed.all_gather_object(
+                relative_records(recording.records, fresh) if recording is not None else {}
+            )
         except BaseException as exc:
             if writer_rank:  # DCP raised on every rank after its last collective: nobody writes now
                 with contextlib.suppress(OSError):
@@ -175,12 +188,13 @@ class DCPCheckpointIO(CheckpointIO):
         if not writer_rank:
             return None
         try:
+            size, checksum = folder_checksum(fresh, gathered, self.checksum_algorithm)
             self._publish(fresh, local)
         except OSError as exc:
             with contextlib.suppress(OSError):
                 _remove(fresh)
             raise StorageError(f"could not write {path}: {exc.strerror or exc}") from exc
-        return SaveResult(size=folder_size(local))
+        return SaveResult(size=size, checksum=checksum, algorithm=folder_algorithm(self.checksum_algorithm))
 
     @staticmethod
     def _publish(fresh: str, local: str) -> None:

@@ -23,7 +23,7 @@ import torch.distributed as dist
 from ckpthooks import Checkpointer, ModelCheckpoint
 from torch.distributed.fsdp import fully_shard
 
-from ckpthooks_dcp import DCPCheckpointIO
+from ckpthooks_dcp import DCPCheckpointIO, checksums
 
 UNDO: list[Any] = []
 
@@ -75,6 +75,15 @@ def scenario_train(rank: int, workdir: Path) -> dict[str, Any]:
     model, optimizer = build(0)
     policy = ModelCheckpoint(monitor="loss", save_top_k=1, save_last=True)
     ckpt = checkpointer(workdir / "run", model, optimizer, callbacks=[policy])
+    read_back: list[str] = []  # files a save hashed by reading them (not while DCP wrote them)
+    hash_file = checksums.hash_local_file
+
+    def counting(path: str, *args: Any, **kwargs: Any) -> Any:
+        read_back.append(os.path.basename(path))
+        return hash_file(path, *args, **kwargs)
+
+    checksums.hash_local_file = counting  # type: ignore[assignment]
+    UNDO.append(lambda: setattr(checksums, "hash_local_file", hash_file))
 
     @ckpt.loop(max_epochs=3)
     def epoch(index: int) -> None:
@@ -95,6 +104,7 @@ def scenario_train(rank: int, workdir: Path) -> dict[str, Any]:
         "last_model_path": policy.last_model_path,
         "placements": str(model.state_dict()["0.weight"].placements),
         "local_rows": int(model.state_dict()["0.weight"].to_local().shape[0]),
+        "read_back": read_back,
     }
 
 

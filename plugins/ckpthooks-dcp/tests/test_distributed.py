@@ -15,7 +15,8 @@ from typing import Any
 import pytest
 import torch
 from ckpthooks import Checkpointer
-from ckpthooks.manifest import MANIFEST_SUFFIX
+from ckpthooks.io.hashing import hash_local_folder
+from ckpthooks.manifest import MANIFEST_SUFFIX, read_manifest, verify_checkpoint
 
 from ckpthooks_dcp import DCPCheckpointIO
 
@@ -114,6 +115,20 @@ def test_every_rank_writes_its_shards_into_one_folder_committed_by_rank_zero(run
     assert rank0["best_model_path"] == rank1["best_model_path"] == str(folder / "epoch=2-step=6.ckpt")
     assert rank0["last_model_path"] == rank1["last_model_path"] == str(folder / "last.ckpt")
     assert rank0["placements"] == "(Shard(dim=0),)" and rank0["local_rows"] == 8  # really sharded
+
+
+@pytest.mark.distributed
+def test_the_manifest_checksums_every_rank_s_files_as_they_were_written(runs: Any) -> None:
+    """Each rank hashes the shards it writes while DCP writes them; rank 0 combines every rank's
+    digests (and its own .metadata's) without reading any file back."""
+    workdir, (rank0, rank1) = _results(runs, "train")
+    folder = workdir / "run" / "checkpoints"
+    for name in ("epoch=2-step=6.ckpt", "last.ckpt"):
+        manifest = read_manifest(str(folder / name))
+        assert manifest is not None and manifest.algorithm == "xxh3_64/files"
+        assert (manifest.size, manifest.checksum) == hash_local_folder(str(folder / name), "xxh3_64")
+        verify_checkpoint(str(folder / name))
+    assert rank0["read_back"] == rank1["read_back"] == []
 
 
 @pytest.mark.distributed

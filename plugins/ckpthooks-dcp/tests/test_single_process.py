@@ -16,6 +16,7 @@ from ckpthooks.exceptions import (
     StorageError,
     UnsafeCheckpointError,
 )
+from ckpthooks.io.hashing import hash_local_folder
 from ckpthooks.io.torch_io import TEMP_MARKER
 from ckpthooks.manifest import MANIFEST_SUFFIX, read_manifest, verify_checkpoint
 from ckpthooks.plugin_host import PluginHost, get_plugin_host
@@ -99,19 +100,38 @@ def test_the_structure_entry_loads_weights_only(tmp_path: Path) -> None:
 # ---------------------------------------------------------------------- the folder commit protocol
 
 
-def test_saving_commits_a_folder_written_fresh_and_verified_by_size(tmp_path: Path) -> None:
+def test_saving_commits_a_folder_written_fresh_and_verified_by_size_and_checksum(tmp_path: Path) -> None:
     ckpt, model, optimizer = setup(tmp_path, enable_checkpointing=False)
     step(model, optimizer, 0)
-    manifest = ckpt.save_checkpoint(tmp_path / "a.ckpt")
-    assert manifest is not None and manifest.size == folder_size(str(tmp_path / "a.ckpt"))
-    assert manifest.checksum is None
+    folder = str(tmp_path / "a.ckpt")
+    manifest = ckpt.save_checkpoint(folder)
+    assert manifest is not None and manifest.size == folder_size(folder)
+    assert manifest.algorithm == "xxh3_64/files"
+    assert (manifest.size, manifest.checksum) == hash_local_folder(folder, "xxh3_64")
     assert visible(tmp_path) == ["a.ckpt", "a.ckpt" + MANIFEST_SUFFIX]
     assert visible(tmp_path / "a.ckpt") == [".metadata", "__0_0.distcp"]
-    verify_checkpoint(str(tmp_path / "a.ckpt"))
-    with open(tmp_path / "a.ckpt" / "__0_0.distcp", "ab") as handle:
+    verify_checkpoint(folder)
+
+    shard = tmp_path / "a.ckpt" / "__0_0.distcp"
+    original = shard.read_bytes()
+    flipped = bytearray(original)
+    flipped[len(flipped) // 2] ^= 0xFF
+    shard.write_bytes(bytes(flipped))  # same size, one byte changed: only the checksum sees it
+    with pytest.raises(CorruptCheckpointError, match="checksum"):
+        verify_checkpoint(folder)
+    with pytest.raises(CorruptCheckpointError, match="checksum"):
+        ckpt.restore(folder)
+
+    shard.write_bytes(original)
+    verify_checkpoint(folder)
+    os.rename(shard, tmp_path / "a.ckpt" / "__1_0.distcp")  # a renamed shard: same bytes, wrong place
+    with pytest.raises(CorruptCheckpointError, match="checksum"):
+        verify_checkpoint(folder)
+    os.rename(tmp_path / "a.ckpt" / "__1_0.distcp", shard)
+    with open(shard, "ab") as handle:
         handle.write(b"x")
     with pytest.raises(CorruptCheckpointError, match="bytes but its manifest records"):
-        verify_checkpoint(str(tmp_path / "a.ckpt"))
+        verify_checkpoint(folder)
 
 
 def test_a_resume_restores_every_piece_of_state(tmp_path: Path) -> None:
@@ -295,3 +315,59 @@ def test_names_that_would_collide_get_a_suffix_and_the_structure_round_trips(tmp
     loaded = io.load_checkpoint(str(tmp_path / "c.ckpt"))
     assert torch.equal(loaded["a"]["b"], torch.ones(1)) and torch.equal(loaded["a.b"], torch.zeros(1))
     assert loaded[1][1] is None and loaded["t"][1] == 2 and type(loaded["o"]) is OrderedDict
+
+
+# ---------------------------------------------------------------------- ckpthooks copy of a folder
+
+
+def _cli(*args: str) -> Any:
+    from ckpthooks.cli import main
+    from click.testing import CliRunner
+
+    return CliRunner().invoke(main, list(args), catch_exceptions=False)
+
+
+def test_copy_commits_a_folder_checkpoint_elsewhere_and_it_restores(tmp_path: Path) -> None:
+    ckpt, model, optimizer = setup(tmp_path / "run", enable_checkpointing=False)
+    step(model, optimizer, 0)
+    source = tmp_path / "run" / "a.ckpt"
+    committed = ckpt.save_checkpoint(source)
+    assert committed is not None
+
+    out = _cli("copy", str(source), str(tmp_path / "copies" / "b.ckpt"))
+    assert out.exit_code == 0, out.output
+    copy = tmp_path / "copies" / "b.ckpt"
+    assert visible(copy) == [".metadata", "__0_0.distcp"]
+    manifest = read_manifest(str(copy))
+    assert manifest is not None
+    assert (manifest.size, manifest.checksum, manifest.algorithm) == (
+        committed.size, committed.checksum, committed.algorithm,
+    )  # fmt: skip
+    verify_checkpoint(str(copy))
+    assert visible(tmp_path / "copies") == ["b.ckpt", "b.ckpt" + MANIFEST_SUFFIX]  # no temporary folder
+
+    # through an object store and back (a DCP folder loads from local or shared disk)
+    assert _cli("copy", str(copy), "memory://dcp-copy/b.ckpt").exit_code == 0
+    assert read_manifest("memory://dcp-copy/b.ckpt") is not None
+    assert _cli("copy", "memory://dcp-copy/b.ckpt", str(tmp_path / "back.ckpt")).exit_code == 0
+    fresh, fresh_model, _ = setup(tmp_path / "run", seed=1, enable_checkpointing=False)
+    fresh.restore(tmp_path / "back.ckpt")
+    for name, value in model.state_dict().items():
+        assert torch.equal(fresh_model.state_dict()[name], value), name
+
+
+def test_copy_refuses_a_folder_changed_after_its_commit_and_publishes_nothing(tmp_path: Path) -> None:
+    ckpt, model, optimizer = setup(tmp_path / "run", enable_checkpointing=False)
+    step(model, optimizer, 0)
+    source = tmp_path / "run" / "a.ckpt"
+    ckpt.save_checkpoint(source)
+    shard = source / "__0_0.distcp"
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    shard.write_bytes(bytes(data))
+
+    (tmp_path / "copies").mkdir()
+    out = _cli("copy", str(source), str(tmp_path / "copies" / "b.ckpt"))
+    assert out.exit_code == 1
+    assert "xxh3_64/files checksum" in out.output
+    assert visible(tmp_path / "copies") == []
