@@ -372,9 +372,13 @@ class CheckpointStore:
 
     # ------------------------------------------------------------------ remove
     def remove(self, path: str) -> None:
-        """Uncommit (remove the manifest), then delete the data. Call on the writer rank only."""
+        """Uncommit (remove the manifest), then delete the data, then the kept previous version an
+        interrupted overwrite left (see :func:`~ckpthooks.manifest.keep_previous`): it goes with its
+        checkpoint. Call on the writer rank only."""
         remove_manifest(path, self.storage_options)
         self.host.remove_checkpoint(path, self.storage_options, self.io_for(path))
+        if paths.is_local(path):
+            drop_previous(_left_previous(path))
         log.info("removed checkpoint %s", path)
 
 

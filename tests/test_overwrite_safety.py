@@ -124,3 +124,31 @@ def test_a_run_resumed_from_the_kept_previous_version_writes_last_again_and_drop
         assert "last-v1.ckpt" not in names
         manifest = read_manifest(last)
         assert manifest is not None and manifest.global_step == global_step
+
+
+def test_a_kept_previous_version_goes_with_its_checkpoint_when_the_last_name_moves_on(tmp_path: Path) -> None:
+    """With a templated ``last`` name (``CHECKPOINT_NAME_LAST = "last-{epoch}"``), a run resumed
+    from ``.last-epoch=0.ckpt.ckpthooks-prev`` writes ``last-epoch=1.ckpt`` and deletes
+    ``last-epoch=0.ckpt``: the kept copy of that name must go with it."""
+
+    class Templated(ModelCheckpoint):
+        CHECKPOINT_NAME_LAST = "last-{epoch}"
+
+    def run() -> Checkpointer:
+        mc = Templated(dirpath=tmp_path, save_top_k=0, save_last=True)
+        return Checkpointer(tmp_path, callbacks=[mc]).track(model=TinyNet())
+
+    first = run()
+    step(first)
+    last = str(tmp_path / "last-epoch=0.ckpt")
+    kept = manifest_module.keep_previous(last)  # a kill during an overwrite of last-epoch=0.ckpt
+    manifest_module.remove_manifest(last)
+    assert kept is not None
+
+    second = run()
+    report = second.restore("last")
+    assert report is not None and report.path == kept
+    second.fit_start()
+    step(second)
+    names = sorted(os.listdir(tmp_path))
+    assert names == ["last-epoch=1.ckpt", "last-epoch=1.ckpt.manifest.json"], names

@@ -21,7 +21,7 @@ from ckpthooks import distributed
 from ckpthooks.callbacks import Callback
 from ckpthooks.exceptions import CheckpointError, ConfigurationError, DistributedCheckpointError, StorageError
 from ckpthooks.io import paths
-from ckpthooks.manifest import Manifest, iter_committed, previous_of, read_manifest
+from ckpthooks.manifest import Manifest, iter_committed, previous_of, previous_path, read_manifest
 from ckpthooks.policies.naming import EXTENSION, format_filename, with_version
 from ckpthooks.policies.schedule import SaveSchedule
 from ckpthooks.policies.topk import Mode, TopK
@@ -556,6 +556,9 @@ class ModelCheckpoint(Callback):
             self._discard_pending(filepath)
             return  # still referenced (the name was reused)
         manifest = read_manifest(filepath, checkpointer.storage_options)
+        if manifest is None and paths.is_local(filepath):
+            # uncommitted by an overwrite a kill interrupted: its kept previous version tells the writer
+            manifest = read_manifest(previous_path(filepath))
         if manifest is None or not (manifest.writer or "").startswith(self.state_key + "#"):
             if manifest is not None:
                 log.info("keeping %s: this ModelCheckpoint did not write it", filepath)
