@@ -8,7 +8,7 @@ import logging
 import os
 import threading
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import IO, Any
 
 from ckpthooks.exceptions import (
@@ -200,65 +200,15 @@ class TorchCheckpointIO(CheckpointIO):
         path: str,
         storage_options: Mapping[str, Any] | None = None,
     ) -> SaveResult:
-        if paths.is_local(path):
-            return self._save_local(checkpoint, paths.local_path(path))
-        return self._save_remote(checkpoint, path, storage_options)
-
-    def _save_local(self, checkpoint: dict[str, Any], path: str) -> SaveResult:
         import torch
 
-        directory = os.path.dirname(os.path.abspath(path))
-        try:
-            os.makedirs(directory, exist_ok=True)
-        except OSError as exc:
-            raise _storage_error("create the folder", directory, exc) from exc
-        writer: HashingWriter | None = None
-        try:
-            with atomic_write(path, buffering=_BUFFER) as handle:
-                writer = HashingWriter(handle, self.checksum_algorithm)
-                with _torch_save_options(self.zip_crc32):
-                    torch.save(checkpoint, writer)  # type: ignore[arg-type]  # a file-like writer
-        except BaseException as exc:
-            if isinstance(exc, OSError):
-                raise _storage_error("write", path, exc) from exc
-            if writer is not None and writer.error is not None:
-                raise _storage_error("write", path, writer.error) from exc
-            raise
-        return SaveResult(size=writer.size, checksum=writer.hexdigest(), algorithm=writer.algorithm)
+        def serialize(writer: HashingWriter) -> None:
+            with _torch_save_options(self.zip_crc32):
+                torch.save(checkpoint, writer)  # type: ignore[arg-type]  # a file-like writer
 
-    def _save_remote(
-        self, checkpoint: dict[str, Any], path: str, storage_options: Mapping[str, Any] | None
-    ) -> SaveResult:
-        fs = paths.filesystem(path, storage_options)
-        target = paths.fs_path(fs, path)
-
-        def attempt() -> SaveResult:
-            import torch
-
-            paths.make_parent_folders(fs, path)
-            handle = multipart.open_for_write(fs, target)
-            recorder = _ErrorRecorder(handle)
-            pipe = WritePipe(recorder)  # uploads overlap serializing and hashing
-            writer = HashingWriter(pipe, self.checksum_algorithm)  # type: ignore[arg-type]
-            try:
-                with _torch_save_options(self.zip_crc32):
-                    torch.save(checkpoint, writer)  # type: ignore[arg-type]  # a file-like writer
-                pipe.close()
-                handle.close()  # object stores upload (the rest) here
-            except BaseException as exc:
-                pipe.abort()
-                _abandon(handle)
-                if recorder.error is not None and exc is not recorder.error:
-                    raise recorder.error from exc  # what the storage raised, not torch's wrapper
-                raise
-            return SaveResult(size=writer.size, checksum=writer.hexdigest(), algorithm=writer.algorithm)
-
-        try:
-            return call_with_retry(attempt, action="write", path=path, policy=self.retry)
-        except StorageError:
-            raise
-        except OSError as exc:
-            raise _storage_error("write", path, exc) from exc
+        return write_durably(
+            path, serialize, storage_options, checksum_algorithm=self.checksum_algorithm, retry=self.retry
+        )
 
     # ------------------------------------------------------------------ load
 
@@ -329,6 +279,76 @@ class TorchCheckpointIO(CheckpointIO):
             raise
         except OSError as exc:
             raise _storage_error("delete", path, exc) from exc
+
+
+def write_durably(
+    path: str,
+    serialize: Callable[[HashingWriter], object],
+    storage_options: Mapping[str, Any] | None = None,
+    *,
+    checksum_algorithm: str | None = None,
+    retry: RetryPolicy | None = None,
+) -> SaveResult:
+    """Write a checkpoint file to ``path`` the way ckpthooks' file backends do, and report its size
+    and checksum: ``serialize(writer)`` writes the bytes (in order, never seeking) into ``writer``,
+    which hashes them on the way.
+
+    Local paths: the folder is created, the bytes go to a temporary sibling that is fsynced and
+    renamed over ``path`` (:func:`atomic_write`). Other URLs: the bytes stream to the object
+    (several parts uploading at once on S3) while ``serialize`` goes on, a failed upload is aborted
+    rather than published, and the whole write is repeated on transient errors (``retry``, by default
+    :data:`ckpthooks.io.retry.DEFAULT_RETRY`; ``serialize`` is then called again). Storage failures
+    raise :class:`~ckpthooks.StorageError`; an exception of ``serialize`` itself passes through.
+    """
+    if paths.is_local(path):
+        return _write_local(paths.local_path(path), serialize, checksum_algorithm)
+    fs = paths.filesystem(path, storage_options)
+    target = paths.fs_path(fs, path)
+
+    def attempt() -> SaveResult:
+        paths.make_parent_folders(fs, path)
+        handle = multipart.open_for_write(fs, target)
+        recorder = _ErrorRecorder(handle)
+        pipe = WritePipe(recorder)  # uploads overlap serializing and hashing
+        writer = HashingWriter(pipe, checksum_algorithm)  # type: ignore[arg-type]
+        try:
+            serialize(writer)
+            pipe.close()
+            handle.close()  # object stores upload (the rest) here
+        except BaseException as exc:
+            pipe.abort()
+            _abandon(handle)
+            if recorder.error is not None and exc is not recorder.error:
+                raise recorder.error from exc  # what the storage raised, not the serializer's wrapper
+            raise
+        return SaveResult(size=writer.size, checksum=writer.hexdigest(), algorithm=writer.algorithm)
+
+    try:
+        return call_with_retry(attempt, action="write", path=path, policy=retry)
+    except StorageError:
+        raise
+    except OSError as exc:
+        raise _storage_error("write", path, exc) from exc
+
+
+def _write_local(path: str, serialize: Callable[[HashingWriter], object], checksum_algorithm: str | None) -> SaveResult:
+    directory = os.path.dirname(os.path.abspath(path))
+    try:
+        os.makedirs(directory, exist_ok=True)
+    except OSError as exc:
+        raise _storage_error("create the folder", directory, exc) from exc
+    writer: HashingWriter | None = None
+    try:
+        with atomic_write(path, buffering=_BUFFER) as handle:
+            writer = HashingWriter(handle, checksum_algorithm)
+            serialize(writer)
+    except BaseException as exc:
+        if isinstance(exc, OSError):
+            raise _storage_error("write", path, exc) from exc
+        if writer is not None and writer.error is not None:  # torch.save reports it as a RuntimeError
+            raise _storage_error("write", path, writer.error) from exc
+        raise
+    return SaveResult(size=writer.size, checksum=writer.hexdigest(), algorithm=writer.algorithm)
 
 
 def _load_remote(

@@ -20,11 +20,9 @@ from ckpthooks.exceptions import (
     CorruptCheckpointError,
     StorageError,
 )
-from ckpthooks.io import multipart, paths
+from ckpthooks.io import paths
 from ckpthooks.io.base import CheckpointIO, SaveResult
-from ckpthooks.io.hashing import HashingWriter
-from ckpthooks.io.pipe import WritePipe
-from ckpthooks.io.torch_io import atomic_write
+from ckpthooks.io.torch_io import write_durably
 
 from ckpthooks_safetensors import _format, _structure
 from ckpthooks_safetensors._version import FORMAT_VERSION
@@ -36,7 +34,6 @@ FORMAT_KEY = "ckpthooks.format"
 FORMAT_NAME = "safetensors-checkpoint"
 VERSION_KEY = "ckpthooks.format_version"
 STRUCTURE_KEY = "ckpthooks.structure"
-_BUFFER = 8 * 1024 * 1024
 
 
 class UnsupportedStateError(CheckpointError, TypeError):
@@ -85,48 +82,12 @@ class SafetensorsCheckpointIO(CheckpointIO):
         storage_options: Mapping[str, Any] | None = None,
     ) -> SaveResult:
         entries, metadata = plan(checkpoint)  # every refusal happens here, before a byte is written
-        if paths.is_local(path):
-            return self._save_local(entries, metadata, paths.local_path(path))
-        return self._save_remote(entries, metadata, path, storage_options)
-
-    def _save_local(self, entries: list[_format.StoredTensor], metadata: dict[str, str], path: str) -> SaveResult:
-        directory = os.path.dirname(os.path.abspath(path))
-        try:
-            os.makedirs(directory, exist_ok=True)
-        except OSError as exc:
-            raise _storage_error("create the folder", directory, exc) from exc
-        try:
-            with atomic_write(path, buffering=_BUFFER) as handle:
-                writer = HashingWriter(handle, self.checksum_algorithm)
-                _format.write_file(writer, entries, metadata)
-        except OSError as exc:
-            raise _storage_error("write", path, exc) from exc
-        return SaveResult(size=writer.size, checksum=writer.hexdigest(), algorithm=writer.algorithm)
-
-    def _save_remote(
-        self,
-        entries: list[_format.StoredTensor],
-        metadata: dict[str, str],
-        path: str,
-        storage_options: Mapping[str, Any] | None,
-    ) -> SaveResult:
-        fs = paths.filesystem(path, storage_options)
-        try:
-            paths.make_parent_folders(fs, path)
-            handle = multipart.open_for_write(fs, paths.fs_path(fs, path))
-            pipe = WritePipe(handle)  # uploads overlap hashing and copying the next tensors
-            try:
-                writer = HashingWriter(pipe, self.checksum_algorithm)  # type: ignore[arg-type]
-                _format.write_file(writer, entries, metadata)
-                pipe.close()
-                handle.close()  # object stores upload (the rest) here
-            except BaseException:
-                pipe.abort()
-                _abandon(handle)
-                raise
-        except OSError as exc:
-            raise _storage_error("write", path, exc) from exc
-        return SaveResult(size=writer.size, checksum=writer.hexdigest(), algorithm=writer.algorithm)
+        return write_durably(
+            path,
+            lambda writer: _format.write_file(writer, entries, metadata),
+            storage_options,
+            checksum_algorithm=self.checksum_algorithm,
+        )
 
     # ------------------------------------------------------------------ load
 
@@ -400,17 +361,3 @@ def _storage_error(action: str, path: str, exc: OSError) -> StorageError:
     error = StorageError(f"could not {action} {path}: {exc.strerror or exc}.{hint}")
     error.errno = exc.errno
     return error
-
-
-def _abandon(handle: Any) -> None:
-    """Drop a half-written remote file without publishing it where the filesystem can (S3 aborts the
-    multipart upload); elsewhere the partial object stays, uncommitted (no manifest names it)."""
-    discard = getattr(handle, "discard", None)
-    try:
-        if callable(discard):
-            discard()
-            handle.closed = True
-        else:
-            handle.close()
-    except Exception as exc:  # the storage is failing already; the original error matters
-        log.debug("could not abandon the partial upload %s: %s", getattr(handle, "path", handle), exc)

@@ -570,3 +570,26 @@ def test_importing_the_plugin_imports_neither_torch_nor_safetensors() -> None:
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["False", "False"]
+
+
+# ---------------------------------------------------------------------- remote writes are retried
+
+
+def test_a_remote_save_is_written_again_after_a_transient_error(faulty_fs: Any) -> None:
+    """A dropped connection mid-upload: the whole file is written again (the same retries as the
+    torch backend), the object holds the complete second write, and it loads."""
+    from ckpthooks.io import retry
+    from ckpthooks.testing.faults import timed_out
+
+    previous = retry.set_default_retry(retry.RetryPolicy(attempts=3, base_delay=0.0, max_delay=0.0))
+    try:
+        io = SafetensorsCheckpointIO()
+        checkpoint = {"state_dict": {"w": torch.arange(1000.0)}, "epoch": 1}
+        with faulty_fs.inject("write", nth=1, error=timed_out()) as fault:
+            result = io.save_checkpoint(checkpoint, "faulty://st/a.ckpt")
+        assert fault.fired == 1
+        assert result.size == faulty_fs().size("/st/a.ckpt")
+        loaded = io.load_checkpoint("faulty://st/a.ckpt")
+        assert torch.equal(loaded["state_dict"]["w"], checkpoint["state_dict"]["w"]) and loaded["epoch"] == 1
+    finally:
+        retry.set_default_retry(previous)
