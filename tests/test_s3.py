@@ -694,3 +694,18 @@ def test_a_load_error_of_the_copy_names_the_remote_checkpoint(s3: S3, staging: P
     assert url in str(failure.value)
     assert str(staging) not in str(failure.value)
     assert os.listdir(staging) == []
+
+
+def test_an_unusable_staging_folder_falls_back_to_reading_the_object(
+    s3: S3, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    not_a_folder = tmp_path / "a-file"
+    not_a_folder.write_text("")
+    monkeypatch.setenv(STAGING_DIR_ENV, str(not_a_folder))
+    model = TinyNet()
+    new_checkpointer(s3, model=model).save_checkpoint(s3.url("a.ckpt"))
+    fresh = TinyNet()
+    with caplog.at_level(logging.WARNING, logger="ckpthooks.io.staging"):
+        new_checkpointer(s3, model=fresh).restore(s3.url("a.ckpt"))
+    assert_state_equal(fresh.state_dict(), model.state_dict())
+    assert any("cannot write to staging folder" in r.getMessage() for r in caplog.records)

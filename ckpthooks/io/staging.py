@@ -79,7 +79,12 @@ def verified_copy(
             )  # fmt: skip
         yield None
         return
-    handle, copy = tempfile.mkstemp(prefix=PREFIX, suffix=".ckpt", dir=folder)
+    try:
+        handle, copy = tempfile.mkstemp(prefix=PREFIX, suffix=".ckpt", dir=folder)
+    except OSError as exc:
+        log.warning("loading %s without a local copy: cannot write to staging folder %s: %s", path, folder, exc)
+        yield None
+        return
     os.close(handle)
     try:
         fs = paths.filesystem(path, storage_options)
