@@ -35,7 +35,8 @@ def inspect_command(path: str, list_tensors: bool, as_json: bool, storage_option
     their sizes, tensor count and bytes, and the plugins and versions that wrote it.
 
     PATH is a .ckpt / torch.save file (ckpthooks, Lightning or plain torch) or a .safetensors file,
-    local or an fsspec URL. Nothing in the file is executed: only the pickle's structure is read, by
+    local or an fsspec URL, or a committed folder checkpoint (sharded), which the storage plugin that
+    wrote it reads. Nothing in the file is executed: only the pickle's structure is read, by
     a reader that never imports or calls what the file names (such names are listed as "unsafe
     globals"), and tensors' bytes are not read at all. torch is not needed for zip and safetensors
     files.
@@ -55,18 +56,21 @@ def inspect_command(path: str, list_tensors: bool, as_json: bool, storage_option
         fs = paths.filesystem(target, options)
         stripped = paths.fs_path(fs, target)
         if fs.isdir(stripped):
-            fail(f"{path} is a folder; inspect one checkpoint file (list a folder with ckpthooks ls)")
-        size = int(fs.size(stripped))
-        with fs.open(stripped, "rb") as handle:
-            head = handle.read(16)
-            handle.seek(0)
-            container = sniff(head)
-            if container == "torch-legacy":
-                scan = _scan_legacy(target, options, size)
-            elif container == "unknown":
-                raise ScanError(_unknown(head))
-            else:
-                scan = scan_file(handle, size)
+            if manifest is None:
+                fail(f"{path} is a folder; inspect one checkpoint file (list a folder with ckpthooks ls)")
+            scan = _scan_folder(target, options)
+        else:
+            size = int(fs.size(stripped))
+            with fs.open(stripped, "rb") as handle:
+                head = handle.read(16)
+                handle.seek(0)
+                container = sniff(head)
+                if container == "torch-legacy":
+                    scan = _scan_legacy(target, options, size)
+                elif container == "unknown":
+                    raise ScanError(_unknown(head))
+                else:
+                    scan = scan_file(handle, size)
     except FileNotFoundError:
         fail(f"no file at {path}")
         return
@@ -111,6 +115,26 @@ def _scan_legacy(target: str, options: dict[str, Any] | None, size: int) -> Scan
     except Exception as exc:
         raise ScanError(f"a legacy-format file torch cannot read ({describe_error(exc)})") from exc
     return Scan("torch-legacy", _from_torch(loaded), size)
+
+
+def _scan_folder(target: str, options: dict[str, Any] | None) -> Scan:
+    """A committed folder checkpoint (sharded): read whole, in this process, by the storage plugin
+    that wrote it (the ``ckpthooks-dcp`` plugin reads DCP's index with an allow-list unpickler and
+    the rest with ``weights_only=True``), then described like a file's contents."""
+    from ckpthooks._cli.common import plugin_host
+    from ckpthooks.io import paths
+    from ckpthooks.store import CheckpointStore
+
+    try:
+        loaded = CheckpointStore(host=plugin_host(), storage_options=options).load(
+            target, map_location="cpu", weights_only=True, verify="off"
+        )
+    except Exception as exc:
+        raise ScanError(
+            f"a folder checkpoint that no installed storage plugin could read ({describe_error(exc)}); "
+            "install the plugin that wrote it (sharded checkpoints: pip install ckpthooks-dcp)"
+        ) from exc
+    return Scan("folder", _from_torch(loaded), paths.stored_size(target, options))
 
 
 def _from_torch(value: Any) -> Any:

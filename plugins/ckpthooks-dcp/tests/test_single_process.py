@@ -371,3 +371,37 @@ def test_copy_refuses_a_folder_changed_after_its_commit_and_publishes_nothing(tm
     assert out.exit_code == 1
     assert "xxh3_64/files checksum" in out.output
     assert visible(tmp_path / "copies") == []
+
+
+def test_inspect_describes_a_committed_folder_through_the_plugin(tmp_path: Path, host_with_plugin: PluginHost) -> None:
+    """``ckpthooks inspect`` on a sharded checkpoint: the plugin reads it (no foreign code runs),
+    and the report is the one a file gets: format, step, components, tensors."""
+    import json
+
+    ckpt, model, optimizer = setup(tmp_path, enable_checkpointing=False)
+    step(model, optimizer, 0)
+    ckpt.progress.global_step = 7
+    ckpt.save_checkpoint(tmp_path / "a.ckpt")
+    out = _cli("inspect", str(tmp_path / "a.ckpt"), "--json")
+    assert out.exit_code == 0, out.output
+    report = json.loads(out.output)
+    assert report["format"] == "ckpthooks" and report["container"] == "folder"
+    assert report["committed"] is True and report["global_step"] == 7
+    names = {component["name"] for component in report["components"]}
+    assert {"state_dict", "optimizer_states"} <= names
+    expected = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    state = next(c for c in report["components"] if c["name"] == "state_dict")
+    assert state["bytes"] == expected
+    assert report["manifest"]["algorithm"] == "xxh3_64/files"
+
+    text = _cli("inspect", str(tmp_path / "a.ckpt"))
+    assert text.exit_code == 0 and "folder" in text.output
+
+
+def test_inspect_without_the_plugin_says_which_plugin_reads_the_folder(tmp_path: Path) -> None:
+    ckpt, model, optimizer = setup(tmp_path, enable_checkpointing=False)
+    step(model, optimizer, 0)
+    ckpt.save_checkpoint(tmp_path / "a.ckpt")  # DCPCheckpointIO passed explicitly: no plugin registered
+    out = _cli("inspect", str(tmp_path / "a.ckpt"))
+    assert out.exit_code == 1
+    assert "pip install ckpthooks-dcp" in out.output
