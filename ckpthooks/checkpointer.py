@@ -737,6 +737,25 @@ class Checkpointer:
         self._warn_uncommitted_newer_than(0.0, {c.path for c in candidates})
         return None
 
+    def _load_last(self, map_location: Any, weights_only: bool) -> tuple[str | None, dict[str, Any] | None]:
+        """In a single process: load the newest committed checkpoint that verifies, skipping corrupt
+        ones with a warning, as :meth:`_find_last` chooses, but checking each candidate in the load
+        itself: its bytes are read once (a remote one downloaded once), not once to choose it and
+        again to load it. ``(None, None)`` when none loads."""
+        candidates = self.committed_checkpoints()
+        full = [c for c in candidates if not c.manifest.weights_only] or candidates
+        for candidate in full:
+            try:
+                with restoring(self):
+                    checkpoint = self.store.load(candidate.path, map_location=map_location, weights_only=weights_only)
+            except CorruptCheckpointError as exc:
+                log.warning("skipping %s for resume: %s", candidate.path, exc)
+                continue
+            self._warn_uncommitted_newer_than(candidate.manifest.created, {c.path for c in candidates})
+            return candidate.path, checkpoint
+        self._warn_uncommitted_newer_than(0.0, {c.path for c in candidates})
+        return None, None
+
     def _warn_uncommitted_newer_than(self, created: float, committed: set[str]) -> None:
         skipped = []
         for root in self.checkpoint_roots():
@@ -781,21 +800,26 @@ class Checkpointer:
         if ckpt_path is None:
             return None
         text = os.fspath(ckpt_path)
-        if text in ("last", "best"):
+        checkpoint: dict[str, Any] | None = None
+        if text == "last" and distributed.world_size(self.host) == 1:
+            path, checkpoint = self._load_last(map_location, weights_only)
+        elif text in ("last", "best"):
             path = distributed.decide_on_rank_zero(
                 lambda: self.find_checkpoint(text), f'finding ckpt_path="{text}"', host=self.host
             )
-            if path is None:
-                if must_exist or text == "best":
-                    raise CheckpointNotFoundError(
-                        f'ckpt_path="{text}": no committed checkpoint found under '
-                        f"{', '.join(self.checkpoint_roots())}"
-                    )
-                log.info('ckpt_path="last": no checkpoint yet under %s; starting fresh', self.default_root_dir)
-                return None
         else:
             path = paths.normalize(text)
-        checkpoint = self._load_on_every_rank(path, map_location, weights_only)
+        if text in ("last", "best") and path is None:
+            if must_exist or text == "best":
+                raise CheckpointNotFoundError(
+                    f'ckpt_path="{text}": no committed checkpoint found under '
+                    f"{', '.join(self.checkpoint_roots())}"
+                )
+            log.info('ckpt_path="last": no checkpoint yet under %s; starting fresh', self.default_root_dir)
+            return None
+        assert path is not None
+        if checkpoint is None:
+            checkpoint = self._load_on_every_rank(path, map_location, weights_only)
         report = self.restore_from_dict(checkpoint, strict=strict)
         report.path = path
         self.resumed_from = path

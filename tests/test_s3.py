@@ -709,3 +709,42 @@ def test_an_unusable_staging_folder_falls_back_to_reading_the_object(
         new_checkpointer(s3, model=fresh).restore(s3.url("a.ckpt"))
     assert_state_equal(fresh.state_dict(), model.state_dict())
     assert any("cannot write to staging folder" in r.getMessage() for r in caplog.records)
+
+
+def test_a_resume_from_last_downloads_the_checkpoint_once(s3: S3, staging: Path) -> None:
+    """ckpt_path="last" chooses the newest checkpoint that verifies by loading it: the check and the
+    load share one download (choosing it used to read it once more)."""
+    model = torch.nn.Linear(128, 128)
+    new_checkpointer(s3, model=model).save_checkpoint(s3.url("a.ckpt"))
+    manifest = read_manifest(s3.url("a.ckpt"), s3.options)
+    assert manifest is not None
+    s3.proxy.reset()
+    fresh = torch.nn.Linear(128, 128)
+    report = new_checkpointer(s3, model=fresh).restore("last")
+    assert report is not None and report.path == s3.url("a.ckpt")
+    assert_state_equal(fresh.state_dict(), model.state_dict())
+    assert downloaded(s3, "a.ckpt") == manifest.size
+
+
+def test_a_resume_from_last_skips_a_corrupt_newest_remote_checkpoint(
+    s3: S3, staging: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    model = torch.nn.Linear(16, 16)
+    ckpt = new_checkpointer(s3, model=model)
+    ckpt.save_checkpoint(s3.url("old.ckpt"))
+    expected = {k: v.clone() for k, v in model.state_dict().items()}
+    ckpt.progress.global_step = 5
+    with torch.no_grad():
+        model.weight.add_(1.0)
+    ckpt.save_checkpoint(s3.url("new.ckpt"))
+    target = paths.fs_path(s3.direct, s3.url("new.ckpt"))
+    data = bytearray(s3.direct.cat_file(target))
+    data[len(data) // 2] ^= 0xFF
+    s3.direct.pipe_file(target, bytes(data))
+    fresh = torch.nn.Linear(16, 16)
+    with caplog.at_level(logging.WARNING):
+        report = new_checkpointer(s3, model=fresh).restore("last")
+    assert report is not None and report.path == s3.url("old.ckpt")
+    assert_state_equal(fresh.state_dict(), expected)
+    assert any("skipping" in r.getMessage() and "new.ckpt" in r.getMessage() for r in caplog.records)
+    assert os.listdir(staging) == []
