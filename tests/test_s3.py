@@ -748,3 +748,17 @@ def test_a_resume_from_last_skips_a_corrupt_newest_remote_checkpoint(
     assert_state_equal(fresh.state_dict(), expected)
     assert any("skipping" in r.getMessage() and "new.ckpt" in r.getMessage() for r in caplog.records)
     assert os.listdir(staging) == []
+
+
+def test_a_copy_a_killed_load_left_is_removed_by_the_next_staging(s3: S3, staging: Path) -> None:
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid = int(dead.stdout)
+    stale = staging / f".ckpthooks-staged.ckpt.ckpthooks-tmp-{dead_pid}-deadbeef-0001"
+    stale.write_bytes(b"x" * 1000)
+    alive = staging / f".ckpthooks-staged.ckpt.ckpthooks-tmp-{os.getppid()}-cafecafe-0002"  # a live process
+    alive.write_bytes(b"y")
+    unrelated = staging / "someone-elses-file"
+    unrelated.write_bytes(b"z")
+    new_checkpointer(s3).save_checkpoint(s3.url("a.ckpt"))
+    new_checkpointer(s3).restore(s3.url("a.ckpt"))
+    assert sorted(os.listdir(staging)) == sorted([alive.name, unrelated.name])

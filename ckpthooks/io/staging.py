@@ -10,7 +10,10 @@ they are freed.
 
 The staging folder is ``$CKPTHOOKS_STAGING_DIR`` when set, else the system's temporary folder.
 Where it has too little free space for the checkpoint (plus :data:`HEADROOM`), the load checks the
-remote object and then reads it, as without staging.
+remote object and then reads it, as without staging. A copy is named like the temporary files of
+a save (``.ckpthooks-staged.ckpt.ckpthooks-tmp-<pid>-<token>-<n>``): one that a killed process left
+is removed by the next staging in that folder once its process is gone (see
+:func:`ckpthooks.leftovers.is_leftover`).
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from ckpthooks.exceptions import CorruptCheckpointError
 from ckpthooks.io import paths
 from ckpthooks.io.hashing import available_algorithms, hash_local_file
 from ckpthooks.io.retry import call_with_retry
+from ckpthooks.io.torch_io import temp_name_for
 
 if TYPE_CHECKING:
     from ckpthooks.manifest import Manifest
@@ -37,8 +41,19 @@ log = logging.getLogger(__name__)
 STAGING_DIR_ENV = "CKPTHOOKS_STAGING_DIR"
 #: Free space the staging folder keeps besides a copy; with less, the load reads the remote object.
 HEADROOM = 256 << 20
-#: Prefix of the staged copies' names.
-PREFIX = ".ckpthooks-staged-"
+#: What the staged copies' names start with.
+PREFIX = ".ckpthooks-staged.ckpt"
+
+
+def _remove_stale_copies(folder: str) -> None:
+    """Delete the staged copies in ``folder`` whose process is gone (a kill during a load)."""
+    from ckpthooks.leftovers import is_leftover
+
+    for name in os.listdir(folder):
+        if name.startswith(PREFIX) and is_leftover(folder, name):
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(os.path.join(folder, name))
+                log.info("removed %s, a copy left by a load that was interrupted", os.path.join(folder, name))
 
 
 def staging_folder() -> str:
@@ -80,12 +95,13 @@ def verified_copy(
         yield None
         return
     try:
-        handle, copy = tempfile.mkstemp(prefix=PREFIX, suffix=".ckpt", dir=folder)
+        _remove_stale_copies(folder)
+        copy = temp_name_for(os.path.join(folder, PREFIX[1:]))
+        os.close(os.open(copy, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
     except OSError as exc:
         log.warning("loading %s without a local copy: cannot write to staging folder %s: %s", path, folder, exc)
         yield None
         return
-    os.close(handle)
     try:
         fs = paths.filesystem(path, storage_options)
         target = paths.fs_path(fs, path)
