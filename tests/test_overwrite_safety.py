@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -93,6 +94,20 @@ def test_a_previous_version_left_by_a_crash_after_the_commit_is_removed_at_start
     assert read_manifest(str(tmp_path / "last.ckpt")) is not None
 
 
+def resumed_from_kept_copy(run: Callable[[], Checkpointer], last: str) -> Checkpointer:
+    """One step saved by a first run; then the state a kill leaves once the overwrite of ``last``
+    uncommitted it; then a second run resumed from ``last``'s kept copy, its loop started."""
+    step(run())
+    kept = manifest_module.keep_previous(last)
+    manifest_module.remove_manifest(last)
+    assert kept is not None
+    second = run()
+    report = second.restore("last")
+    assert report is not None and report.path == kept
+    second.fit_start()
+    return second
+
+
 @pytest.mark.parametrize("save_last", [True, "link"])
 def test_a_run_resumed_from_the_kept_previous_version_writes_last_again_and_drops_it(
     tmp_path: Path, save_last: bool | str
@@ -105,18 +120,8 @@ def test_a_run_resumed_from_the_kept_previous_version_writes_last_again_and_drop
         mc = ModelCheckpoint(dirpath=tmp_path, save_top_k=1, every_n_train_steps=1, save_last=save_last)
         return Checkpointer(tmp_path, callbacks=[mc]).track(model=TinyNet())
 
-    first = run()
-    step(first)
     last = str(tmp_path / "last.ckpt")
-    # the state a kill leaves after the overwrite of last.ckpt uncommitted it
-    kept = manifest_module.keep_previous(last)
-    manifest_module.remove_manifest(last)
-    assert kept is not None
-
-    second = run()
-    report = second.restore("last")
-    assert report is not None and report.path == kept
-    second.fit_start()
+    second = resumed_from_kept_copy(run, last)
     for global_step in (2, 3):
         step(second)  # the first commit of last.ckpt already drops the kept copy
         names = sorted(os.listdir(tmp_path))
@@ -138,17 +143,7 @@ def test_a_kept_previous_version_goes_with_its_checkpoint_when_the_last_name_mov
         mc = Templated(dirpath=tmp_path, save_top_k=0, save_last=True)
         return Checkpointer(tmp_path, callbacks=[mc]).track(model=TinyNet())
 
-    first = run()
-    step(first)
-    last = str(tmp_path / "last-epoch=0.ckpt")
-    kept = manifest_module.keep_previous(last)  # a kill during an overwrite of last-epoch=0.ckpt
-    manifest_module.remove_manifest(last)
-    assert kept is not None
-
-    second = run()
-    report = second.restore("last")
-    assert report is not None and report.path == kept
-    second.fit_start()
+    second = resumed_from_kept_copy(run, str(tmp_path / "last-epoch=0.ckpt"))
     step(second)
     names = sorted(os.listdir(tmp_path))
     assert names == ["last-epoch=1.ckpt", "last-epoch=1.ckpt.manifest.json"], names
