@@ -737,15 +737,23 @@ class Checkpointer:
         self._warn_uncommitted_newer_than(0.0, {c.path for c in candidates})
         return None
 
-    def _load_last(self, map_location: Any, weights_only: bool) -> tuple[str | None, dict[str, Any] | None]:
-        """In a single process: load the newest committed checkpoint that verifies, skipping corrupt
-        ones with a warning, as :meth:`_find_last` chooses, but checking each candidate in the load
-        itself: its bytes are read once (a remote one downloaded once), not once to choose it and
-        again to load it. ``(None, None)`` when none loads."""
+    def _load_last(
+        self, map_location: Any, weights_only: bool, *, alone: bool = False
+    ) -> tuple[str | None, dict[str, Any] | None]:
+        """Load the newest committed checkpoint that verifies, skipping corrupt ones with a warning,
+        as :meth:`_find_last` chooses, but checking each candidate in the load itself: its bytes are
+        read once (a remote one downloaded once), not once to choose it and again to load it.
+        ``(None, None)`` when none loads. ``alone``: on rank 0 of several, which cannot read a
+        collective backend's checkpoint by itself: such a candidate is verified, and returned
+        without a checkpoint, for every rank to read together."""
         candidates = self.committed_checkpoints()
         full = [c for c in candidates if not c.manifest.weights_only] or candidates
         for candidate in full:
             try:
+                if alone and self.store.io_for(candidate.path).collective:
+                    self.store.verify_committed(candidate)
+                    self._warn_uncommitted_newer_than(candidate.manifest.created, {c.path for c in candidates})
+                    return candidate.path, None
                 with restoring(self):
                     checkpoint = self.store.load(candidate.path, map_location=map_location, weights_only=weights_only)
             except CorruptCheckpointError as exc:
@@ -803,7 +811,18 @@ class Checkpointer:
         checkpoint: dict[str, Any] | None = None
         if text == "last" and distributed.world_size(self.host) == 1:
             path, checkpoint = self._load_last(map_location, weights_only)
-        elif text in ("last", "best"):
+        elif text == "last":  # rank 0 chooses by loading; it keeps what it loaded, the others load it then
+            kept: list[dict[str, Any]] = []
+
+            def choose() -> str | None:
+                found, loaded = self._load_last(map_location, weights_only, alone=True)
+                if loaded is not None:
+                    kept.append(loaded)
+                return found
+
+            path = distributed.decide_on_rank_zero(choose, 'finding ckpt_path="last"', host=self.host)
+            checkpoint = kept[0] if kept else None
+        elif text == "best":
             path = distributed.decide_on_rank_zero(
                 lambda: self.find_checkpoint(text), f'finding ckpt_path="{text}"', host=self.host
             )
@@ -818,22 +837,29 @@ class Checkpointer:
             log.info('ckpt_path="last": no checkpoint yet under %s; starting fresh', self.default_root_dir)
             return None
         assert path is not None
-        if checkpoint is None:
-            checkpoint = self._load_on_every_rank(path, map_location, weights_only)
+        if checkpoint is None or distributed.world_size(self.host) > 1:
+            checkpoint = self._load_on_every_rank(path, map_location, weights_only, loaded=checkpoint)
         report = self.restore_from_dict(checkpoint, strict=strict)
         report.path = path
         self.resumed_from = path
         log.info("%s", report.summary())
         return report
 
-    def _load_on_every_rank(self, path: str, map_location: Any, weights_only: bool) -> dict[str, Any]:
+    def _load_on_every_rank(
+        self, path: str, map_location: Any, weights_only: bool, loaded: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
         """Read ``path`` (on every rank under ``torch.distributed``); every rank raises if one failed.
+        A rank that passes what it ``loaded`` already (rank 0, choosing "last") only takes part in
+        the agreement.
 
         A collective backend reads in one collective step: the ranks first agree that each of them
         sees a committed, intact checkpoint, so that none starts the collective read alone. With
         full verification, rank 0 checks the checksum (every rank's files, once) and the other ranks
         the size: on the shared folder they all read, one full read is enough.
         """
+        if loaded is not None:
+            distributed.agree_on_outcome(None, f"loading {path}", host=self.host)
+            return loaded
         checkpoint: dict[str, Any] = {}
         error: BaseException | None = None
         with restoring(self):

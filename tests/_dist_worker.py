@@ -308,6 +308,17 @@ def scenario_restore_views(rank: int, workdir: Path) -> dict[str, Any]:
     root = workdir / ("shared" if rank == 0 else "rank1-only")
     ckpt, model, _optimizer = make_setup(root, seed=50 + rank, callbacks=[ModelCheckpoint(save_last=True)])
     own_view = ckpt.committed_checkpoints()[0].path
+    checks: list[str] = []  # every check of a checkpoint's bytes on this rank (the store makes them all)
+    import ckpthooks.store as store_module
+
+    real_verify = store_module.verify_checkpoint
+
+    def counting(path: str, *args: Any, **kwargs: Any) -> Any:
+        checks.append(path)
+        return real_verify(path, *args, **kwargs)
+
+    store_module.verify_checkpoint = counting  # type: ignore[assignment]
+    UNDO.append(lambda: setattr(store_module, "verify_checkpoint", real_verify))
     report = ckpt.restore("last")
     restored = flat(model)
     return {
@@ -317,6 +328,7 @@ def scenario_restore_views(rank: int, workdir: Path) -> dict[str, Any]:
         "rank0_last": last,
         "equal_to_trained": torch.equal(restored, trained),
         "all_restored": [t.tolist() for t in gather_objects(restored)],
+        "checks": checks,
     }
 
 

@@ -263,6 +263,8 @@ def test_every_rank_resumes_from_the_checkpoint_rank_zero_finds(runs: Any) -> No
         assert result["restored_step"] == 8
         assert result["equal_to_trained"] is True
         assert result["all_restored"][0] == result["all_restored"][1]
+        # rank 0 chose "last" by loading it: each rank checked the file once (rank 0 did twice)
+        assert result["checks"] == [expected]
 
 
 @pytest.mark.distributed
