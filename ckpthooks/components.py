@@ -16,6 +16,13 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 from ckpthooks.exceptions import IncompatibleStateError
+from ckpthooks.hparams import hparams_of
+from ckpthooks.interop.lightning_loops import loops_state
+from ckpthooks.layout import NAMESPACE as NAMESPACE  # re-exported: the runtime and the CLI read it here
+from ckpthooks.layout import SCALER_KEYS
+from ckpthooks.layout import namespace as namespace
+from ckpthooks.model_state import diff_model_state, load_model_state
+from ckpthooks.rng import collect_rng_states, restore_rng_states
 
 if TYPE_CHECKING:
     from ckpthooks.callbacks import Callback
@@ -23,20 +30,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-NAMESPACE = "ckpthooks"
 OnMissing = Literal["error", "warn", "ignore"]
-
-#: Lightning writes the AMP scaler under its precision plugin's class name; older files use this.
-SCALER_KEYS = ("MixedPrecision", "native_amp_scaling_state")
 
 _NOT_FOUND = object()
 
 
-def namespace(checkpoint: dict[str, Any]) -> dict[str, Any]:
-    """``checkpoint["ckpthooks"]``, created when missing."""
-    space: dict[str, Any] = checkpoint.setdefault(NAMESPACE, {})
-    space.setdefault("components", {})
-    return space
 
 
 @dataclass
@@ -147,75 +145,6 @@ class ModelComponent(StateComponent):
     def load(self, checkpointer: Checkpointer, state: Any) -> None:
         assert checkpointer.model is not None
         load_model_state(checkpointer.model, state, strict=checkpointer.restore_strict)
-
-
-def diff_model_state(model: Any, state: dict[str, Any]) -> tuple[list[str], list[str], list[str]]:
-    """Missing keys, unexpected keys and shape mismatches of ``state`` against ``model``.
-
-    Checked before anything is loaded, so that a restore that cannot fit changes nothing. Models
-    with load-state-dict pre-hooks (which may rename keys) are left to ``load_state_dict`` itself.
-    """
-    import torch
-
-    if any(getattr(m, "_load_state_dict_pre_hooks", None) for m in model.modules()):
-        return [], [], []
-    current = model.state_dict()
-    missing = [k for k in current if k not in state]
-    unexpected = [k for k in state if k not in current]
-    incompatible = []
-    for key in current.keys() & state.keys():
-        mine, saved = current[key], state[key]
-        if (
-            isinstance(mine, torch.Tensor)
-            and isinstance(saved, torch.Tensor)
-            and not isinstance(mine, torch.nn.parameter.UninitializedParameter)
-            and mine.shape != saved.shape
-        ):
-            incompatible.append(
-                f"state_dict[{key!r}] has shape {tuple(saved.shape)} in the checkpoint but "
-                f"{tuple(mine.shape)} in the model"
-            )
-    return missing, unexpected, sorted(incompatible)
-
-
-def load_model_state(model: Any, state: Any, strict: bool = True) -> None:
-    """``model.load_state_dict`` with errors that say what does not fit."""
-    from ckpthooks.exceptions import MissingStateError, UnexpectedStateError
-
-    try:
-        result = model.load_state_dict(state, strict=strict)
-    except RuntimeError as exc:
-        text = str(exc)
-        if "size mismatch" in text:
-            raise IncompatibleStateError(
-                f"the model's tensors do not fit the checkpoint: {text.strip()}. Was it saved from "
-                "a model built with other hyperparameters?"
-            ) from exc
-        missing = _parse_keys(text, "Missing key(s) in state_dict:")
-        unexpected = _parse_keys(text, "Unexpected key(s) in state_dict:")
-        if missing:
-            raise MissingStateError(
-                f"the checkpoint's state_dict lacks model parameters {missing}; pass strict=False "
-                "to restore the rest", missing
-            ) from exc
-        if unexpected:
-            raise UnexpectedStateError(
-                f"the checkpoint's state_dict has parameters the model lacks {unexpected}; pass "
-                "strict=False to ignore them", unexpected
-            ) from exc
-        raise IncompatibleStateError(f"the model rejected the checkpoint's state_dict: {text}") from exc
-    if not strict and result is not None and (result.missing_keys or result.unexpected_keys):
-        log.warning(
-            "partial model restore: missing %s, unexpected %s", result.missing_keys, result.unexpected_keys
-        )
-
-
-def _parse_keys(text: str, marker: str) -> list[str]:
-    index = text.find(marker)
-    if index < 0:
-        return []
-    tail = text[index + len(marker) :].split(".\n")[0].split("\n")[0]
-    return [part.strip().strip('".') for part in tail.split(",") if part.strip().strip('".')]
 
 
 class _ListComponent(StateComponent):
@@ -382,8 +311,6 @@ class ProgressComponent(StateComponent):
         checkpoint["global_step"] = checkpointer.global_step
         namespace(checkpoint)["loop"] = checkpointer.progress.state_dict()
         if "loops" not in checkpoint:  # Lightning's Trainer.fit(ckpt_path=...) resumes from these
-            from ckpthooks.interop.lightning_layout import loops_state
-
             checkpoint["loops"] = loops_state(checkpointer.progress, checkpointer._epoch_length)
 
     def find(self, checkpointer: Checkpointer, checkpoint: dict[str, Any]) -> Found:
@@ -415,8 +342,6 @@ class HyperparametersComponent(StateComponent):
     restores_state = False
 
     def save_into(self, checkpointer: Checkpointer, checkpoint: dict[str, Any]) -> None:
-        from ckpthooks.hparams import hparams_of
-
         for obj, prefix in ((checkpointer.model, ""), (checkpointer.datamodule, "datamodule_")):
             saved = hparams_of(obj)
             if saved is not None:
@@ -441,13 +366,9 @@ class RNGComponent(StateComponent):
         return checkpointer.save_rng_state
 
     def dump(self, checkpointer: Checkpointer) -> Any:
-        from ckpthooks.rng import collect_rng_states
-
         return collect_rng_states()
 
     def load(self, checkpointer: Checkpointer, state: Any) -> None:
-        from ckpthooks.rng import restore_rng_states
-
         restore_rng_states(state)
 
 

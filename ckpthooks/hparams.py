@@ -16,7 +16,8 @@ from argparse import Namespace
 from collections.abc import Mapping, MutableMapping, Sequence
 from typing import Any, TypeVar
 
-from ckpthooks.exceptions import ConfigurationError
+from ckpthooks.exceptions import ConfigurationError, MissingStateError
+from ckpthooks.model_state import load_model_state
 
 M = TypeVar("M", bound="HyperparametersMixin")
 
@@ -117,9 +118,7 @@ class HyperparametersMixin:
         The file is verified against its commit manifest when it has one, and loaded with
         ``weights_only=True`` unless you pass ``weights_only=False`` for a file you trust.
         """
-        from ckpthooks.components import load_model_state
-        from ckpthooks.exceptions import MissingStateError
-        from ckpthooks.io import paths
+        from ckpthooks.io import paths  # the storage layer, imported when a checkpoint is read
         from ckpthooks.store import CheckpointStore
 
         store = CheckpointStore(storage_options=storage_options, verify=verify)  # type: ignore[arg-type]

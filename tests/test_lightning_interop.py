@@ -38,11 +38,10 @@ from ckpthooks.interop import LightningInteropWarning
 from ckpthooks.interop.lightning_callback import CkpthooksState
 from ckpthooks.interop.lightning_layout import (
     STATE_CALLBACK_KEY,
-    fit_loop_state,
     lightning_model_checkpoint_key,
-    loop_record_from_lightning,
     parse_lightning_model_checkpoint_key,
 )
+from ckpthooks.interop.lightning_loops import fit_loop_state, loop_record_from_lightning
 from tests.helpers import assert_state_equal
 
 pytestmark = [

@@ -25,9 +25,9 @@ from typing import Any
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import Callback
 
-from ckpthooks.components import NAMESPACE, namespace
 from ckpthooks.interop import LightningInteropWarning
 from ckpthooks.interop.lightning_layout import DOCS, STATE_CALLBACK_KEY
+from ckpthooks.layout import NAMESPACE, namespace
 
 
 class CkpthooksState(Callback):
