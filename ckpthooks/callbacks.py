@@ -7,6 +7,7 @@ the :class:`~ckpthooks.Checkpointer` where Lightning passes ``trainer``.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -15,7 +16,42 @@ if TYPE_CHECKING:
 
 
 class Callback:
-    """Base class for callbacks and policies. Override only what you need."""
+    """Base class for callbacks and policies. Override only what you need.
+
+    A *policy* is a callback that saves checkpoints. What the runtime asks of one is declared
+    here, with defaults that fit a callback that saves nothing: :attr:`saves_checkpoints`,
+    :attr:`is_default_policy`, :meth:`checkpoint_folders`, :attr:`resolves_best` and
+    :meth:`find_best`. ``ModelCheckpoint`` implements them; the runtime knows no policy by name.
+    """
+
+    #: Whether this callback writes checkpoints on its own (a policy). Such a callback is refused
+    #: with ``Checkpointer(enable_checkpointing=False)``, and one besides the default policy
+    #: replaces it.
+    saves_checkpoints: bool = False
+
+    #: Set on the policy the built-in plugin contributes when checkpointing is enabled. The
+    #: runtime keeps a default policy only when checkpointing is enabled and no other callback
+    #: saves checkpoints (:func:`with_default_policy`).
+    is_default_policy: bool = False
+
+    def checkpoint_folders(self) -> Sequence[str]:
+        """The folders (or URLs) this callback writes checkpoints to, known once :meth:`setup`
+        ran. ``ckpt_path="last"`` looks there (with subfolders), temporary files a crashed save
+        left there are removed at start, and the first policy's first folder receives the
+        preemption save. Default: none."""
+        return ()
+
+    @property
+    def resolves_best(self) -> bool:
+        """Whether :meth:`find_best` can answer ``ckpt_path="best"`` (``ModelCheckpoint``: when it
+        has a ``monitor``). The first callback that can answers. Default: ``False``."""
+        return False
+
+    def find_best(self, checkpointer: Checkpointer) -> str | None:
+        """The path of this policy's best committed checkpoint (read from manifests, so that it
+        works in a new process), or ``None`` when there is none yet. Called only when
+        :attr:`resolves_best` is true."""
+        return None
 
     @property
     def state_key(self) -> str:
@@ -86,3 +122,16 @@ class Callback:
 
     def on_load_checkpoint(self, checkpointer: Checkpointer, checkpoint: dict[str, Any]) -> None:
         """Read the whole checkpoint dict after it is loaded, before state is restored."""
+
+
+def with_default_policy(
+    configured: Sequence[Callback], contributed: Sequence[Callback], *, enable_checkpointing: bool
+) -> list[Callback]:
+    """The callbacks a checkpointer runs: the ``configured`` ones, then the ``contributed`` ones
+    (plugins' policies), with every default policy left out when checkpointing is disabled or
+    another callback saves checkpoints. The one place that decides about the default policy."""
+    callbacks = [*configured, *contributed]
+    others_save = any(cb.saves_checkpoints and not cb.is_default_policy for cb in callbacks)
+    if others_save or not enable_checkpointing:
+        callbacks = [cb for cb in callbacks if not cb.is_default_policy]
+    return callbacks

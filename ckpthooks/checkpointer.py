@@ -4,85 +4,44 @@ A :class:`Checkpointer` plays the part of Lightning's ``Trainer`` for checkpoint
 objects you :meth:`~Checkpointer.track`, the loop position, the metrics you :meth:`~Checkpointer.log`
 and the callbacks (policies such as ``ModelCheckpoint``). Plugins contribute state components,
 policies and storage backends through the hooks in :mod:`ckpthooks.hookspecs`.
+
+The class is a facade over four parts, each in its own module: :mod:`~ckpthooks.loop_tracking`
+(loop events, batches, ``fit``/``loop``, preemption safe points), :mod:`~ckpthooks.state_assembly`
+(the checkpoint dict and its restore), :mod:`~ckpthooks.resolution` (``ckpt_path``: a path,
+"last", "best") and :mod:`~ckpthooks.save_strategy` (sync, async, collective saves). It knows
+policies only through what :class:`~ckpthooks.Callback` declares.
 """
 
 from __future__ import annotations
 
-import functools
-import inspect
 import logging
 import os
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 
 from ckpthooks import distributed
-from ckpthooks._version import FORMAT_VERSION, LIGHTNING_LAYOUT_VERSION, __version__
 from ckpthooks.async_save import AsyncSaver
-from ckpthooks.callbacks import Callback
-from ckpthooks.components import NAMESPACE, StateComponent, TrackedComponent, namespace
-from ckpthooks.exceptions import (
-    CheckpointError,
-    CheckpointNotFoundError,
-    ConfigurationError,
-    CorruptCheckpointError,
-    DuplicateContributionError,
-    IncompatibleStateError,
-    MissingStateError,
-    UnexpectedStateError,
-)
-from ckpthooks.fast_forward import skip_batches
+from ckpthooks.callbacks import Callback, with_default_policy
+from ckpthooks.components import StateComponent, TrackedComponent
+from ckpthooks.exceptions import CheckpointError, ConfigurationError, DuplicateContributionError
 from ckpthooks.io import paths
-from ckpthooks.io.base import CheckpointIO, restoring
+from ckpthooks.io.base import CheckpointIO
 from ckpthooks.leftovers import clean_leftovers
-from ckpthooks.manifest import CommittedCheckpoint, Manifest, VerifyMode, iter_committed
+from ckpthooks.loop_tracking import FitResult, LoopTracker
+from ckpthooks.manifest import CommittedCheckpoint, Manifest, VerifyMode
 from ckpthooks.plugin_host import PluginHost, get_plugin_host
-from ckpthooks.policies.model_checkpoint import ModelCheckpoint
-from ckpthooks.preemption import DEFAULT_SIGNALS, PreemptionWatcher, exit_code_for
+from ckpthooks.preemption import DEFAULT_SIGNALS, PreemptionWatcher
 from ckpthooks.progress import LoopProgress
-from ckpthooks.rng import collect_rng_states, restore_rng_states
-from ckpthooks.store import CheckpointStore, check_format_version
+from ckpthooks.resolution import Resolver
+from ckpthooks.save_strategy import SaveStrategy
+from ckpthooks.state_assembly import RestoreReport, dump_checkpoint, restore_from_dict
+from ckpthooks.store import CheckpointStore
+
+__all__ = ["Checkpointer", "FitResult", "RestoreReport"]
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-
-#: Names :meth:`Checkpointer.track` reserves for the built-in components.
-_TRACK_KEYWORDS = ("model", "optimizers", "lr_schedulers", "scaler", "datamodule")
-
-
-@dataclass
-class RestoreReport:
-    """What :meth:`Checkpointer.restore` did."""
-
-    path: str
-    restored: list[str] = field(default_factory=list)
-    missing: list[str] = field(default_factory=list)
-    unexpected: list[str] = field(default_factory=list)
-    epoch: int = 0
-    global_step: int = 0
-
-    def summary(self) -> str:
-        text = (
-            f"restored {', '.join(self.restored) or 'nothing'} from {self.path} "
-            f"(epoch {self.epoch}, global step {self.global_step})"
-        )
-        if self.missing:
-            text += f"; missing: {', '.join(self.missing)}"
-        if self.unexpected:
-            text += f"; not restored: {', '.join(self.unexpected)}"
-        return text
-
-
-@dataclass
-class FitResult:
-    """What a loop run by :meth:`Checkpointer.loop` or :meth:`Checkpointer.fit` returns."""
-
-    start_epoch: int
-    epochs_run: int
-    global_step: int
-    restore: RestoreReport | None
-    outputs: list[Any]
 
 
 def _as_list(value: Any) -> list[Any]:
@@ -160,7 +119,6 @@ class Checkpointer:
             raise ConfigurationError(f'on_save_error must be "raise" or "log", not {on_save_error!r}')
         self.on_save_error = on_save_error
         self.async_save = async_save
-        self._async: AsyncSaver | None = AsyncSaver(max_saves_in_flight) if async_save else None
         self.preemption = PreemptionWatcher(preemption_signals or ())
         self.preemption_exit_code = preemption_exit_code
         self.storage_options = dict(storage_options) if storage_options else None
@@ -187,11 +145,9 @@ class Checkpointer:
         self.resumed_from: str | None = None
         #: the strictness of the restore in progress (components read it)
         self.restore_strict = strict
-        self._validated_this_epoch = False
-        self._in_fit = False
-        #: batches in the epoch ``batches()`` iterates, when its iterable has a length (Lightning's
-        #: ``loops`` mark a save after the epoch's last batch with it)
-        self._epoch_length: int | None = None
+        self.loop_tracker = LoopTracker(self)
+        self.saving = SaveStrategy(self, async_save=async_save, max_saves_in_flight=max_saves_in_flight)
+        self.resolver = Resolver(self)
 
         self.callbacks: list[Callback] = list(_as_list(callbacks))
         for cb in self.callbacks:
@@ -199,9 +155,9 @@ class Checkpointer:
                 raise ConfigurationError(
                     f"callbacks must be ckpthooks.Callback instances, not {type(cb).__name__}"
                 )
-            if not enable_checkpointing and isinstance(cb, ModelCheckpoint):
+            if not enable_checkpointing and cb.saves_checkpoints:
                 raise ConfigurationError(
-                    "enable_checkpointing=False, but a ModelCheckpoint is among the callbacks: "
+                    f"enable_checkpointing=False, but {cb!r} among the callbacks saves checkpoints: "
                     "remove it or enable checkpointing"
                 )
         self._component_sources: dict[str, str] = {}
@@ -210,10 +166,7 @@ class Checkpointer:
             self._components.append(component)
             self._component_sources[component.name] = plugin_name
         policies = [policy for _, policy in self.host.policies(self)]
-        if any(isinstance(p, ModelCheckpoint) and not getattr(p, "is_default_policy", False) for p in policies):
-            # a plugin configured its own ModelCheckpoint: no default one is needed besides it
-            policies = [p for p in policies if not getattr(p, "is_default_policy", False)]
-        self.callbacks += policies
+        self.callbacks = with_default_policy(self.callbacks, policies, enable_checkpointing=enable_checkpointing)
         self._check_state_keys()
         for cb in self.callbacks:
             cb.setup(self)
@@ -315,98 +268,45 @@ class Checkpointer:
         for name, value in metrics.items():
             self.log(name, value)
 
-    # ------------------------------------------------------------------ loop events
+    # ------------------------------------------------------------------ loop events (loop_tracking)
     def _call(self, event: str, *args: Any) -> None:
-        for cb in list(self.callbacks):
-            getattr(cb, event)(self, *args)
+        self.loop_tracker.call(event, *args)
+
+    @property
+    def _epoch_length(self) -> int | None:
+        return self.loop_tracker.epoch_length
+
+    @property
+    def _async(self) -> AsyncSaver | None:
+        return self.saving.saver
 
     def fit_start(self) -> None:
         """Mark the start of training (after any restore); preemption signals are handled from here."""
-        self._in_fit = True
-        self.preemption.install()
-        self._call("on_fit_start")
-        if self._async is not None and self.is_global_zero:
-            self._async.warm_up(self._warm_up_sources())
-
-    def _warm_up_sources(self) -> list[Any]:
-        """The tracked objects whose tensors the async warm-up allocates snapshot buffers for."""
-        tracked = [component.obj for component in self._tracked.values()]
-        return [obj for obj in (self.model, *self.optimizers, *tracked) if obj is not None]
+        self.loop_tracker.fit_start()
 
     def epoch_start(self, epoch: int | None = None) -> None:
         """Mark the start of an epoch (``epoch`` defaults to the next one)."""
-        if epoch is None:
-            epoch = self.progress.start_epoch
-        resuming_mid_epoch = epoch == self.progress.epoch and not self.progress.epoch_finished
-        if not resuming_mid_epoch:
-            self.progress.epoch = epoch
-            self.progress.batch_idx = 0
-        self.progress.epoch_finished = False
-        self._validated_this_epoch = False
-        self._call("on_train_epoch_start")
+        self.loop_tracker.epoch_start(epoch)
 
     def step_end(self) -> None:
         """Mark the end of one training step: counts it and lets step-based policies act."""
-        progress = self.progress
-        progress.batch_idx += 1
-        progress.global_step += 1
-        for cb in self.callbacks:  # the hot path: no generic dispatch
-            cb.on_train_batch_end(self)
-        signum = self.preemption.at_step_end()
-        if signum is not None:
-            self._preempt(signum)
-
-    def _preempt(self, signum: int) -> None:
-        """At a safe point where every rank agreed on the preemption signal ``signum``: save and exit."""
-        path = paths.join(self._preemption_folder(), "preempted.ckpt")
-        log.warning(
-            "received signal %d: saving %s at epoch %d, step %d, then exiting",
-            signum, path, self.current_epoch, self.global_step,
-        )
-        self.save_checkpoint(path, writer="preemption")
-        self.preemption.uninstall()
-        code = self.preemption_exit_code if self.preemption_exit_code is not None else exit_code_for(signum)
-        raise SystemExit(code)
-
-    def _preemption_folder(self) -> str:
-        for cb in self.callbacks:
-            dirpath = getattr(cb, "dirpath", None)
-            if isinstance(cb, ModelCheckpoint) and dirpath:
-                return str(dirpath)
-        return paths.join(self.default_root_dir, "checkpoints")
+        self.loop_tracker.step_end()
 
     def validation_end(self) -> None:
         """Mark the end of a validation run: monitor-based policies act on the logged metrics."""
-        self._validated_this_epoch = True
-        self._call("on_validation_end")
+        self.loop_tracker.validation_end()
 
     def epoch_end(self) -> None:
         """Mark the end of an epoch: epoch-based policies (and the default checkpoint) act."""
-        self.progress.epoch_finished = True
-        self._call("on_train_epoch_end")
-        if not self._validated_this_epoch:
-            self.validation_end()
-        signum = self.preemption.at_epoch_end()
-        if signum is not None:
-            self._preempt(signum)
+        self.loop_tracker.epoch_end()
 
     def exception(self, exception: BaseException) -> None:
         """Mark that the loop is leaving with ``exception`` (callbacks' ``on_exception`` run)."""
-        self.preemption.uninstall(synchronize=False)
-        if self._async is not None:  # let committed-by-now saves land; report, never mask
-            self._async.stop_warm_up()
-            self._async.wait()
-            while (error := self._async.take_error()) is not None:
-                log.error("a background checkpoint save failed: %s", error)
-        self._in_fit = False
-        self._call("on_exception", exception)
+        self.loop_tracker.exception(exception)
 
     def fit_end(self) -> None:
         """Mark the normal end of training (background saves are waited for)."""
-        self.wait()
-        self._call("on_fit_end")
-        self._in_fit = False
-        self.preemption.uninstall()
+        self.loop_tracker.fit_end()
 
     def batches(self, iterable: Iterable[T]) -> Iterator[T]:
         """Yield the batches of one epoch, counting steps; after a mid-epoch resume, start exactly
@@ -420,42 +320,8 @@ class Checkpointer:
         (a stateful data loader or sampler, ``track(loader=...)``) restores its own position and is
         not skipped. Draw no random numbers between the start of the epoch and this call.
         """
-        progress = self.progress
-        self._epoch_length = _sized_length(iterable)
-        skip = 0 if progress.epoch_finished else progress.batch_idx
-        if skip and not self._restores_itself(iterable):
-            iterator = self._resume_iterator(iterable, skip)
-        else:
-            if not skip and self.save_rng_state:
-                progress.epoch_rng = collect_rng_states()
-            iterator = iter(iterable)
-        for batch in iterator:
-            yield batch
-            self.step_end()
+        return self.loop_tracker.batches(iterable)
 
-    def _restores_itself(self, iterable: Any) -> bool:
-        tracked = [component.obj for component in self._tracked.values()]
-        candidates = [iterable, getattr(iterable, "sampler", None), getattr(iterable, "batch_sampler", None)]
-        return any(c is not None and any(c is t for t in tracked) for c in candidates)
-
-    def _resume_iterator(self, iterable: Iterable[T], skip: int) -> Iterator[T]:
-        log.info("resuming epoch %d after %d completed batches", self.progress.epoch, skip)
-        epoch_rng = self.progress.epoch_rng
-        if epoch_rng is None:
-            log.warning(
-                "the checkpoint has no record of the random state at the start of epoch %d: a "
-                "shuffled loader may repeat or skip samples in the rest of this epoch",
-                self.progress.epoch,
-            )
-            return skip_batches(iterable, skip)
-        current = collect_rng_states()
-        restore_rng_states(epoch_rng)
-        try:
-            return skip_batches(iterable, skip)
-        finally:
-            restore_rng_states(current)
-
-    # ------------------------------------------------------------------ the loop
     def fit(
         self,
         epoch_fn: Callable[..., Any],
@@ -465,35 +331,7 @@ class Checkpointer:
         kwargs: Mapping[str, Any] | None = None,
     ) -> FitResult:
         """Run ``epoch_fn(epoch)`` for every epoch up to ``max_epochs``, with restore and saves."""
-        if max_epochs is None or int(max_epochs) < 0:
-            raise ConfigurationError(f"max_epochs must be a non-negative integer, not {max_epochs!r}")
-        report = self.restore(ckpt_path) if ckpt_path is not None else None
-        takes_epoch = _accepts_positional(epoch_fn)
-        outputs: list[Any] = []
-        start = self.progress.start_epoch
-        self.fit_start()
-        try:
-            for epoch in range(start, int(max_epochs)):
-                self.epoch_start(epoch)
-                if takes_epoch:
-                    outputs.append(epoch_fn(epoch, *args, **(kwargs or {})))
-                else:
-                    outputs.append(epoch_fn(*args, **(kwargs or {})))
-                self.epoch_end()
-                if self.should_stop:
-                    log.info("stopping after epoch %d: should_stop was set", epoch)
-                    break
-            self.fit_end()
-        except BaseException as exc:
-            self.exception(exc)
-            raise
-        return FitResult(
-            start_epoch=start,
-            epochs_run=len(outputs),
-            global_step=self.global_step,
-            restore=report,
-            outputs=outputs,
-        )
+        return self.loop_tracker.fit(epoch_fn, max_epochs, ckpt_path, args, kwargs)
 
     def loop(
         self, max_epochs: int, ckpt_path: str | os.PathLike[str] | None = None
@@ -503,41 +341,12 @@ class Checkpointer:
         ``ckpt_path`` is ``"last"``, ``"best"``, a path, or ``None`` to start fresh. The function
         receives the epoch number as its first argument when it takes one.
         """
+        return self.loop_tracker.loop(max_epochs, ckpt_path)
 
-        def decorate(epoch_fn: Callable[..., Any]) -> Callable[..., FitResult]:
-            @functools.wraps(epoch_fn)
-            def run(*args: Any, **kwargs: Any) -> FitResult:
-                return self.fit(epoch_fn, max_epochs, ckpt_path, args, kwargs)
-
-            return run
-
-        return decorate
-
-    # ------------------------------------------------------------------ saving
+    # ------------------------------------------------------------------ saving (save_strategy)
     def dump_checkpoint(self, weights_only: bool = False) -> dict[str, Any]:
         """Build the checkpoint dict (on every rank): components, then every on_save_checkpoint hook."""
-        checkpoint: dict[str, Any] = {"pytorch-lightning_version": LIGHTNING_LAYOUT_VERSION}
-        space = namespace(checkpoint)
-        space.update(
-            format_version=FORMAT_VERSION,
-            version=__version__,
-            plugins=self.host.plugin_versions(),
-            weights_only=weights_only,
-        )
-        for component in self.components:
-            if weights_only and not component.in_weights_only:
-                continue
-            if component.is_active(self):
-                component.save_into(self, checkpoint)
-        if not weights_only:
-            for cb in self.callbacks:
-                cb.on_save_checkpoint(self, checkpoint)
-        for obj in (self.model, self.datamodule):
-            hook = getattr(obj, "on_save_checkpoint", None)
-            if callable(hook):
-                hook(checkpoint)
-        self.host.on_save_checkpoint(self, checkpoint)
-        return checkpoint
+        return dump_checkpoint(self, weights_only)
 
     def save_checkpoint(
         self,
@@ -557,117 +366,21 @@ class Checkpointer:
         a collective backend (``CheckpointIO.collective``, such as the ``ckpthooks-dcp`` plugin's)
         every rank writes its own shards and rank 0 commits. ``on_committed`` runs on the writer
         rank once the checkpoint is committed (policies prune there). Returns the commit manifest on
-        the writer rank, ``None`` elsewhere.
+        the writer rank, ``None`` elsewhere (and with ``async_save``, where the worker commits).
         """
-        path = paths.normalize(filepath)
-        distributed.agree_on_call(f"saving {path}", host=self.host)
-        checkpoint = self.dump_checkpoint(weights_only)
-        manifest: Manifest | None = None
-        error: BaseException | None = None
-        collective = self.store.io_for(path).collective
-        if self._async is not None and not collective:
-            self._save_in_background(path, checkpoint, weights_only, writer, on_committed)
-            return None  # committed later, by the worker
-        if self.is_global_zero or collective:
-            try:
-                manifest = (self.store.save_collective if collective else self.store.save)(
-                    checkpoint,
-                    path,
-                    epoch=self.current_epoch,
-                    global_step=self.global_step,
-                    metrics=self.callback_metrics,
-                    weights_only=weights_only,
-                    writer=writer,
-                )
-            except Exception as exc:
-                error = exc
-            else:
-                if manifest is not None:  # None on the other ranks of a collective save
-                    self._after_commit(path, manifest, on_committed)
-        distributed.agree_on_outcome(error, f"saving {path}", host=self.host)
-        return manifest
-
-    def _save_in_background(
-        self,
-        path: str,
-        checkpoint: dict[str, Any],
-        weights_only: bool,
-        writer: str | None,
-        on_committed: Callable[[Manifest], None] | None,
-    ) -> None:
-        """The ``async_save`` path: snapshot on this thread, write and commit on the worker."""
-        saver = self._async
-        assert saver is not None
-        error: BaseException | None = None
-        if self.is_global_zero:
-            try:
-                saver.wait_for_slot()
-                self._raise_background_error(policy_save=writer is not None)
-                state, buffers = saver.snapshot(checkpoint)
-                epoch, step, metrics = self.current_epoch, self.global_step, dict(self.callback_metrics)
-
-                def write() -> None:
-                    try:
-                        manifest = self.store.save(
-                            state, path, epoch=epoch, global_step=step, metrics=metrics,
-                            weights_only=weights_only, writer=writer,
-                        )
-                    except BaseException as exc:
-                        for cb in self.callbacks:
-                            cb.on_checkpoint_failed(self, path, exc)
-                        raise
-                    finally:
-                        saver.give_back(buffers)
-                    self._after_commit(path, manifest, on_committed)
-
-                saver.submit(write)
-            except Exception as exc:
-                error = exc
-        distributed.agree_on_outcome(error, f"saving {path}", host=self.host)
+        return self.saving.save(paths.normalize(filepath), weights_only, writer, on_committed)
 
     def settle_background_saves(self) -> None:
         """With ``async_save``: wait until another save may start (back-pressure), so that a policy
         decides with the outcome of earlier saves known. A no-op otherwise."""
-        if self._async is not None:
-            self._async.wait_for_slot()
-
-    def _raise_background_error(self, policy_save: bool = False) -> None:
-        """Raise (or, for policy saves with ``on_save_error="log"``, log) a failed background save."""
-        if self._async is None:
-            return
-        while (error := self._async.take_error()) is not None:
-            if policy_save and self.on_save_error == "log":
-                log.error("a background checkpoint save failed; training goes on: %s", error)
-                continue
-            raise error
+        self.saving.settle()
 
     def wait(self) -> None:
         """Wait until every background save is committed; raise the first that failed.
 
         A no-op without ``async_save``. Under ``torch.distributed`` call it on every rank.
         """
-        error: BaseException | None = None
-        if self._async is not None and self.is_global_zero:
-            self._async.wait()
-            try:
-                self._raise_background_error()
-            except Exception as exc:
-                error = exc
-        if self._async is not None:
-            distributed.agree_on_outcome(error, "waiting for background saves", host=self.host)
-
-    def _after_commit(
-        self, path: str, manifest: Manifest, on_committed: Callable[[Manifest], None] | None
-    ) -> None:
-        """Notify callbacks and prune. The checkpoint is committed already: a failure here is
-        logged (a file left behind is safe), never reported as a failed save."""
-        try:
-            for cb in self.callbacks:
-                cb.on_checkpoint_committed(self, path, manifest)
-            if on_committed is not None:
-                on_committed(manifest)
-        except Exception as exc:  # raising here would skip the outcome all ranks wait for
-            log.error("after committing %s: %s; older files may be left behind", path, exc)
+        self.saving.wait()
 
     def remove_checkpoint(self, filepath: str | os.PathLike[str]) -> bool:
         """Uncommit and delete a checkpoint (writer rank only; a no-op elsewhere).
@@ -687,105 +400,21 @@ class Checkpointer:
             self.store.remove(path)
         return True
 
-    # ------------------------------------------------------------------ finding
+    # ------------------------------------------------------------------ finding and restoring (resolution)
     def checkpoint_roots(self) -> list[str]:
-        """Folders searched for "last": the root folder itself (not its subfolders, which may hold
-        other runs) and every policy's own folder with its subfolders."""
-        roots = [self.default_root_dir]
-        for cb in self.callbacks:
-            dirpath = getattr(cb, "dirpath", None)
-            if dirpath and not any(paths.normalize(dirpath) == r for r in roots):
-                roots.append(paths.normalize(dirpath))
-        return roots
+        """The folders ``ckpt_path="last"`` looks in (see :mod:`ckpthooks.last_search`): the root
+        folder itself (not its subfolders, which may hold other runs), ``<root>/checkpoints`` and
+        every policy's folder, these with their subfolders."""
+        return [folder.path for folder in self.resolver.folders()]
 
     def committed_checkpoints(self) -> list[CommittedCheckpoint]:
         """Committed checkpoints in :meth:`checkpoint_roots`, newest (by global step) first."""
-        found: dict[str, CommittedCheckpoint] = {}
-        for index, root in enumerate(self.checkpoint_roots()):
-            for item in iter_committed(root, self.storage_options, recursive=index > 0):
-                found.setdefault(item.path, item)
-        return sorted(found.values(), key=lambda c: c.sort_key, reverse=True)
+        return self.resolver.committed()
 
     def find_checkpoint(self, which: str) -> str | None:
         """The path ``"last"`` or ``"best"`` refers to now, or ``None`` when there is none."""
-        if which == "last":
-            return self._find_last()
-        if which == "best":
-            for cb in self.callbacks:
-                finder = getattr(cb, "find_best", None)
-                if callable(finder) and getattr(cb, "monitor", None):
-                    best: str | None = finder(self)
-                    return best
-            raise ConfigurationError(
-                'ckpt_path="best" needs a ModelCheckpoint with a monitor among the callbacks'
-            )
-        raise ConfigurationError(f'expected "last" or "best", not {which!r}')
+        return self.resolver.find(which)
 
-    def _find_last(self) -> str | None:
-        """The newest committed checkpoint that verifies; corrupt ones are skipped with a warning,
-        and newer files that were never committed (an interrupted save) are named in one."""
-        candidates = self.committed_checkpoints()
-        full = [c for c in candidates if not c.manifest.weights_only] or candidates
-        for candidate in full:
-            try:
-                self.store.verify_committed(candidate)
-            except CorruptCheckpointError as exc:
-                log.warning("skipping %s for resume: %s", candidate.path, exc)
-                continue
-            self._warn_uncommitted_newer_than(candidate.manifest.created, {c.path for c in candidates})
-            return candidate.path
-        self._warn_uncommitted_newer_than(0.0, {c.path for c in candidates})
-        return None
-
-    def _load_last(
-        self, map_location: Any, weights_only: bool, *, alone: bool = False
-    ) -> tuple[str | None, dict[str, Any] | None]:
-        """Load the newest committed checkpoint that verifies, skipping corrupt ones with a warning,
-        as :meth:`_find_last` chooses, but checking each candidate in the load itself: its bytes are
-        read once (a remote one downloaded once), not once to choose it and again to load it.
-        ``(None, None)`` when none loads. ``alone``: on rank 0 of several, which cannot read a
-        collective backend's checkpoint by itself: such a candidate is verified, and returned
-        without a checkpoint, for every rank to read together."""
-        candidates = self.committed_checkpoints()
-        full = [c for c in candidates if not c.manifest.weights_only] or candidates
-        for candidate in full:
-            try:
-                if alone and self.store.io_for(candidate.path).collective:
-                    self.store.verify_committed(candidate)
-                    self._warn_uncommitted_newer_than(candidate.manifest.created, {c.path for c in candidates})
-                    return candidate.path, None
-                with restoring(self):
-                    checkpoint = self.store.load(candidate.path, map_location=map_location, weights_only=weights_only)
-            except CorruptCheckpointError as exc:
-                log.warning("skipping %s for resume: %s", candidate.path, exc)
-                continue
-            self._warn_uncommitted_newer_than(candidate.manifest.created, {c.path for c in candidates})
-            return candidate.path, checkpoint
-        self._warn_uncommitted_newer_than(0.0, {c.path for c in candidates})
-        return None, None
-
-    def _warn_uncommitted_newer_than(self, created: float, committed: set[str]) -> None:
-        skipped = []
-        for root in self.checkpoint_roots():
-            if not paths.is_local(root) or not os.path.isdir(root):
-                continue
-            for name in sorted(os.listdir(root)):
-                path = os.path.join(root, name)
-                if name.startswith(".") or not name.endswith(ModelCheckpoint.FILE_EXTENSION) or path in committed:
-                    continue
-                try:
-                    newer = os.path.getmtime(path) > created
-                except OSError:
-                    continue
-                if newer:
-                    skipped.append(path)
-        if skipped:
-            log.warning(
-                "ignoring %s: never committed (an interrupted save, or not written by ckpthooks)",
-                ", ".join(skipped),
-            )
-
-    # ------------------------------------------------------------------ restoring
     def restore(
         self,
         ckpt_path: str | os.PathLike[str] | None = "last",
@@ -807,158 +436,13 @@ class Checkpointer:
         """
         if ckpt_path is None:
             return None
-        text = os.fspath(ckpt_path)
-        checkpoint: dict[str, Any] | None = None
-        if text == "last" and distributed.world_size(self.host) == 1:
-            path, checkpoint = self._load_last(map_location, weights_only)
-        elif text == "last":  # rank 0 chooses by loading; it keeps what it loaded, the others load it then
-            kept: list[dict[str, Any]] = []
-
-            def choose() -> str | None:
-                found, loaded = self._load_last(map_location, weights_only, alone=True)
-                if loaded is not None:
-                    kept.append(loaded)
-                return found
-
-            path = distributed.decide_on_rank_zero(choose, 'finding ckpt_path="last"', host=self.host)
-            checkpoint = kept[0] if kept else None
-        elif text == "best":
-            path = distributed.decide_on_rank_zero(
-                lambda: self.find_checkpoint(text), f'finding ckpt_path="{text}"', host=self.host
-            )
-        else:
-            path = paths.normalize(text)
-        if text in ("last", "best") and path is None:
-            if must_exist or text == "best":
-                raise CheckpointNotFoundError(
-                    f'ckpt_path="{text}": no committed checkpoint found under '
-                    f"{', '.join(self.checkpoint_roots())}"
-                )
-            log.info('ckpt_path="last": no checkpoint yet under %s; starting fresh', self.default_root_dir)
-            return None
-        assert path is not None
-        if checkpoint is None or distributed.world_size(self.host) > 1:
-            checkpoint = self._load_on_every_rank(path, map_location, weights_only, loaded=checkpoint)
-        report = self.restore_from_dict(checkpoint, strict=strict)
-        report.path = path
-        self.resumed_from = path
-        log.info("%s", report.summary())
-        return report
-
-    def _load_on_every_rank(
-        self, path: str, map_location: Any, weights_only: bool, loaded: dict[str, Any] | None = None
-    ) -> dict[str, Any]:
-        """Read ``path`` (on every rank under ``torch.distributed``); every rank raises if one failed.
-        A rank that passes what it ``loaded`` already (rank 0, choosing "last") only takes part in
-        the agreement.
-
-        A collective backend reads in one collective step: the ranks first agree that each of them
-        sees a committed, intact checkpoint, so that none starts the collective read alone. With
-        full verification, rank 0 checks the checksum (every rank's files, once) and the other ranks
-        the size: on the shared folder they all read, one full read is enough.
-        """
-        if loaded is not None:
-            distributed.agree_on_outcome(None, f"loading {path}", host=self.host)
-            return loaded
-        checkpoint: dict[str, Any] = {}
-        error: BaseException | None = None
-        with restoring(self):
-            try:
-                verify: VerifyMode | None = None
-                if self.store.io_for(path).collective:
-                    failed: BaseException | None = None
-                    check = self.store.verify
-                    if check == "full" and not self.is_global_zero:
-                        check = "size"
-                    try:
-                        self.store.check_loadable(path, verify=check)
-                    except Exception as exc:
-                        failed = exc
-                    distributed.agree_on_outcome(failed, f"checking {path}", host=self.host)
-                    verify = "off"  # checked just now
-                checkpoint = self.store.load(path, map_location=map_location, weights_only=weights_only, verify=verify)
-            except Exception as exc:
-                error = exc
-        distributed.agree_on_outcome(error, f"loading {path}", host=self.host)
-        return checkpoint
+        return self.resolver.restore(
+            ckpt_path, strict=strict, weights_only=weights_only, map_location=map_location, must_exist=must_exist
+        )
 
     def restore_from_dict(self, checkpoint: dict[str, Any], *, strict: bool | None = None) -> RestoreReport:
         """Restore from a checkpoint dict already in memory (see :meth:`restore`)."""
-        check_format_version(checkpoint, "the checkpoint")
-        strict = self.strict if strict is None else strict
-        for obj in (self.model, self.datamodule):
-            hook = getattr(obj, "on_load_checkpoint", None)
-            if callable(hook):
-                hook(checkpoint)
-        for cb in self.callbacks:
-            cb.on_load_checkpoint(self, checkpoint)
-        self.host.on_load_checkpoint(self, checkpoint)
-
-        report = RestoreReport(path="<memory>")
-        plan: list[tuple[StateComponent, Any]] = []
-        incompatible: list[str] = []
-        known_names = set()
-        for component in self.components:
-            known_names.add(component.name)
-            found = component.find(self, checkpoint)
-            active = component.is_active(self)
-            report.missing += found.missing
-            report.unexpected += found.unexpected
-            incompatible += found.incompatible
-            if active and found.present:
-                plan.append((component, found.value))
-            elif active and component.on_missing != "ignore" and not found.missing:
-                label = component.label(self)
-                if component.on_missing == "error":
-                    report.missing.append(label)
-                else:
-                    log.warning("the checkpoint has no %s; it is left as it is", label)
-            elif found.present and not active and component.on_missing != "ignore":
-                report.unexpected.append(component.label(self))
-        saved_components = checkpoint.get(NAMESPACE, {}).get("components", {})
-        report.unexpected += [
-            f"component {name!r}" for name in sorted(saved_components) if name not in known_names
-        ]
-        if incompatible:
-            raise IncompatibleStateError(
-                f"the checkpoint does not fit what is tracked: {'; '.join(incompatible)}. Was it "
-                "saved from a model built with other hyperparameters? Nothing was restored."
-            )
-        if report.missing or report.unexpected:
-            self._report_mismatch(checkpoint, report, strict)
-        self.restore_strict = strict
-        for component, value in plan:
-            component.load(self, value)
-            if component.restores_state:
-                report.restored.append(component.name)
-        report.epoch, report.global_step = self.current_epoch, self.global_step
-        return report
-
-    def _report_mismatch(self, checkpoint: dict[str, Any], report: RestoreReport, strict: bool) -> None:
-        weights_only_file = bool(checkpoint.get(NAMESPACE, {}).get("weights_only"))
-        hint = (
-            " The file was saved with save_weights_only=True, so it holds no training state: "
-            "load it with Model.load_from_checkpoint, or resume from a full checkpoint."
-            if weights_only_file
-            else ""
-        )
-        if not strict:
-            log.warning(
-                "partial restore: missing %s; not restored %s", report.missing or "nothing",
-                report.unexpected or "nothing",
-            )
-            return
-        if report.missing:
-            raise MissingStateError(
-                f"the checkpoint lacks state for {', '.join(report.missing)}.{hint} Pass "
-                "strict=False to restore what is there.",
-                report.missing,
-            )
-        raise UnexpectedStateError(
-            f"the checkpoint holds state nothing tracked can take: {', '.join(report.unexpected)}. "
-            "Track the matching objects, or pass strict=False to leave it out.",
-            report.unexpected,
-        )
+        return restore_from_dict(self, checkpoint, strict=strict)
 
     # ------------------------------------------------------------------ teardown
     def close(self) -> None:
@@ -966,12 +450,7 @@ class Checkpointer:
         are waited for, and a failed one is raised. Preemption signal handlers still installed (a
         hand-written loop that never called :meth:`fit_end`) are removed."""
         self.preemption.uninstall(synchronize=False)
-        if self._async is not None:
-            self._async.wait()
-            pending = self._async.take_error()
-            self._async.shutdown()
-            if pending is not None:
-                raise pending
+        self.saving.close()
         errors: list[BaseException] = []
         for cb in self.callbacks:
             try:
@@ -988,20 +467,3 @@ class Checkpointer:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
-
-
-def _sized_length(iterable: Any) -> int | None:
-    try:
-        return len(iterable)
-    except (TypeError, NotImplementedError):
-        return None
-
-
-def _accepts_positional(fn: Callable[..., Any]) -> bool:
-    try:
-        parameters = inspect.signature(fn).parameters.values()
-    except (TypeError, ValueError):
-        return False
-    return any(
-        p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.VAR_POSITIONAL) for p in parameters
-    )

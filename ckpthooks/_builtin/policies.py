@@ -1,8 +1,9 @@
 """Built-in plugin: Lightning's default checkpointing policy.
 
-When checkpointing is enabled and the user configured no ``ModelCheckpoint``, a default one saves
-the latest state to ``<default_root_dir>/checkpoints`` at the end of every epoch, keeping one file
-(Lightning's behaviour).
+A default ``ModelCheckpoint`` saves the latest state to ``<default_root_dir>/checkpoints`` at the
+end of every epoch, keeping one file (Lightning's behaviour). It is marked ``is_default_policy``;
+the runtime keeps it only when checkpointing is enabled and no other callback saves checkpoints
+(:func:`ckpthooks.callbacks.with_default_policy`).
 """
 
 from __future__ import annotations
@@ -21,10 +22,6 @@ if TYPE_CHECKING:
 def register_policies(checkpointer: Checkpointer) -> Sequence[Callback]:
     from ckpthooks.policies.model_checkpoint import ModelCheckpoint
 
-    if not checkpointer.enable_checkpointing:
-        return []
-    if any(isinstance(cb, ModelCheckpoint) for cb in checkpointer.callbacks):
-        return []
     default = ModelCheckpoint()
     default.is_default_policy = True
     return [default]

@@ -90,6 +90,8 @@ class ModelCheckpoint(Callback):
     FILE_EXTENSION = EXTENSION
     #: first number the version counter appends (``name-v1``)
     STARTING_VERSION = 1
+    #: a policy: refused with ``enable_checkpointing=False``, and replaces the default one
+    saves_checkpoints = True
 
     def __init__(
         self,
@@ -570,6 +572,15 @@ class ModelCheckpoint(Callback):
             self._discard_pending(filepath)
 
     # ------------------------------------------------------------------ finding
+    def checkpoint_folders(self) -> list[str]:
+        """``dirpath``, once known (after setup)."""
+        return [self.dirpath] if self.dirpath else []
+
+    @property
+    def resolves_best(self) -> bool:
+        """With a ``monitor``, ``ckpt_path="best"`` is this policy's best top-k file."""
+        return self.monitor is not None
+
     def find_best(self, checkpointer: Checkpointer) -> str | None:
         """The best committed file of this policy, from its manifests (works in a new process)."""
         if self.monitor is None or self.dirpath is None:
