@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from ckpthooks.exceptions import ConfigurationError
+
 if TYPE_CHECKING:
     from ckpthooks.checkpointer import Checkpointer
     from ckpthooks.manifest import Manifest
@@ -124,6 +126,30 @@ class Callback:
         """Read the whole checkpoint dict after it is loaded, before state is restored."""
 
 
+def as_list(value: Any) -> list[Any]:
+    """``None`` as ``[]``, a list or tuple as a list, anything else as a list of one."""
+    if value is None:
+        return []
+    if isinstance(value, (list, tuple)):
+        return list(value)
+    return [value]
+
+
+def configured_callbacks(callbacks: Any, *, enable_checkpointing: bool) -> list[Callback]:
+    """The ``callbacks=`` a checkpointer was given (one, a sequence or ``None``) as a list, checked:
+    only :class:`Callback` instances, and none that saves checkpoints when checkpointing is off."""
+    found = as_list(callbacks)
+    for cb in found:
+        if not isinstance(cb, Callback):
+            raise ConfigurationError(f"callbacks must be ckpthooks.Callback instances, not {type(cb).__name__}")
+        if not enable_checkpointing and cb.saves_checkpoints:
+            raise ConfigurationError(
+                f"enable_checkpointing=False, but {cb!r} among the callbacks saves checkpoints: "
+                "remove it or enable checkpointing"
+            )
+    return found
+
+
 def with_default_policy(
     configured: Sequence[Callback], contributed: Sequence[Callback], *, enable_checkpointing: bool
 ) -> list[Callback]:
@@ -134,4 +160,18 @@ def with_default_policy(
     others_save = any(cb.saves_checkpoints and not cb.is_default_policy for cb in callbacks)
     if others_save or not enable_checkpointing:
         callbacks = [cb for cb in callbacks if not cb.is_default_policy]
+    _check_state_keys(callbacks)
     return callbacks
+
+
+def _check_state_keys(callbacks: Sequence[Callback]) -> None:
+    seen: dict[str, Callback] = {}
+    for cb in callbacks:
+        key = cb.state_key
+        if key in seen and cb.state_dict():
+            raise ConfigurationError(
+                f"two callbacks share the state key {key!r} ({seen[key]!r} and {cb!r}); give "
+                "them different options (e.g. another monitor or dirpath) so their state "
+                "can be told apart"
+            )
+        seen[key] = cb

@@ -21,13 +21,13 @@ from typing import Any, Literal, TypeVar
 
 from ckpthooks import distributed
 from ckpthooks.async_save import AsyncSaver
-from ckpthooks.callbacks import Callback, with_default_policy
+from ckpthooks.callbacks import Callback, as_list, configured_callbacks, with_default_policy
 from ckpthooks.components import StateComponent, TrackedComponent
 from ckpthooks.exceptions import CheckpointError, ConfigurationError, DuplicateContributionError
 from ckpthooks.io import paths
 from ckpthooks.io.base import CheckpointIO
 from ckpthooks.leftovers import clean_leftovers
-from ckpthooks.loop_tracking import FitResult, LoopTracker
+from ckpthooks.loop_tracking import FitResult, LoopTracker, metric_value
 from ckpthooks.manifest import CommittedCheckpoint, Manifest, VerifyMode
 from ckpthooks.plugin_host import PluginHost, get_plugin_host
 from ckpthooks.preemption import DEFAULT_SIGNALS, PreemptionWatcher
@@ -42,14 +42,6 @@ __all__ = ["Checkpointer", "FitResult", "RestoreReport"]
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-
-
-def _as_list(value: Any) -> list[Any]:
-    if value is None:
-        return []
-    if isinstance(value, (list, tuple)):
-        return list(value)
-    return [value]
 
 
 class Checkpointer:
@@ -125,12 +117,7 @@ class Checkpointer:
         self.strict = strict
         self.save_rng_state = save_rng_state
         self.host = plugin_host or get_plugin_host()
-        self.store = CheckpointStore(
-            host=self.host,
-            checkpoint_io=checkpoint_io,
-            storage_options=self.storage_options,
-            verify=verify,
-        )
+        self.store = CheckpointStore(self.host, checkpoint_io, self.storage_options, verify)
 
         self.model: Any = None
         self.optimizers: list[Any] = []
@@ -149,17 +136,7 @@ class Checkpointer:
         self.saving = SaveStrategy(self, async_save=async_save, max_saves_in_flight=max_saves_in_flight)
         self.resolver = Resolver(self)
 
-        self.callbacks: list[Callback] = list(_as_list(callbacks))
-        for cb in self.callbacks:
-            if not isinstance(cb, Callback):
-                raise ConfigurationError(
-                    f"callbacks must be ckpthooks.Callback instances, not {type(cb).__name__}"
-                )
-            if not enable_checkpointing and cb.saves_checkpoints:
-                raise ConfigurationError(
-                    f"enable_checkpointing=False, but {cb!r} among the callbacks saves checkpoints: "
-                    "remove it or enable checkpointing"
-                )
+        self.callbacks: list[Callback] = configured_callbacks(callbacks, enable_checkpointing=enable_checkpointing)
         self._component_sources: dict[str, str] = {}
         self._components: list[StateComponent] = []
         for plugin_name, component in self.host.state_components(self):
@@ -167,23 +144,10 @@ class Checkpointer:
             self._component_sources[component.name] = plugin_name
         policies = [policy for _, policy in self.host.policies(self)]
         self.callbacks = with_default_policy(self.callbacks, policies, enable_checkpointing=enable_checkpointing)
-        self._check_state_keys()
         for cb in self.callbacks:
             cb.setup(self)
         if self.is_global_zero:
             clean_leftovers(self.checkpoint_roots(), self.storage_options)
-
-    def _check_state_keys(self) -> None:
-        seen: dict[str, Callback] = {}
-        for cb in self.callbacks:
-            key = cb.state_key
-            if key in seen and cb.state_dict():
-                raise ConfigurationError(
-                    f"two callbacks share the state key {key!r} ({seen[key]!r} and {cb!r}); give "
-                    "them different options (e.g. another monitor or dirpath) so their state "
-                    "can be told apart"
-                )
-            seen[key] = cb
 
     # ------------------------------------------------------------------ tracking
     def track(
@@ -204,9 +168,9 @@ class Checkpointer:
         if model is not None:
             self.model = model
         if optimizers is not None:
-            self.optimizers = _as_list(optimizers)
+            self.optimizers = as_list(optimizers)
         if lr_schedulers is not None:
-            self.lr_schedulers = _as_list(lr_schedulers)
+            self.lr_schedulers = as_list(lr_schedulers)
         if scaler is not None:
             self.scaler = scaler
         if datamodule is not None:
@@ -256,13 +220,7 @@ class Checkpointer:
 
     def log(self, name: str, value: Any) -> None:
         """Record a metric for monitors and filename templates (a number or one-element tensor)."""
-        if not isinstance(name, str) or not name:
-            raise ConfigurationError(f"metric names must be non-empty strings, not {name!r}")
-        try:
-            number = float(value.item() if hasattr(value, "item") else value)
-        except (TypeError, ValueError, RuntimeError) as exc:
-            raise ConfigurationError(f"metric {name!r} must be a number, not {value!r}") from exc
-        self.callback_metrics[name] = number
+        self.callback_metrics[name] = metric_value(name, value)
 
     def log_dict(self, metrics: Mapping[str, Any]) -> None:
         for name, value in metrics.items():
@@ -309,27 +267,17 @@ class Checkpointer:
         self.loop_tracker.fit_end()
 
     def batches(self, iterable: Iterable[T]) -> Iterator[T]:
-        """Yield the batches of one epoch, counting steps; after a mid-epoch resume, start exactly
-        where the interrupted run was.
-
-        A batch counts as a completed step when the loop asks for the next one (or the epoch ends).
-        Leaving the loop with ``break`` does not count the batch being processed. At the start of an
-        epoch the random generator states are recorded; a mid-epoch resume recreates the epoch's
-        iterator under them (same shuffle, same worker seeds) and skips the batches already done
-        without loading them (for a DataLoader over a map-style dataset). An iterable you tracked
-        (a stateful data loader or sampler, ``track(loader=...)``) restores its own position and is
-        not skipped. Draw no random numbers between the start of the epoch and this call.
-        """
+        """Yield the batches of one epoch, counting steps (a batch counts when the loop asks for
+        the next one); after a mid-epoch resume, start exactly where the interrupted run was: the
+        epoch's iterator is recreated under its recorded random state and the batches done are
+        skipped without loading them, unless the iterable is tracked and restores its own position.
+        Draw no random numbers between the start of the epoch and this call."""
         return self.loop_tracker.batches(iterable)
 
     def fit(
-        self,
-        epoch_fn: Callable[..., Any],
-        max_epochs: int,
-        ckpt_path: str | os.PathLike[str] | None = None,
-        args: Sequence[Any] = (),
-        kwargs: Mapping[str, Any] | None = None,
-    ) -> FitResult:
+        self, epoch_fn: Callable[..., Any], max_epochs: int, ckpt_path: str | os.PathLike[str] | None = None,
+        args: Sequence[Any] = (), kwargs: Mapping[str, Any] | None = None,
+    ) -> FitResult:  # fmt: skip
         """Run ``epoch_fn(epoch)`` for every epoch up to ``max_epochs``, with restore and saves."""
         return self.loop_tracker.fit(epoch_fn, max_epochs, ckpt_path, args, kwargs)
 
@@ -349,13 +297,9 @@ class Checkpointer:
         return dump_checkpoint(self, weights_only)
 
     def save_checkpoint(
-        self,
-        filepath: str | os.PathLike[str],
-        weights_only: bool = False,
-        *,
-        writer: str | None = None,
+        self, filepath: str | os.PathLike[str], weights_only: bool = False, *, writer: str | None = None,
         on_committed: Callable[[Manifest], None] | None = None,
-    ) -> Manifest | None:
+    ) -> Manifest | None:  # fmt: skip
         """Save the full training state (or the weights only) to ``filepath`` and commit it.
 
         Call it on every rank, with the same path: the ranks first check that they all are saving
@@ -388,17 +332,7 @@ class Checkpointer:
         Refused (returns ``False``) for the file this run resumed from and for files a callback
         retains (see :meth:`Callback.retains`).
         """
-        path = paths.normalize(filepath)
-        if self.resumed_from is not None and path == self.resumed_from:
-            log.info("keeping %s: the run resumed from it", path)
-            return False
-        for cb in self.callbacks:
-            if cb.retains(self, path):
-                log.info("keeping %s: %r retains it", path, cb)
-                return False
-        if self.is_global_zero:
-            self.store.remove(path)
-        return True
+        return self.saving.remove(paths.normalize(filepath))
 
     # ------------------------------------------------------------------ finding and restoring (resolution)
     def checkpoint_roots(self) -> list[str]:
@@ -416,14 +350,9 @@ class Checkpointer:
         return self.resolver.find(which)
 
     def restore(
-        self,
-        ckpt_path: str | os.PathLike[str] | None = "last",
-        *,
-        strict: bool | None = None,
-        weights_only: bool = True,
-        map_location: Any = "cpu",
-        must_exist: bool = False,
-    ) -> RestoreReport | None:
+        self, ckpt_path: str | os.PathLike[str] | None = "last", *, strict: bool | None = None,
+        weights_only: bool = True, map_location: Any = "cpu", must_exist: bool = False,
+    ) -> RestoreReport | None:  # fmt: skip
         """Restore everything tracked from a checkpoint.
 
         ``ckpt_path`` is a path, ``"last"`` (the newest committed checkpoint by global step, ``None``

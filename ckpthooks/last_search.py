@@ -52,7 +52,9 @@ def search_folders(root: str, policy_folders: Iterable[str] = ()) -> list[Search
     return folders
 
 
-def committed_in(folders: Sequence[SearchFolder], storage_options: Mapping[str, Any] | None = None) -> list[CommittedCheckpoint]:
+def committed_in(
+    folders: Sequence[SearchFolder], storage_options: Mapping[str, Any] | None = None
+) -> list[CommittedCheckpoint]:
     """Every committed checkpoint in ``folders``, each once, newest (by global step) first."""
     found: dict[str, CommittedCheckpoint] = {}
     for folder in folders:

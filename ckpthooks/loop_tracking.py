@@ -228,6 +228,16 @@ class LoopTracker:
         return decorate
 
 
+def metric_value(name: str, value: Any) -> float:
+    """A logged metric as a float (a number or a one-element tensor); a bad one is refused."""
+    if not isinstance(name, str) or not name:
+        raise ConfigurationError(f"metric names must be non-empty strings, not {name!r}")
+    try:
+        return float(value.item() if hasattr(value, "item") else value)
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise ConfigurationError(f"metric {name!r} must be a number, not {value!r}") from exc
+
+
 def _sized_length(iterable: Any) -> int | None:
     try:
         return len(iterable)

@@ -119,7 +119,7 @@ class Resolver:
                     result = attempt(candidate)
                 except (CorruptCheckpointError, FileNotFoundError) as exc:
                     if _went_away(candidate, options):
-                        log.info("%s went away while it was loaded (saved or pruned meanwhile); trying the next", candidate.path)
+                        log.info("%s went away while it was loaded (saved or pruned meanwhile)", candidate.path)
                         if relists < RELISTS:
                             went_away = True
                             break

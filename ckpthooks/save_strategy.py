@@ -121,6 +121,21 @@ class SaveStrategy:
         except Exception as exc:  # raising here would skip the outcome all ranks wait for
             log.error("after committing %s: %s; older files may be left behind", path, exc)
 
+    def remove(self, path: str) -> bool:
+        """Uncommit and delete ``path`` on the writer rank; refused (``False``) for the file the
+        run resumed from and for files a callback retains."""
+        ckpt = self.checkpointer
+        if ckpt.resumed_from is not None and path == ckpt.resumed_from:
+            log.info("keeping %s: the run resumed from it", path)
+            return False
+        for cb in ckpt.callbacks:
+            if cb.retains(ckpt, path):
+                log.info("keeping %s: %r retains it", path, cb)
+                return False
+        if ckpt.is_global_zero:
+            ckpt.store.remove(path)
+        return True
+
     def settle(self) -> None:
         """Wait until another background save may start (back-pressure); a no-op without one."""
         if self.saver is not None:

@@ -433,7 +433,7 @@ def test_contributions_are_combined_builtins_first_then_by_plugin_name(
         "alpha", "alpha", "mid", "mid", "zeta", "zeta",
     ]  # fmt: skip
     assert [c.name for c in ckpt.components] == [c.name for _, c in components]
-    assert [p.state_key for _, p in host.policies(ckpt)] == [
+    assert [p.state_key for _, p in host.policies(ckpt) if not p.is_default_policy] == [
         "policy-alpha",
         "policy-mid",
         "policy-zeta",
