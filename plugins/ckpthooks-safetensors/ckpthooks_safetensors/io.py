@@ -7,6 +7,7 @@ import errno
 import json
 import logging
 import os
+import stat
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -331,7 +332,10 @@ def looks_like_safetensors(path: str, storage_options: Mapping[str, Any] | None 
     """Whether the file at ``path`` starts like a safetensors file (reads 9 bytes; never raises)."""
     try:
         if paths.is_local(path):
-            with open(paths.local_path(path), "rb") as handle:
+            # O_NONBLOCK: a FIFO named like a checkpoint must not block here; only regular files are read
+            with open(os.open(paths.local_path(path), os.O_RDONLY | getattr(os, "O_NONBLOCK", 0)), "rb") as handle:
+                if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
+                    return False
                 start = handle.read(9)
         else:
             fs = paths.filesystem(path, storage_options)
