@@ -320,7 +320,7 @@ class PluginHost:
                     continue  # a malformed contribution is reported where it is used
                 for item in contribution:
                     owners.setdefault(key(item), owner)
-            for owner, contribution in self._call_each(hook_name, only=plugin):
+            for _, contribution in self._call_each(hook_name, only=plugin):
                 if not isinstance(contribution, Sequence):
                     continue
                 for item in contribution:

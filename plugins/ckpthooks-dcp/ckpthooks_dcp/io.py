@@ -43,9 +43,19 @@ from ckpthooks import (
     CorruptCheckpointError,
     StorageError,
 )
-from ckpthooks.plugin import CheckpointIO, SaveResult, restoring_checkpointer
-from ckpthooks.plugin import folder_algorithm, new_hasher
-from ckpthooks.plugin import all_gather_object, broadcast_object, fsync_dir, is_local, local_path, temp_name_for
+from ckpthooks.plugin import (
+    CheckpointIO,
+    SaveResult,
+    all_gather_object,
+    broadcast_object,
+    folder_algorithm,
+    fsync_dir,
+    is_local,
+    local_path,
+    new_hasher,
+    restoring_checkpointer,
+    temp_name_for,
+)
 
 from ckpthooks_dcp.checksums import folder_checksum, hashing_file_system, relative_records
 from ckpthooks_dcp.layout import STRUCTURE_KEY, is_dtensor, join, split

@@ -14,8 +14,7 @@ from typing import Any
 import pytest
 import torch
 from ckpthooks import CorruptCheckpointError
-from ckpthooks.plugin import CheckpointIO, SaveResult, join_path, normalize_path
-from ckpthooks.plugin import PluginHost
+from ckpthooks.plugin import CheckpointIO, PluginHost, SaveResult, join_path, normalize_path
 from ckpthooks.testing.storage_contract import CheckpointIOContract, assert_same_checkpoint, realistic_checkpoint
 
 from ckpthooks_dcp import DCPCheckpointIO

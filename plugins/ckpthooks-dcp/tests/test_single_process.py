@@ -9,17 +9,24 @@ from typing import Any
 
 import pytest
 import torch
-from ckpthooks import Checkpointer, HyperparametersMixin, ModelCheckpoint
 from ckpthooks import (
+    Checkpointer,
     ConfigurationError,
     CorruptCheckpointError,
+    HyperparametersMixin,
+    ModelCheckpoint,
     StorageError,
     UnsafeCheckpointError,
 )
-from ckpthooks.plugin import hash_local_folder
-from ckpthooks.plugin import TEMP_MARKER
-from ckpthooks.plugin import MANIFEST_SUFFIX, read_manifest, verify_checkpoint
-from ckpthooks.plugin import PluginHost, get_plugin_host
+from ckpthooks.plugin import (
+    MANIFEST_SUFFIX,
+    TEMP_MARKER,
+    PluginHost,
+    get_plugin_host,
+    hash_local_folder,
+    read_manifest,
+    verify_checkpoint,
+)
 
 import ckpthooks_dcp.plugin
 from ckpthooks_dcp import DCPCheckpointIO, read_metadata

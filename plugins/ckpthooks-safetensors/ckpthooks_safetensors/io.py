@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import errno
 import json
 import logging
 import os
@@ -18,7 +17,6 @@ from ckpthooks import (
     CheckpointNotFoundError,
     ConfigurationError,
     CorruptCheckpointError,
-    StorageError,
 )
 from ckpthooks.plugin import (
     CheckpointIO,

@@ -25,8 +25,7 @@ from ckpthooks import (
     TorchCheckpointIO,
     UnsafeStateError,
 )
-from ckpthooks.plugin import TEMP_MARKER
-from ckpthooks.plugin import PluginHost, set_plugin_host
+from ckpthooks.plugin import TEMP_MARKER, PluginHost, set_plugin_host
 from ckpthooks.testing.storage_contract import (
     UNPICKLED,
     PickleProbe,

@@ -30,8 +30,7 @@ from ckpthooks_xla.runtime import xla_in_use
 
 if TYPE_CHECKING:
     from ckpthooks import Checkpointer
-    from ckpthooks.plugin import DistributedContext
-    from ckpthooks.plugin import CheckpointIO, CheckpointIOSpec
+    from ckpthooks.plugin import CheckpointIO, CheckpointIOSpec, DistributedContext
 
 #: Priority of the "xla" backend while an XLA device is in use: above the torch backend (0).
 PRIORITY_IN_USE = 10

@@ -17,10 +17,15 @@ from typing import Any
 
 import pytest
 import torch
-from ckpthooks import Checkpointer, TorchCheckpointIO, hookimpl
-from ckpthooks.plugin import DistributedContext, global_rank, is_global_zero, reset_collective_steps, world_size
-from ckpthooks import DistributedCheckpointError
-from ckpthooks.plugin import PluginHost
+from ckpthooks import Checkpointer, DistributedCheckpointError, TorchCheckpointIO, hookimpl
+from ckpthooks.plugin import (
+    DistributedContext,
+    PluginHost,
+    global_rank,
+    is_global_zero,
+    reset_collective_steps,
+    world_size,
+)
 
 import ckpthooks_xla.plugin
 import ckpthooks_xla.runtime
