@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import torch
 from click.testing import Result
 
 import ckpthooks.manifest
@@ -124,7 +123,8 @@ def test_convert_to_safetensors_and_back_accepts_a_file_name_that_is_not_utf8(tm
         for raw in (b"ckpt-\\xff.ckpt", b"plain-\\xff.ckpt"):
             source = os.fsdecode(folder + b"/" + raw)
             if raw.startswith(b"ckpt"):
-                Checkpointer(enable_checkpointing=False, save_rng_state=False).track(model=model).save_checkpoint(source)
+                checkpointer = Checkpointer(enable_checkpointing=False, save_rng_state=False)
+                checkpointer.track(model=model).save_checkpoint(source)
             else:
                 torch.save(model.state_dict(), source)  # a bare state dict without a manifest
             weights = os.fsdecode(folder + b"/weights-\\xfe-" + raw + b".safetensors")
@@ -210,7 +210,9 @@ def _not_a_file(kind: str, folder: Path, *, committed: bool = False) -> Path:
     else:
         os.symlink("/dev/zero", path)
     if committed:  # a manifest beside it, as an attacker (or a mistaken mv) can leave
-        write_manifest(str(path), Manifest(file="x.ckpt", size=0, checksum=None, algorithm=None, epoch=0, global_step=0))
+        write_manifest(
+            str(path), Manifest(file="x.ckpt", size=0, checksum=None, algorithm=None, epoch=0, global_step=0)
+        )
         assert read_manifest(str(path)) is not None
     return path
 
@@ -226,7 +228,9 @@ _KINDS = [
 
 _LOADS = {
     "restore": "Checkpointer(enable_checkpointing=False).track(model=TinyNet()).restore(PATH)",
-    "restore_unsafe": "Checkpointer(enable_checkpointing=False).track(model=TinyNet()).restore(PATH, weights_only=False)",
+    "restore_unsafe": (
+        "Checkpointer(enable_checkpointing=False).track(model=TinyNet()).restore(PATH, weights_only=False)"
+    ),
     "restore_unverified": "Checkpointer(enable_checkpointing=False, verify='off').track(model=TinyNet()).restore(PATH)",
     "load_from_checkpoint": "TinyNet.load_from_checkpoint(PATH)",
 }
