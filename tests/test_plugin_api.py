@@ -98,7 +98,8 @@ def test_the_import_check_finds_imports_in_functions_type_checking_blocks_and_th
 
 
 def test_every_name_in_the_plugin_api_exists_and_is_documented() -> None:
-    assert ckpthooks.plugin.__all__ == sorted(ckpthooks.plugin.DOCUMENTATION)
+    assert len(set(ckpthooks.plugin.__all__)) == len(ckpthooks.plugin.__all__)
+    assert sorted(ckpthooks.plugin.__all__) == sorted(ckpthooks.plugin.DOCUMENTATION)
     for name in ckpthooks.plugin.__all__:
         assert getattr(ckpthooks.plugin, name) is not None, name
         module, _, line = ckpthooks.plugin.DOCUMENTATION[name]
