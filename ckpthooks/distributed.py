@@ -15,8 +15,11 @@ torch's default is 30 minutes for gloo, 10 for NCCL) and then raise
 Where ranks come from, in order: an initialized ``torch.distributed`` process group; else a
 :class:`DistributedContext` a plugin supplies through the
 :func:`~ckpthooks.hookspecs.distributed_context` hook (the XLA plugin's ordinals, for example),
-asked through the plugin host passed as ``host`` (the shared one by default); else the launcher
-variables (``RANK``, ``SLURM_PROCID``, ...) with a world of one process.
+asked through the context source passed as ``host`` (anything with a ``distributed_context()``
+method, such as a :class:`~ckpthooks.plugin_host.PluginHost`), else through the default source
+(:func:`set_default_context_source`; :mod:`ckpthooks.plugin_host` installs the shared host as the
+default when it is imported); else the launcher variables (``RANK``, ``SLURM_PROCID``, ...) with a
+world of one process. This module imports no other ckpthooks module but the exceptions.
 """
 
 from __future__ import annotations
@@ -24,12 +27,9 @@ from __future__ import annotations
 import functools
 import os
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast, runtime_checkable
+from typing import Any, Protocol, TypeVar, cast, runtime_checkable
 
 from ckpthooks.exceptions import DistributedCheckpointError
-
-if TYPE_CHECKING:
-    from ckpthooks.plugin_host import PluginHost
 
 F = TypeVar("F", bound=Callable[..., Any])
 T = TypeVar("T")
@@ -61,6 +61,30 @@ class DistributedContext(Protocol):
         ...
 
 
+@runtime_checkable
+class ContextSource(Protocol):
+    """Where a plugin-supplied :class:`DistributedContext` comes from (a plugin host, in practice)."""
+
+    def distributed_context(self) -> DistributedContext | None:
+        """The context of the runtime in use, or ``None``."""
+        ...
+
+
+#: Returns the source asked when no ``host`` is passed (set by :func:`set_default_context_source`).
+_default_source: Callable[[], ContextSource | None] | None = None
+
+
+def set_default_context_source(
+    source: Callable[[], ContextSource | None] | None,
+) -> Callable[[], ContextSource | None] | None:
+    """Install what returns the context source asked when a function here gets no ``host``
+    (:mod:`ckpthooks.plugin_host` installs :func:`~ckpthooks.plugin_host.get_plugin_host`);
+    returns the previous one."""
+    global _default_source
+    previous, _default_source = _default_source, source
+    return previous
+
+
 def _dist() -> Any | None:
     """``torch.distributed`` when it is available and initialized, else ``None``."""
     try:
@@ -80,14 +104,13 @@ def _env_rank() -> int:
     return 0
 
 
-def _context(host: PluginHost | None) -> DistributedContext | None:
+def _context(host: ContextSource | None) -> DistributedContext | None:
     """The plugin-supplied context (asked only when no process group is initialized)."""
-    from ckpthooks.plugin_host import get_plugin_host
+    source = host if host is not None else (_default_source() if _default_source is not None else None)
+    return source.distributed_context() if source is not None else None
 
-    return (host or get_plugin_host()).distributed_context()
 
-
-def global_rank(host: PluginHost | None = None) -> int:
+def global_rank(host: ContextSource | None = None) -> int:
     """This process's global rank (the process group, else a plugin's context, else launcher variables)."""
     dist = _dist()
     if dist is not None:
@@ -96,7 +119,7 @@ def global_rank(host: PluginHost | None = None) -> int:
     return int(context.rank()) if context is not None else _env_rank()
 
 
-def world_size(host: PluginHost | None = None) -> int:
+def world_size(host: ContextSource | None = None) -> int:
     dist = _dist()
     if dist is not None:
         return int(dist.get_world_size())
@@ -104,11 +127,11 @@ def world_size(host: PluginHost | None = None) -> int:
     return int(context.world_size()) if context is not None else 1
 
 
-def is_global_zero(host: PluginHost | None = None) -> bool:
+def is_global_zero(host: ContextSource | None = None) -> bool:
     return global_rank(host) == 0
 
 
-def barrier(host: PluginHost | None = None) -> None:
+def barrier(host: ContextSource | None = None) -> None:
     dist = _dist()
     if dist is not None:
         if dist.get_world_size() > 1:
@@ -119,7 +142,7 @@ def barrier(host: PluginHost | None = None) -> None:
         context.barrier()
 
 
-def broadcast_object(obj: Any, src: int = 0, host: PluginHost | None = None) -> Any:
+def broadcast_object(obj: Any, src: int = 0, host: ContextSource | None = None) -> Any:
     """``obj`` from rank ``src`` on every rank (identity in a single process)."""
     dist = _dist()
     if dist is None:
@@ -139,7 +162,13 @@ def broadcast_object(obj: Any, src: int = 0, host: PluginHost | None = None) -> 
 _steps: dict[int, int] = {}
 
 
-def _all_gather(obj: Any, host: PluginHost | None) -> list[Any]:
+def reset_collective_steps() -> None:
+    """Forget how many exchanges each rank made, as a fresh process would (for tests that run
+    several ranks as threads of one process, or start a new simulated run in the same process)."""
+    _steps.clear()
+
+
+def _all_gather(obj: Any, host: ContextSource | None) -> list[Any]:
     dist = _dist()
     if dist is not None:
         gathered: list[Any] = [None] * int(dist.get_world_size())
@@ -152,13 +181,13 @@ def _all_gather(obj: Any, host: PluginHost | None) -> list[Any]:
     return [context.broadcast_object(obj if me == src else None, src) for src in range(context.world_size())]
 
 
-def all_gather_object(obj: Any, host: PluginHost | None = None) -> list[Any]:
+def all_gather_object(obj: Any, host: ContextSource | None = None) -> list[Any]:
     """Every rank's ``obj`` (small and picklable), in rank order, on every rank (``[obj]`` in a
     single process). A collective: every rank calls it at the same point."""
     return _all_gather(obj, host)
 
 
-def _exchange(what: str, payload: Any, host: PluginHost | None) -> list[Any]:
+def _exchange(what: str, payload: Any, host: ContextSource | None) -> list[Any]:
     """Every rank's ``payload`` (small and picklable), on every rank, for the step ``what``.
 
     Raises :class:`DistributedCheckpointError` on every rank when the ranks are at different steps
@@ -189,7 +218,7 @@ def _exchange(what: str, payload: Any, host: PluginHost | None) -> list[Any]:
     return [item for _, _, item in gathered]
 
 
-def agree_on_call(what: str, host: PluginHost | None = None) -> None:
+def agree_on_call(what: str, host: ContextSource | None = None) -> None:
     """Check that every rank is making the same call ``what`` (for example ``"saving <path>"``) at
     the same point; raises :class:`DistributedCheckpointError` on every rank otherwise. A no-op
     in a single process."""
@@ -197,7 +226,7 @@ def agree_on_call(what: str, host: PluginHost | None = None) -> None:
         _exchange(what, None, host)
 
 
-def agree_on_outcome(error: BaseException | None, what: str, host: PluginHost | None = None) -> None:
+def agree_on_outcome(error: BaseException | None, what: str, host: ContextSource | None = None) -> None:
     """Share every rank's outcome of ``what``; every rank raises if any rank failed.
 
     Each rank passes the exception its part raised, or ``None`` (for a save to one file only the
@@ -219,7 +248,7 @@ def agree_on_outcome(error: BaseException | None, what: str, host: PluginHost | 
             raise DistributedCheckpointError(f"{what} failed on {where}: {outcome}")
 
 
-def decide_on_rank_zero(decide: Callable[[], T], what: str, host: PluginHost | None = None) -> T:
+def decide_on_rank_zero(decide: Callable[[], T], what: str, host: ContextSource | None = None) -> T:
     """Run ``decide`` on rank 0 only and return its result on every rank.
 
     For decisions that must not depend on what each rank sees (which checkpoint is "last"): the

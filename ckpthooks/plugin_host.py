@@ -1,7 +1,10 @@
 """The plugin host: owns the pluggy ``PluginManager`` and is the only caller of hooks.
 
 The rest of ckpthooks talks to plugins through the typed methods of :class:`PluginHost`, never through
-``pm.hook.*``. Built-in plugins are registered first, exactly like external ones; then the
+``pm.hook.*``. Every hook, contribution hooks included, is called through pluggy (so ``tryfirst``,
+``trylast``, tracing and hook-call monitoring apply); a contribution hook is called one plugin at a
+time (:meth:`PluginManager.subset_hook_caller`) so that each contribution is attributed to its
+plugin. Built-in plugins are registered first, exactly like external ones; then the
 ``ckpthooks`` entry points are loaded one at a time, so that one broken plugin is recorded (and
 reported by ``ckpthooks plugins``) instead of taking the host down.
 
@@ -12,7 +15,9 @@ Environment variables:
 ``CKPTHOOKS_PLUGINS_ALLOW=a,b``
     Load only these entry-point plugins (built-in plugins are always loaded unless blocked).
 ``CKPTHOOKS_PLUGINS_BLOCK=c,d``
-    Never load these plugins; built-in plugin names may be blocked too (to replace one).
+    Never load these plugins; built-in plugin names may be blocked too (to replace one), except the
+    essential ones (:data:`ESSENTIAL_PLUGINS`): blocking one raises :class:`ConfigurationError` when
+    the host is built.
 ``CKPTHOOKS_DISABLE_PLUGIN_AUTOLOAD=1``
     Load no entry-point plugins at all.
 """
@@ -31,7 +36,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import pluggy
 
-from ckpthooks import hookspecs
+from ckpthooks import distributed, hookspecs
 from ckpthooks._version import __version__
 from ckpthooks.exceptions import (
     ConfigurationError,
@@ -60,6 +65,17 @@ BUILTIN_PLUGINS: tuple[tuple[str, str], ...] = (
     ("builtin-storage", "ckpthooks._builtin.storage"),
     ("builtin-lightning", "ckpthooks._builtin.lightning"),
 )
+
+#: Built-in plugins that cannot be blocked: ``builtin-storage`` holds the last-resort storage hooks
+#: every save, load and delete ends in. Replace the default backend instead (a plugin whose
+#: ``register_checkpoint_io`` spec serves the same protocols with a higher priority).
+ESSENTIAL_PLUGINS: frozenset[str] = frozenset({"builtin-storage"})
+
+#: Contribution hooks whose names are checked against the registered plugins' at registration
+#: (they take no argument); the others depend on the checkpointer and are checked when one is built.
+_CHECKED_AT_REGISTRATION: dict[str, tuple[str, Callable[[Any], str]]] = {
+    "register_checkpoint_io": ("storage backend", lambda spec: str(spec.name)),
+}
 
 Source = Literal["builtin", "entrypoint", "manual"]
 T = TypeVar("T")
@@ -145,6 +161,15 @@ class PluginHost:
             self.load_entry_points = False
         self.pm = pluggy.PluginManager(hookspecs.PROJECT_NAME)
         self.pm.add_hookspecs(hookspecs)
+        essential = sorted(ESSENTIAL_PLUGINS & self.block) if self.load_builtins else []
+        if essential:
+            raise ConfigurationError(
+                f"built-in plugin {essential[0]!r} is essential and cannot be blocked (it holds the "
+                "last-resort storage hooks every save, load and delete ends in). To replace the default "
+                "torch backend, install or register a plugin whose register_checkpoint_io spec serves the "
+                "same protocols with a higher priority, or pass checkpoint_io= to the Checkpointer; "
+                f"remove {essential[0]!r} from CKPTHOOKS_PLUGINS_BLOCK"
+            )
         if self.load_builtins:
             for index, (name, module) in enumerate(BUILTIN_PLUGINS):
                 if name in self.block:
@@ -201,6 +226,11 @@ class PluginHost:
                     f"plugin {name!r}: {caller.name} is a contribution hook; it cannot be a wrapper "
                     "(return your contributions instead)"
                 )
+        try:
+            self._check_contribution_names(plugin, name)
+        except PluginError:
+            self.pm.unregister(name=name)
+            raise
         hooks = tuple(sorted(caller.name for caller in callers))
         if source == "builtin":
             distribution, version = hookspecs.PROJECT_NAME, __version__
@@ -242,6 +272,8 @@ class PluginHost:
                 )
             except Exception as exc:  # one broken plugin must not stop the host
                 if self.strict:
+                    if isinstance(exc, DuplicateContributionError):
+                        raise
                     raise PluginLoadError(ep.name, exc) from exc
                 message = " ".join(f"{type(exc).__name__}: {exc}".split())  # one line
                 self._failures[ep.name] = PluginInfo(
@@ -275,15 +307,46 @@ class PluginHost:
 
     # ----------------------------------------------------------------- calling contribution hooks
 
-    def _call_each(self, hook_name: str, **kwargs: Any) -> list[tuple[str, Any]]:
-        """Call every implementation of a hook in the deterministic plugin order."""
+    def _check_contribution_names(self, plugin: object, plugin_name: str) -> None:
+        """Raise :class:`DuplicateContributionError` when the just registered ``plugin`` contributes
+        a name (a storage backend's) that an already registered plugin contributes too."""
+        for hook_name, (kind, key) in _CHECKED_AT_REGISTRATION.items():
+            impls = getattr(self.pm.hook, hook_name).get_hookimpls()
+            if not any(impl.plugin is plugin for impl in impls):
+                continue
+            owners: dict[str, str] = {}
+            for owner, contribution in self._call_each(hook_name):
+                if owner == plugin_name or not isinstance(contribution, Sequence):
+                    continue  # a malformed contribution is reported where it is used
+                for item in contribution:
+                    owners.setdefault(key(item), owner)
+            for _, contribution in self._call_each(hook_name, only=plugin):
+                if not isinstance(contribution, Sequence):
+                    continue
+                for item in contribution:
+                    if key(item) in owners:
+                        raise DuplicateContributionError(kind, key(item), owners[key(item)], plugin_name)
+
+    def _contribution_order(self, impl: pluggy.HookImpl) -> tuple[int, tuple[int, str]]:
+        """``tryfirst`` implementations first, ``trylast`` ones last, each group in plugin order."""
+        rank = 0 if impl.tryfirst else 2 if impl.trylast else 1
+        return rank, self._order_of(impl.plugin_name)
+
+    def _call_each(self, hook_name: str, only: object | None = None, **kwargs: Any) -> list[tuple[str, Any]]:
+        """Call every implementation of a contribution hook through pluggy, one plugin at a time,
+        in the deterministic order (:meth:`_contribution_order`); ``(plugin name, result)`` for
+        each result that is not ``None``. ``only`` restricts the call to that plugin object."""
         caller = getattr(self.pm.hook, hook_name)
-        impls = sorted(caller.get_hookimpls(), key=lambda impl: self._order_of(impl.plugin_name))
+        impls = sorted(caller.get_hookimpls(), key=self._contribution_order)
+        plugins = self.pm.get_plugins()
         results: list[tuple[str, Any]] = []
         for impl in impls:
-            args = {name: kwargs[name] for name in impl.argnames}
-            result = impl.function(**args)
-            if result is not None:
+            if only is not None and impl.plugin is not only:
+                continue
+            others = {plugin for plugin in plugins if plugin is not impl.plugin}
+            contributed = self.pm.subset_hook_caller(hook_name, remove_plugins=others)(**kwargs)
+            # a contribution hook is not firstresult: pluggy returns the non-None results in a list
+            for result in contributed:
                 results.append((impl.plugin_name, result))
         return results
 
@@ -340,16 +403,17 @@ class PluginHost:
         import click
 
         caller = self.pm.hook.register_cli_commands
-        impls = sorted(caller.get_hookimpls(), key=lambda impl: self._order_of(impl.plugin_name))
+        impls = sorted(caller.get_hookimpls(), key=self._contribution_order)
         commands: list[tuple[str, click.Command]] = []
         owners: dict[str, str] = {}
         problems: list[str] = []
         for impl in impls:
             plugin_name = impl.plugin_name
             try:
-                result = impl.function()
-                if result is None:
+                contributed = self._call_each("register_cli_commands", only=impl.plugin)
+                if not contributed:
                     continue
+                result = contributed[0][1]
                 if not isinstance(result, Sequence) or not all(isinstance(c, click.Command) for c in result):
                     raise PluginError(
                         f"register_cli_commands must return a sequence of click.Command, not {result!r}"
@@ -474,6 +538,10 @@ def get_plugin_host() -> PluginHost:
             if _host is None:
                 _host = PluginHost()
     return _host
+
+
+# ckpthooks.distributed asks the shared host for a plugin's context when it is given no host
+distributed.set_default_context_source(get_plugin_host)
 
 
 def set_plugin_host(host: PluginHost | None) -> PluginHost | None:

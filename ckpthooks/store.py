@@ -418,7 +418,7 @@ def _same_file(path: str, *, pin: bool) -> Iterator[Callable[[], bool]]:
     handle: int | None = None
     if local is not None:
         try:
-            handle = os.open(local, os.O_RDONLY)
+            handle = os.open(local, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))  # a FIFO must not block
             if not stat.S_ISREG(os.fstat(handle).st_mode):  # a folder checkpoint: renamed as a whole
                 os.close(handle)
                 handle = None

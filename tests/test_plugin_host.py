@@ -197,7 +197,16 @@ def on_save_checkpoint(checkpoint, not_a_parameter):
     pass
 """
 
+DUPLICATE_TORCH_PLUGIN = """
+from ckpthooks import CheckpointIOSpec, TorchCheckpointIO, hookimpl
+
+@hookimpl
+def register_checkpoint_io():
+    return [CheckpointIOSpec(name="torch", protocols=("memory",), factory=TorchCheckpointIO, priority=5)]
+"""
+
 PLUGIN_SOURCES = {
+    "dup-torch": ("ckh_fake_dup_torch", DUPLICATE_TORCH_PLUGIN),
     "good": ("ckh_fake_good", GOOD_PLUGIN),
     "broken": ("ckh_fake_broken", IMPORT_ERROR_PLUGIN),
     "misspelled": ("ckh_fake_misspelled", UNKNOWN_HOOK_PLUGIN),
@@ -370,22 +379,24 @@ def test_a_plugin_component_named_like_a_builtin_one_is_rejected(tmp_path: Path)
     assert info.value.plugins == ("builtin-state", "my-rng")
 
 
-def test_two_plugins_contributing_one_storage_backend_name_are_rejected() -> None:
+def test_a_plugin_contributing_a_storage_backend_name_already_registered_is_rejected_at_registration() -> None:
     host = new_host()
     host.register(StoragePlugin("fast", ("memory",), 5), "store-b")
-    host.register(StoragePlugin("fast", ("s3",), 5), "store-a")
     with pytest.raises(DuplicateContributionError) as info:
-        host.checkpoint_io_specs()
+        host.register(StoragePlugin("fast", ("s3",), 5), "store-a")
     message = str(info.value)
     assert "storage backend 'fast'" in message
-    assert info.value.plugins == ("store-a", "store-b")
+    assert info.value.plugins == ("store-b", "store-a")
+    # the rejected plugin is not registered; the first one still serves its protocol
+    assert host.pm.get_plugin("store-a") is None and "store-a" not in names(host)
+    assert [spec.name for _, spec in host.checkpoint_io_specs()] == ["torch", "fast"]
 
 
-def test_a_backend_named_like_the_builtin_torch_backend_is_rejected() -> None:
+def test_a_backend_named_like_the_builtin_torch_backend_is_rejected_at_registration() -> None:
     host = new_host()
-    host.register(StoragePlugin("torch", ("memory",), 5), "my-torch")
     with pytest.raises(DuplicateContributionError, match=r"'builtin-storage'.*'my-torch'"):
-        host.checkpoint_io_for("memory://x/a.ckpt")
+        host.register(StoragePlugin("torch", ("memory",), 5), "my-torch")
+    assert isinstance(host.checkpoint_io_for("memory://x/a.ckpt"), TorchCheckpointIO)
 
 
 def test_two_plugins_contributing_one_policy_state_key_are_rejected(tmp_path: Path) -> None:
@@ -494,7 +505,7 @@ def test_registering_a_backend_plugin_resets_the_backend_choice() -> None:
 
 
 def test_a_protocol_nobody_serves_is_a_configuration_error() -> None:
-    host = PluginHost(load_entry_points=False, block={"builtin-storage"})
+    host = PluginHost(load_entry_points=False, load_builtins=False)
     with pytest.raises(ckpthooks.ConfigurationError, match="no storage backend serves 'memory'"):
         host.checkpoint_io_for("memory://x/a.ckpt")
 
@@ -773,3 +784,131 @@ def test_a_wrapper_on_a_contribution_hook_is_rejected_by_name() -> None:
     with pytest.raises(PluginError, match=r"'wrapping'.*register_state_components.*wrapper"):
         host.register(Wrapping(), "wrapping")
     assert "wrapping" not in [p.name for p in host.plugins()]
+
+
+# --------------------------------------------------------------------------- duplicates at load time
+
+
+def test_an_entry_point_whose_backend_name_is_taken_is_recorded_as_a_load_failure_naming_both_plugins(
+    fake_entry_points: Callable[..., None],
+) -> None:
+    fake_entry_points("dup-torch", "good")
+    with pytest.warns(PluginLoadWarning, match="'dup-torch'"):
+        host = PluginHost()
+    [failure] = host.failures
+    assert failure.name == "dup-torch"
+    assert failure.error is not None
+    assert "DuplicateContributionError" in failure.error
+    assert "'builtin-storage'" in failure.error and "'dup-torch'" in failure.error
+    assert host.pm.get_plugin("dup-torch") is None
+    assert names(host) == [*BUILTINS, "good", "dup-torch"]  # active ones, then the failure
+    assert [spec.name for _, spec in host.checkpoint_io_specs()] == ["torch"]
+
+
+def test_strict_mode_raises_duplicate_contribution_error_when_an_entry_point_repeats_a_backend_name(
+    fake_entry_points: Callable[..., None], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake_entry_points("dup-torch")
+    monkeypatch.setenv("CKPTHOOKS_STRICT_PLUGINS", "1")
+    with pytest.raises(DuplicateContributionError) as info:
+        PluginHost()
+    assert info.value.plugins == ("builtin-storage", "dup-torch")
+
+
+# --------------------------------------------------------------------------- essential built-ins
+
+
+@pytest.mark.parametrize("how", ["environment", "argument"])
+def test_blocking_the_builtin_storage_plugin_is_refused_when_the_host_is_built(
+    how: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if how == "environment":
+        monkeypatch.setenv("CKPTHOOKS_PLUGINS_BLOCK", "builtin-lightning, builtin-storage")
+        build = lambda: PluginHost(load_entry_points=False)  # noqa: E731
+    else:
+        build = lambda: PluginHost(load_entry_points=False, block={"builtin-storage"})  # noqa: E731
+    with pytest.raises(ckpthooks.ConfigurationError) as info:
+        build()
+    message = str(info.value)
+    assert "'builtin-storage' is essential and cannot be blocked" in message
+    assert "register_checkpoint_io" in message and "higher priority" in message
+    assert "CKPTHOOKS_PLUGINS_BLOCK" in message
+
+
+def test_other_builtin_plugins_may_still_be_blocked(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CKPTHOOKS_PLUGINS_BLOCK", "builtin-lightning")
+    host = PluginHost(load_entry_points=False)
+    assert "builtin-lightning" not in names(host) and "builtin-storage" in names(host)
+
+
+# --------------------------------------------------------------------------- contribution hooks go through pluggy
+
+
+def test_tryfirst_and_trylast_order_contributions_before_and_after_the_plugin_order() -> None:
+    host = new_host()
+
+    def backend(name: str, **marks: bool) -> types.ModuleType:
+        @hookimpl(**marks)
+        def register_checkpoint_io() -> Sequence[CheckpointIOSpec]:
+            return [CheckpointIOSpec(name=name, protocols=("memory",), factory=TorchCheckpointIO)]
+
+        return module_plugin(f"ckh_{name}", register_checkpoint_io=register_checkpoint_io)
+
+    host.register(backend("late", trylast=True), "a-late")
+    host.register(backend("plain"), "b-plain")
+    host.register(backend("early", tryfirst=True), "c-early")
+    specs = [(plugin, spec.name) for plugin, spec in host.checkpoint_io_specs()]
+    assert specs == [("c-early", "early"), ("builtin-storage", "torch"), ("b-plain", "plain"), ("a-late", "late")]
+    # so the tryfirst spec wins a priority tie over the built-in torch backend
+    assert host.checkpoint_io_specs()[0][0] == "c-early"
+
+
+def test_tryfirst_state_components_come_first_in_the_checkpoint(tmp_path: Path) -> None:
+    host = new_host()
+
+    @hookimpl(tryfirst=True)
+    def register_state_components(checkpointer: Checkpointer) -> Sequence[StateComponent]:
+        return [Component("first-of-all")]
+
+    host.register(module_plugin("ckh_first", register_state_components=register_state_components), "first")
+    [(plugin, component), *_] = host.state_components(checkpointer(host, tmp_path))
+    assert (plugin, component.name) == ("first", "first-of-all")
+
+
+def test_pluggy_tracing_sees_every_contribution_hook_call(tmp_path: Path) -> None:
+    import click
+
+    host = new_host()
+
+    @hookimpl
+    def register_cli_commands() -> Sequence[click.Command]:
+        return [click.Command("hello", callback=lambda: None)]
+
+    host.register(module_plugin("ckh_hello", register_cli_commands=register_cli_commands), "hello")
+    lines: list[str] = []
+    host.pm.trace.root.setwriter(lines.append)
+    undo = host.pm.enable_tracing()
+    try:
+        host.checkpoint_io_specs()
+        host.state_components(checkpointer(host, tmp_path))
+        host.cli_commands()
+    finally:
+        undo()
+    traced = "".join(lines)
+    for hook in ("register_checkpoint_io", "register_state_components", "register_policies", "register_cli_commands"):
+        assert f"{hook} [hook]" in traced, hook
+
+
+def test_hook_call_monitoring_sees_which_plugin_each_contribution_came_from() -> None:
+    host = new_host()
+    calls: list[tuple[str, list[str]]] = []
+
+    def before(hook_name: str, impls: Sequence[Any], kwargs: Mapping[str, Any]) -> None:
+        calls.append((hook_name, [impl.plugin_name for impl in impls]))
+
+    undo = host.pm.add_hookcall_monitoring(before, lambda *args: None)
+    try:
+        host.checkpoint_io_specs()
+    finally:
+        undo()
+    assert calls == [("register_checkpoint_io", ["builtin-storage"])]

@@ -83,8 +83,24 @@ def plain(value: Any) -> Any:
     return str(value)
 
 
+def printable(text: str) -> str:
+    """``text`` as valid Unicode: bytes of a file name that are not UTF-8 (which Python decodes to
+    lone surrogates, ``os.fsdecode(b"ckpt-\\xff.ckpt")``) become ``\\xff`` escapes, so the text can
+    be printed, or stored where only UTF-8 goes (safetensors metadata), without UnicodeEncodeError."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    return text
+
+
+def echo(message: str, err: bool = False) -> None:
+    """``click.echo`` of :func:`printable` text: a non-UTF-8 file name never makes a command fail."""
+    click.echo(printable(message), err=err)
+
+
 def error(message: str) -> None:
-    click.echo(f"error: {message}", err=True)
+    echo(f"error: {message}", err=True)
 
 
 def fail(message: str) -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Any
+from typing import IO, Any
 
 import click
 
@@ -14,14 +14,16 @@ from ckpthooks._cli.common import (
     EXIT_FAILURE,
     Progress,
     describe_error,
+    echo,
     emit_json,
     error,
     human_size,
     json_option,
     plugin_host,
+    printable,
     progress_option,
 )
-from ckpthooks._cli.scan import sniff
+from ckpthooks._cli.scan import ScanError, sniff
 
 _NO_SAFETENSORS = (
     "converting to or from safetensors needs the safetensors package: pip install safetensors "
@@ -98,19 +100,27 @@ def convert_command(
     if as_json:
         emit_json(report)
     else:
-        click.echo(
+        echo(
             f"wrote {report['dst']} ({report['format']}, {report['tensors']} tensors, {human_size(report['size'])})"
             + ("; committed" if report.get("committed") else "")
         )
 
 
 def _sniff(path: str) -> str:
-    from ckpthooks.exceptions import CheckpointNotFoundError
+    from ckpthooks.exceptions import CheckpointNotFoundError, ConfigurationError
     from ckpthooks.io import paths
 
     fs = paths.filesystem(path)
+    stripped = paths.fs_path(fs, path)
     try:
-        with fs.open(paths.fs_path(fs, path), "rb") as handle:
+        if fs.isdir(stripped):
+            raise ConfigurationError(
+                f"{path} is a folder checkpoint (a sharded one, such as torch.distributed.checkpoint writes); "
+                "ckpthooks convert reads single files. Restore it with Checkpointer.restore (its storage plugin, "
+                "e.g. ckpthooks-dcp, reads it) and save the weights to one file, or copy it as it is with "
+                "ckpthooks copy"
+            )
+        with _open_source(path) as handle:
             head = handle.read(16)
     except FileNotFoundError as exc:
         raise CheckpointNotFoundError(f"no file at {path}") from exc
@@ -118,6 +128,19 @@ def _sniff(path: str) -> str:
     if kind == "unknown":
         raise ConvertError(f"{path} is neither a torch.save file nor a safetensors file")
     return kind
+
+
+def _open_source(path: str) -> IO[bytes]:
+    """``path`` open for reading; a local FIFO or device (a symlink to /dev/zero) raises
+    :class:`~ckpthooks.CorruptCheckpointError` at once instead of blocking or reading forever."""
+    from ckpthooks.io import paths
+    from ckpthooks.io.regular_file import open_regular
+
+    if paths.is_local(path):
+        return open_regular(paths.local_path(path), path)
+    fs = paths.filesystem(path)
+    handle: IO[bytes] = fs.open(paths.fs_path(fs, path), "rb")
+    return handle
 
 
 def _load_weights_only(path: str) -> dict[str, Any]:
@@ -183,7 +206,7 @@ def _to_safetensors(
             seen.add(storage)
             prepared[name] = data
             bar.update(data.numel() * data.element_size())
-    metadata = {"format": "pt", "ckpthooks.converted_from": paths.basename(src)}
+    metadata = {"format": "pt", "ckpthooks.converted_from": printable(paths.basename(src))}
     for field in ("epoch", "global_step"):
         value = checkpoint.get(field) if isinstance(checkpoint, dict) else None
         if isinstance(value, int) and not isinstance(value, bool):
@@ -225,8 +248,14 @@ def _from_safetensors(src: str, dst: str, overwrite: bool, progress: bool | None
     from ckpthooks.io import paths
 
     fs = paths.filesystem(src)
-    with fs.open(paths.fs_path(fs, src), "rb") as handle:
-        scan = scan_file(handle, int(fs.size(paths.fs_path(fs, src))))
+    with _open_source(src) as handle:
+        handle.seek(0, os.SEEK_END)
+        size = handle.tell()
+        handle.seek(0)
+        try:
+            scan = scan_file(handle, size)
+        except ScanError as exc:
+            raise _malformed(src, exc) from exc
     metadata = scan.safetensors_metadata or {}
     if metadata.get("ckpthooks.format") == "safetensors-checkpoint":
         # a whole checkpoint written by the ckpthooks-safetensors plugin: its load hook rebuilds it
@@ -240,22 +269,25 @@ def _from_safetensors(src: str, dst: str, overwrite: bool, progress: bool | None
         destination_free(dst, None, overwrite)
         return _save(checkpoint, dst, weights_only=bool(checkpoint.get("ckpthooks", {}).get("weights_only")))
     try:
-        from safetensors import safe_open
+        from safetensors import SafetensorError, safe_open
     except ImportError as exc:
         raise ConvertError(_NO_SAFETENSORS) from exc
     weights: dict[str, Any] = {}
     with Progress(scan.size, "reading tensors", enabled=progress, as_json=as_json) as bar:
-        if paths.is_local(src):
-            with safe_open(paths.local_path(src), framework="pt", device="cpu") as reader:
-                for name in reader.keys():  # noqa: SIM118 - safe_open is not a mapping
-                    tensor = reader.get_tensor(name)
-                    weights[name] = tensor
-                    bar.update(tensor.numel() * tensor.element_size())
-        else:
-            from safetensors.torch import load
+        try:
+            if paths.is_local(src):
+                with _open_source(src) as held, safe_open(_readable_name(src, held), "pt", device="cpu") as reader:
+                    for name in reader.keys():  # noqa: SIM118 - safe_open is not a mapping
+                        tensor = reader.get_tensor(name)
+                        weights[name] = tensor
+                        bar.update(tensor.numel() * tensor.element_size())
+            else:
+                from safetensors.torch import load
 
-            weights = load(fs.cat_file(paths.fs_path(fs, src)))
-            bar.update(scan.size)
+                weights = load(fs.cat_file(paths.fs_path(fs, src)))
+                bar.update(scan.size)
+        except SafetensorError as exc:
+            raise _malformed(src, exc) from exc
     from ckpthooks._version import LIGHTNING_LAYOUT_VERSION
 
     checkpoint = {
@@ -266,6 +298,36 @@ def _from_safetensors(src: str, dst: str, overwrite: bool, progress: bool | None
     }
     destination_free(dst, None, overwrite)
     return _save(checkpoint, dst, weights_only=True)
+
+
+def _malformed(src: str, exc: BaseException) -> Exception:
+    from ckpthooks.exceptions import CorruptCheckpointError
+
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return CorruptCheckpointError(
+        f"{src} is not a readable safetensors file ({text}); it may be truncated, altered or of another "
+        "file type: convert an intact copy, or write the weights again with safetensors.torch.save_file"
+    )
+
+
+def _readable_name(src: str, held: IO[bytes]) -> str:
+    """A name safetensors can open for the local file ``src``, open as ``held``: safetensors takes
+    only UTF-8 paths, so a name with other bytes is opened through ``/proc/self/fd``, which names
+    the very file held (where the OS offers it)."""
+    from ckpthooks.io import paths
+
+    local = paths.local_path(src)
+    pinned = f"/proc/self/fd/{held.fileno()}"
+    try:
+        local.encode("utf-8")
+    except UnicodeEncodeError:
+        if os.path.exists(pinned):
+            return pinned
+        raise ConvertError(
+            f"{printable(src)}: the safetensors package opens only file names that are valid UTF-8; "
+            "rename the file (or link it under a UTF-8 name) and convert that"
+        ) from None
+    return local
 
 
 def _int(text: str | None) -> int:

@@ -20,6 +20,7 @@ from ckpthooks._cli.common import (
     EXIT_FAILURE,
     Progress,
     describe_error,
+    echo,
     emit_json,
     error,
     human_size,
@@ -277,11 +278,36 @@ def copy_command(
     else:
         for record in results:
             if record["ok"]:
-                click.echo(f"copied  {record['src']} -> {record['dst']} ({human_size(record['size'])})")
+                echo(f"copied  {record['src']} -> {record['dst']} ({human_size(record['size'])})")
             else:
-                click.echo(f"FAILED  {record['src']}: {record['error']}")
+                echo(f"FAILED  {record['src']}: {record['error']}")
     if not all(record["ok"] for record in results):
         sys.exit(EXIT_FAILURE)
+
+
+def check_algorithm(src: str, manifest: Manifest) -> None:
+    """Raise :class:`~ckpthooks.IncompatibleFormatError` when this installation cannot compute the
+    checksum algorithm ``manifest`` records (so the copy could not be checked against it)."""
+    from ckpthooks.exceptions import IncompatibleFormatError
+    from ckpthooks.io.hashing import available_algorithms, folder_base, new_hasher
+
+    if not manifest.algorithm:
+        return  # committed with its size only
+    try:
+        new_hasher(folder_base(manifest.algorithm) or manifest.algorithm)
+    except LookupError as exc:
+        if "pip install" in str(exc):  # a known algorithm whose package is missing
+            hint = f"{exc}, then copy again"
+        else:
+            hint = (
+                f"this ckpthooks knows {', '.join(available_algorithms())}: upgrade ckpthooks (pip install "
+                "--upgrade ckpthooks) if a newer version wrote the manifest, or, if the manifest is damaged, "
+                f"commit the file again with: ckpthooks convert {src} {src} --overwrite"
+            )
+        raise IncompatibleFormatError(
+            f"the manifest of {src} records the checksum algorithm {manifest.algorithm!r}, which this "
+            f"installation cannot compute, so the copy could not be checked and nothing was copied; {hint}"
+        ) from exc
 
 
 def copy_committed(
@@ -297,6 +323,7 @@ def copy_committed(
     from ckpthooks.io.hashing import folder_base
     from ckpthooks.manifest import write_manifest
 
+    check_algorithm(src, manifest)  # before anything at dst changes
     destination_free(dst, dst_options, overwrite)
     source_fs = paths.filesystem(src, src_options)
     folder = (manifest.algorithm and folder_base(manifest.algorithm) is not None) or source_fs.isdir(

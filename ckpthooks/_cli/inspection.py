@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 from collections.abc import Iterator
-from typing import Any
+from typing import IO, Any
 
 import click
 
 from ckpthooks._cli.common import (
     describe_error,
+    echo,
     emit_json,
     fail,
     format_metrics,
@@ -60,8 +63,7 @@ def inspect_command(path: str, list_tensors: bool, as_json: bool, storage_option
                 fail(f"{path} is a folder; inspect one checkpoint file (list a folder with ckpthooks ls)")
             scan = _scan_folder(target, options)
         else:
-            size = int(fs.size(stripped))
-            with fs.open(stripped, "rb") as handle:
+            with _open_file(target, fs, stripped, path) as (handle, size):
                 head = handle.read(16)
                 handle.seek(0)
                 container = sniff(head)
@@ -84,7 +86,24 @@ def inspect_command(path: str, list_tensors: bool, as_json: bool, storage_option
     if as_json:
         emit_json(report)
     else:
-        click.echo(_text(report))
+        echo(_text(report))
+
+
+@contextlib.contextmanager
+def _open_file(target: str, fs: Any, stripped: str, shown: str) -> Iterator[tuple[IO[bytes], int]]:
+    """The file open for reading, and its size. A local FIFO or device (a symlink to /dev/zero) is
+    refused at once with :class:`~ckpthooks.CorruptCheckpointError` instead of blocking or reading
+    forever."""
+    from ckpthooks.io import paths
+    from ckpthooks.io.regular_file import open_regular
+
+    if paths.is_local(target):
+        with open_regular(paths.local_path(target), shown) as local:
+            yield local, os.fstat(local.fileno()).st_size
+        return
+    size = int(fs.size(stripped))
+    with fs.open(stripped, "rb") as handle:
+        yield handle, size
 
 
 def _unknown(head: bytes) -> str:

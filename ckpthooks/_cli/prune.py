@@ -29,6 +29,7 @@ from ckpthooks._cli.common import (
     EXIT_FAILURE,
     EXIT_OK,
     describe_error,
+    echo,
     emit_json,
     error,
     human_size,
@@ -193,17 +194,17 @@ def _print(report: dict[str, Any], confirmed: bool) -> None:
     rows += [[r["name"], str(r["global_step"]), _score(r["score"]), "keep", r["reason"]] for r in report["keep"]]
     rows.sort(key=lambda row: (int(row[1]), row[0]))
     if rows:
-        click.echo(table(["name", "step", report["monitor"], "action", "why kept"], rows))
+        echo(table(["name", "step", report["monitor"], "action", "why kept"], rows))
     freed = sum(r["size"] for r in report["delete"])
     if not confirmed:
-        click.echo(
+        echo(
             f"dry run: {len(report['delete'])} of {len(rows)} checkpoints would be deleted "
             f"({human_size(freed)}); run again with --yes to delete them"
         )
         return
     for failure in report["errors"]:
-        click.echo(f"FAILED  {failure['path']}: {failure['error']}", err=True)
-    click.echo(f"deleted {len(report['deleted'])}, failed {len(report['errors'])}")
+        echo(f"FAILED  {failure['path']}: {failure['error']}", err=True)
+    echo(f"deleted {len(report['deleted'])}, failed {len(report['errors'])}")
 
 
 def _score(value: Any) -> str:

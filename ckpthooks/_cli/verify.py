@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 from typing import Any
 
@@ -11,6 +12,7 @@ from ckpthooks._cli.common import (
     EXIT_FAILURE,
     EXIT_OK,
     Progress,
+    echo,
     emit_json,
     json_option,
     parse_storage_options,
@@ -18,6 +20,8 @@ from ckpthooks._cli.common import (
     progress_option,
     storage_option,
 )
+
+log = logging.getLogger(__name__)
 
 
 @click.command("verify")
@@ -55,6 +59,7 @@ def verify_command(
     options = parse_storage_options(storage_option_args)
     root = paths.normalize(target)
     targets: list[tuple[str, Manifest | None]]
+    listed = False  # the targets come from a folder's listing
     try:
         fs = paths.filesystem(root, options)
         stripped = paths.fs_path(fs, root)
@@ -63,6 +68,7 @@ def verify_command(
             stripped = stripped[: -len(MANIFEST_SUFFIX)]
         if fs.isdir(stripped) and read_manifest(root, options) is None:
             targets = [(item.path, item.manifest) for item in iter_committed(root, options)]
+            listed = True
             if not targets:
                 _emit([], as_json, f"no committed checkpoint under {target}")
                 sys.exit(EXIT_FAILURE)
@@ -72,6 +78,7 @@ def verify_command(
         _emit([], as_json, f"error: {type(exc).__name__}: {exc}")
         sys.exit(EXIT_FAILURE)
     results: list[dict[str, Any]] = []
+    removed: list[str] = []
     total = sum(manifest.size for _, manifest in targets if manifest is not None) if mode == "full" else 0
     with Progress(total, "verifying", enabled=progress if mode == "full" else False, as_json=as_json) as bar:
         for path, manifest in targets:
@@ -82,10 +89,27 @@ def verify_command(
                 if deep:
                     _deep_load(path, options)
             except (CheckpointError, OSError) as exc:
+                if listed and _uncommitted_meanwhile(path, options):
+                    # pruned (or being overwritten) by a running policy since the folder was listed
+                    log.info("%s was removed while verifying; it is not checked", path)
+                    removed.append(path)
+                    continue
                 record.update(ok=False, error=f"{type(exc).__name__}: {exc}")
             results.append(record)
-    _emit(results, as_json, None)
+    _emit(results, as_json, None, removed)
     sys.exit(EXIT_OK if all(r["ok"] for r in results) else EXIT_FAILURE)
+
+
+def _uncommitted_meanwhile(path: str, options: dict[str, Any] | None) -> bool:
+    """Whether ``path``, committed when its folder was listed, has no manifest any more: a policy
+    pruned it (manifest first, then data) or is overwriting it. Its failure is then no failure."""
+    from ckpthooks.exceptions import CheckpointError
+    from ckpthooks.manifest import read_manifest
+
+    try:
+        return read_manifest(path, options) is None
+    except (CheckpointError, OSError):
+        return False
 
 
 def _deep_load(path: str, storage_options: dict[str, Any] | None = None) -> None:
@@ -96,17 +120,20 @@ def _deep_load(path: str, storage_options: dict[str, Any] | None = None) -> None
     store.load(path, map_location="cpu", weights_only=True, verify="off")
 
 
-def _emit(results: list[dict[str, Any]], as_json: bool, note: str | None) -> None:
+def _emit(results: list[dict[str, Any]], as_json: bool, note: str | None, removed: list[str] | None = None) -> None:
     if as_json:
-        emit_json({"results": results, "note": note})
+        emit_json({"results": results, "note": note, "removed": removed or []})
         return
     if note:
-        click.echo(note, err=True)
+        echo(note, err=True)
+    for path in removed or []:
+        echo(f"removed while verifying (not checked): {path}", err=True)
     for record in results:
         if record["ok"]:
-            click.echo(f"{'ok':<6}  {record['path']}")
+            echo(f"{'ok':<6}  {record['path']}")
         else:
-            click.echo(f"FAILED  {record['error']}\n        {record['path']}")
-    if results:
+            echo(f"FAILED  {record['error']}\n        {record['path']}")
+    if results or removed:
         failed = sum(not r["ok"] for r in results)
-        click.echo(f"{len(results) - failed} ok, {failed} failed")
+        gone = f", {len(removed)} removed while verifying" if removed else ""
+        echo(f"{len(results) - failed} ok, {failed} failed{gone}")

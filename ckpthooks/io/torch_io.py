@@ -20,6 +20,7 @@ from ckpthooks.io import multipart, paths
 from ckpthooks.io.base import CheckpointIO, SaveResult
 from ckpthooks.io.hashing import HashingWriter
 from ckpthooks.io.pipe import WritePipe
+from ckpthooks.io.regular_file import open_regular
 from ckpthooks.io.retry import RetryPolicy, call_with_retry
 from ckpthooks.io.safety import translate_load_error
 
@@ -224,12 +225,8 @@ class TorchCheckpointIO(CheckpointIO):
         try:
             if paths.is_local(path):
                 local = paths.local_path(path)
-                if os.path.isdir(local):
-                    raise CorruptCheckpointError(
-                        f"{path} is a folder, not a checkpoint file; is it a sharded checkpoint "
-                        "that needs its own storage plugin?"
-                    )
-                with open(local, "rb") as handle:
+                # a FIFO, a device (a symlink to /dev/zero) or a folder is refused at once, unread
+                with open_regular(local, path) as handle:
                     source = _pinned(local, handle)
                     loaded = torch.load(
                         source, map_location=map_location, weights_only=weights_only, mmap=_is_zip(source)

@@ -9,8 +9,8 @@ import torch
 from click.testing import CliRunner
 
 from ckpthooks import Checkpointer, StorageError
-from ckpthooks.cli import main
-from ckpthooks.manifest import read_manifest
+from ckpthooks.plugin import cli_main as main
+from ckpthooks.plugin import read_manifest
 from ckpthooks.testing.faults import disk_full
 
 

@@ -19,7 +19,7 @@ import threading
 from collections.abc import Iterator
 from typing import Any
 
-from ckpthooks.io.hashing import folder_digest, hash_local_file, new_hasher
+from ckpthooks.plugin import folder_digest, hash_local_file, new_hasher
 
 #: ``{absolute path: (size, digest) or None}``: ``None`` for a file whose writes the hasher could not follow.
 Records = dict[str, "tuple[int, str] | None"]
@@ -119,7 +119,7 @@ def folder_checksum(
 ) -> tuple[int, str]:
     """Size and checksum of the written ``folder`` from every rank's records; a file no rank
     recorded (or recorded without a digest, or with another size than it has) is read back."""
-    from ckpthooks.io.hashing import folder_files
+    from ckpthooks.plugin import folder_files
 
     known: dict[str, tuple[int, str] | None] = {}
     for records in gathered:

@@ -36,18 +36,26 @@ import warnings
 from collections.abc import Mapping
 from typing import Any
 
-from ckpthooks import distributed
-from ckpthooks.exceptions import (
+from ckpthooks import (
     CheckpointError,
     CheckpointNotFoundError,
     ConfigurationError,
     CorruptCheckpointError,
     StorageError,
 )
-from ckpthooks.io import paths
-from ckpthooks.io.base import CheckpointIO, SaveResult, restoring_checkpointer
-from ckpthooks.io.hashing import folder_algorithm, new_hasher
-from ckpthooks.io.torch_io import fsync_dir, temp_name_for
+from ckpthooks.plugin import (
+    CheckpointIO,
+    SaveResult,
+    all_gather_object,
+    broadcast_object,
+    folder_algorithm,
+    fsync_dir,
+    is_local,
+    local_path,
+    new_hasher,
+    restoring_checkpointer,
+    temp_name_for,
+)
 
 from ckpthooks_dcp.checksums import folder_checksum, hashing_file_system, relative_records
 from ckpthooks_dcp.layout import STRUCTURE_KEY, is_dtensor, join, split
@@ -58,20 +66,20 @@ log = logging.getLogger(__name__)
 
 def local_folder(path: str) -> str:
     """The local path of ``path``; DCP folders are written on local or shared file systems only."""
-    if not paths.is_local(path):
+    if not is_local(path):
         raise ConfigurationError(
             f"the DCP backend writes folders on a local or shared file system (every rank renames "
             f"and reads them there), not {path!r}; write to a shared mount and copy the committed "
             "folder to object storage afterwards"
         )
-    return paths.local_path(path)
+    return local_path(path)
 
 
 def looks_like_dcp(path: str) -> bool:
     """Whether ``path`` is a local folder holding a DCP ``.metadata`` index."""
-    if not paths.is_local(path):
+    if not is_local(path):
         return False
-    local = paths.local_path(path)
+    local = local_path(path)
     return os.path.isdir(local) and os.path.isfile(os.path.join(local, METADATA_FILE))
 
 
@@ -160,7 +168,7 @@ class DCPCheckpointIO(CheckpointIO):
         state: dict[str, Any] = {name: t for name, t in tensors.items() if writer_rank or is_dtensor(t)}
         if writer_rank:
             state[STRUCTURE_KEY] = structure
-        fresh = distributed.broadcast_object(temp_name_for(local) if writer_rank else None)
+        fresh = broadcast_object(temp_name_for(local) if writer_rank else None)
         storage_writer = FileSystemWriter(fresh, sync_files=self.sync_files, thread_count=self.thread_count)
         recording = None
         if isinstance(getattr(storage_writer, "fs", None), FileSystem):  # DCP writes through it
@@ -175,7 +183,7 @@ class DCPCheckpointIO(CheckpointIO):
                     no_dist=_world_size() == 1,
                 )
             # every rank's files, with their checksums, to rank 0 (a collective: every rank is here)
-            gathered = distributed.all_gather_object(
+            gathered = all_gather_object(
                 relative_records(recording.records, fresh) if recording is not None else {}
             )
         except BaseException as exc:
@@ -327,7 +335,7 @@ def _optimizer_state_template(checkpointer: Any, name: str, size: tuple[int, ...
 
 def _planner(weights_only: bool, path: str) -> Any:
     import torch
-    from ckpthooks.io.safety import translate_load_error
+    from ckpthooks.plugin import translate_load_error
     from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
 
     class _Planner(DefaultLoadPlanner):

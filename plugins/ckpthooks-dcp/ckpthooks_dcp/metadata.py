@@ -33,7 +33,7 @@ import os
 import pickle
 from typing import Any
 
-from ckpthooks.exceptions import CorruptCheckpointError, UnsafeCheckpointError
+from ckpthooks import CorruptCheckpointError, UnsafeCheckpointError
 
 #: Name of DCP's index file inside a checkpoint folder.
 METADATA_FILE = ".metadata"

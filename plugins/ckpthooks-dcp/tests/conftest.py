@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from ckpthooks.plugin_host import PluginHost, set_plugin_host
+from ckpthooks.plugin import PluginHost, set_plugin_host
 
 
 @pytest.fixture(autouse=True)

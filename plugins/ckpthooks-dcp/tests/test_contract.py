@@ -13,10 +13,8 @@ from typing import Any
 
 import pytest
 import torch
-from ckpthooks.exceptions import CorruptCheckpointError
-from ckpthooks.io import paths
-from ckpthooks.io.base import CheckpointIO, SaveResult
-from ckpthooks.plugin_host import PluginHost
+from ckpthooks import CorruptCheckpointError
+from ckpthooks.plugin import CheckpointIO, PluginHost, SaveResult, join_path, normalize_path
 from ckpthooks.testing.storage_contract import CheckpointIOContract, assert_same_checkpoint, realistic_checkpoint
 
 from ckpthooks_dcp import DCPCheckpointIO
@@ -41,15 +39,15 @@ class TestDCPOnLocalDisk(CheckpointIOContract):
         super().test_save_result_reports_the_size_and_checksum_of_the_stored_bytes(
             checkpoint_io, tmp_url, storage_options
         )
-        result = checkpoint_io.save_checkpoint(realistic_checkpoint(), paths.join(tmp_url, "again.ckpt"))
+        result = checkpoint_io.save_checkpoint(realistic_checkpoint(), join_path(tmp_url, "again.ckpt"))
         assert isinstance(result, SaveResult)
         assert result.algorithm == "xxh3_64/files"  # every file hashed while DCP wrote it
-        assert result.size == folder_size(paths.join(tmp_url, "again.ckpt"))
+        assert result.size == folder_size(join_path(tmp_url, "again.ckpt"))
 
     def test_save_overwrites_an_existing_checkpoint(
         self, checkpoint_io: CheckpointIO, tmp_url: str, storage_options: Mapping[str, Any] | None
     ) -> None:
-        path = paths.join(tmp_url, "last.ckpt")
+        path = join_path(tmp_url, "last.ckpt")
         checkpoint_io.save_checkpoint({"step": 1, "weights": torch.randn(256, 64)}, path)
         small = {"step": 2, "weights": torch.ones(2)}
         result = checkpoint_io.save_checkpoint(small, path)
@@ -91,7 +89,7 @@ class TestDCPOnLocalDisk(CheckpointIOContract):
         plugin_host: PluginHost,
     ) -> None:
         from ckpthooks import Checkpointer
-        from ckpthooks.manifest import verify_checkpoint
+        from ckpthooks.plugin import verify_checkpoint
 
         def checkpointer(seed: int) -> tuple[Checkpointer, torch.nn.Module, torch.optim.Optimizer]:
             torch.manual_seed(seed)
@@ -106,14 +104,14 @@ class TestDCPOnLocalDisk(CheckpointIOContract):
 
         saver, model, optimizer = checkpointer(0)
         saver.progress.epoch, saver.progress.global_step = 2, 30
-        path = paths.join(tmp_url, "epoch=2-step=30.ckpt")
+        path = join_path(tmp_url, "epoch=2-step=30.ckpt")
         manifest = saver.save_checkpoint(path)
         assert manifest is not None and manifest.size == folder_size(path)
         verify_checkpoint(path, None, "full", storage_options)
 
         restorer, fresh_model, fresh_optimizer = checkpointer(1)
         report = restorer.restore("last", must_exist=True)
-        assert report is not None and report.path == paths.normalize(path)
+        assert report is not None and report.path == normalize_path(path)
         assert (report.epoch, report.global_step) == (2, 30)
         assert report.missing == [] and report.unexpected == []
         assert_same_checkpoint(fresh_model.state_dict(), model.state_dict(), "state_dict")

@@ -15,8 +15,7 @@ from typing import Any
 import pytest
 import torch
 from ckpthooks import Checkpointer
-from ckpthooks.io.hashing import hash_local_folder
-from ckpthooks.manifest import MANIFEST_SUFFIX, read_manifest, verify_checkpoint
+from ckpthooks.plugin import MANIFEST_SUFFIX, hash_local_folder, read_manifest, verify_checkpoint
 
 from ckpthooks_dcp import DCPCheckpointIO
 

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from ckpthooks.plugin_host import PluginHost
+from ckpthooks.plugin import PluginHost
 from ckpthooks.testing.packaging import PLUGIN_ENV_VARIABLES, on_sys_path, pip_install_target, subprocess_env
 
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent
@@ -48,7 +48,7 @@ def test_the_plugin_host_finds_the_plugin_and_it_changes_no_default(site_dir: Pa
 def test_listing_plugins_imports_no_torch(site_dir: Path) -> None:
     code = (
         "import sys\n"
-        "from ckpthooks.plugin_host import PluginHost\n"
+        "from ckpthooks.plugin import PluginHost\n"
         "names = [info.name for info in PluginHost().plugins()]\n"
         "print('dcp' in names, 'torch' in sys.modules)\n"
     )

@@ -9,17 +9,24 @@ from typing import Any
 
 import pytest
 import torch
-from ckpthooks import Checkpointer, HyperparametersMixin, ModelCheckpoint
-from ckpthooks.exceptions import (
+from ckpthooks import (
+    Checkpointer,
     ConfigurationError,
     CorruptCheckpointError,
+    HyperparametersMixin,
+    ModelCheckpoint,
     StorageError,
     UnsafeCheckpointError,
 )
-from ckpthooks.io.hashing import hash_local_folder
-from ckpthooks.io.torch_io import TEMP_MARKER
-from ckpthooks.manifest import MANIFEST_SUFFIX, read_manifest, verify_checkpoint
-from ckpthooks.plugin_host import PluginHost, get_plugin_host
+from ckpthooks.plugin import (
+    MANIFEST_SUFFIX,
+    TEMP_MARKER,
+    PluginHost,
+    get_plugin_host,
+    hash_local_folder,
+    read_manifest,
+    verify_checkpoint,
+)
 
 import ckpthooks_dcp.plugin
 from ckpthooks_dcp import DCPCheckpointIO, read_metadata
@@ -265,7 +272,7 @@ def test_remote_paths_are_refused(tmp_path: Path) -> None:
 
 @pytest.fixture
 def host_with_plugin() -> Any:
-    from ckpthooks.plugin_host import set_plugin_host
+    from ckpthooks.plugin import set_plugin_host
 
     host = PluginHost(load_entry_points=False)
     host.register(ckpthooks_dcp.plugin, "dcp")
@@ -321,7 +328,7 @@ def test_names_that_would_collide_get_a_suffix_and_the_structure_round_trips(tmp
 
 
 def _cli(*args: str) -> Any:
-    from ckpthooks.cli import main
+    from ckpthooks.plugin import cli_main as main
     from click.testing import CliRunner
 
     return CliRunner().invoke(main, list(args), catch_exceptions=False)

@@ -36,7 +36,7 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from ckpthooks.exceptions import CheckpointError, UnsafeStateError
+from ckpthooks import CheckpointError, UnsafeStateError
 
 TAG = "$"
 TensorEncoder = Callable[[torch.Tensor, tuple[str, ...]], dict[str, Any]]

@@ -3,26 +3,32 @@
 from __future__ import annotations
 
 import contextlib
-import errno
 import json
 import logging
 import os
+import stat
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from ckpthooks.exceptions import (
+from ckpthooks import (
     CheckpointError,
     CheckpointNotFoundError,
     ConfigurationError,
     CorruptCheckpointError,
-    StorageError,
 )
-from ckpthooks.io import paths
-from ckpthooks.io.base import CheckpointIO, SaveResult
-from ckpthooks.io.torch_io import write_durably
+from ckpthooks.plugin import (
+    CheckpointIO,
+    SaveResult,
+    filesystem,
+    fs_path,
+    is_local,
+    local_path,
+    storage_error,
+    write_durably,
+)
 
 from ckpthooks_safetensors import _format, _structure
 from ckpthooks_safetensors._version import FORMAT_VERSION
@@ -101,11 +107,11 @@ class SafetensorsCheckpointIO(CheckpointIO):
         del weights_only  # nothing in these files is ever unpickled
         _target_device("cpu", map_location)  # an unsupported map_location fails before any read
         try:
-            if paths.is_local(path):
-                metadata, tensor_for = _open_local(paths.local_path(path), path)
+            if is_local(path):
+                metadata, tensor_for = _open_local(local_path(path), path)
                 return _rebuild(metadata, tensor_for, map_location, path)
-            fs = paths.filesystem(path, storage_options)
-            with fs.open(paths.fs_path(fs, path), "rb") as handle:
+            fs = filesystem(path, storage_options)
+            with fs.open(fs_path(fs, path), "rb") as handle:
                 metadata, entries = _format.read_header(handle)
                 _structure_json(metadata, path)  # a foreign file fails before its tensors are read
                 tensors = _format.read_tensors(handle, entries)
@@ -115,26 +121,26 @@ class SafetensorsCheckpointIO(CheckpointIO):
         except FileNotFoundError as exc:
             raise CheckpointNotFoundError(f"no checkpoint at {path}") from exc
         except PermissionError as exc:
-            raise _storage_error("read", path, exc) from exc
+            raise storage_error("read", path, exc) from exc
         except (_format.FormatError, _structure.StructureError, RecursionError) as exc:
             raise _corrupt(path, exc) from exc
         except OSError as exc:
-            raise _storage_error("read", path, exc) from exc
+            raise storage_error("read", path, exc) from exc
 
     # ------------------------------------------------------------------ remove
 
     def remove_checkpoint(self, path: str, storage_options: Mapping[str, Any] | None = None) -> None:
         try:
-            if paths.is_local(path):
+            if is_local(path):
                 with contextlib.suppress(FileNotFoundError):
-                    os.remove(paths.local_path(path))
+                    os.remove(local_path(path))
                 return
-            fs = paths.filesystem(path, storage_options)
-            target = paths.fs_path(fs, path)
+            fs = filesystem(path, storage_options)
+            target = fs_path(fs, path)
             if fs.exists(target):
                 fs.rm_file(target)
         except OSError as exc:
-            raise _storage_error("delete", path, exc) from exc
+            raise storage_error("delete", path, exc) from exc
 
 
 # --------------------------------------------------------------------------- saving: the plan
@@ -330,12 +336,15 @@ def _target_device(saved: str, map_location: Any) -> torch.device:
 def looks_like_safetensors(path: str, storage_options: Mapping[str, Any] | None = None) -> bool:
     """Whether the file at ``path`` starts like a safetensors file (reads 9 bytes; never raises)."""
     try:
-        if paths.is_local(path):
-            with open(paths.local_path(path), "rb") as handle:
+        if is_local(path):
+            # O_NONBLOCK: a FIFO named like a checkpoint must not block here; only regular files are read
+            with open(os.open(local_path(path), os.O_RDONLY | getattr(os, "O_NONBLOCK", 0)), "rb") as handle:
+                if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
+                    return False
                 start = handle.read(9)
         else:
-            fs = paths.filesystem(path, storage_options)
-            start = fs.cat_file(paths.fs_path(fs, path), start=0, end=9)
+            fs = filesystem(path, storage_options)
+            start = fs.cat_file(fs_path(fs, path), start=0, end=9)
     except Exception:  # missing, a folder, unreachable: the chosen backend reports it
         return False
     if len(start) < 9:
@@ -350,14 +359,3 @@ def _corrupt(path: str, exc: BaseException) -> CorruptCheckpointError:
         f"{path} is not a readable safetensors checkpoint ({text}); it may be truncated, altered, "
         "or written by another backend (files written with torch.save load with the default backend)"
     )
-
-
-def _storage_error(action: str, path: str, exc: OSError) -> StorageError:
-    hint = ""
-    if isinstance(exc, PermissionError):
-        hint = " Check that the folder is writable by this user."
-    elif exc.errno == errno.ENOSPC:
-        hint = " The disk is full: free space or choose another folder."
-    error = StorageError(f"could not {action} {path}: {exc.strerror or exc}.{hint}")
-    error.errno = exc.errno
-    return error

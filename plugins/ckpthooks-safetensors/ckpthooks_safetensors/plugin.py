@@ -17,10 +17,10 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from ckpthooks.hookspecs import hookimpl
+from ckpthooks.plugin import hookimpl
 
 if TYPE_CHECKING:
-    from ckpthooks.io.base import CheckpointIO, CheckpointIOSpec
+    from ckpthooks.plugin import CheckpointIO, CheckpointIOSpec
 
 #: Below the built-in torch backend (priority 0): chosen only when asked for.
 PRIORITY = -10
@@ -34,7 +34,7 @@ def _factory() -> CheckpointIO:
 
 @hookimpl
 def register_checkpoint_io() -> Sequence[CheckpointIOSpec]:
-    from ckpthooks.io.base import CheckpointIOSpec
+    from ckpthooks.plugin import CheckpointIOSpec
 
     return [
         CheckpointIOSpec(

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from ckpthooks.io.base import CheckpointIO
+from ckpthooks.plugin import CheckpointIO
 from ckpthooks.testing.storage_contract import CheckpointIOContract, fresh_memory_url
 
 from ckpthooks_safetensors import SafetensorsCheckpointIO

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from ckpthooks.plugin_host import PluginHost
+from ckpthooks.plugin import PluginHost
 from ckpthooks.testing.packaging import PLUGIN_ENV_VARIABLES, on_sys_path, pip_install_target, subprocess_env
 
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent

@@ -25,8 +25,7 @@ from ckpthooks import (
     TorchCheckpointIO,
     UnsafeStateError,
 )
-from ckpthooks.io.torch_io import TEMP_MARKER
-from ckpthooks.plugin_host import PluginHost, set_plugin_host
+from ckpthooks.plugin import TEMP_MARKER, PluginHost, set_plugin_host
 from ckpthooks.testing.storage_contract import (
     UNPICKLED,
     PickleProbe,
@@ -578,10 +577,10 @@ def test_importing_the_plugin_imports_neither_torch_nor_safetensors() -> None:
 def test_a_remote_save_is_written_again_after_a_transient_error(faulty_fs: Any) -> None:
     """A dropped connection mid-upload: the whole file is written again (the same retries as the
     torch backend), the object holds the complete second write, and it loads."""
-    from ckpthooks.io import retry
+    from ckpthooks.plugin import RetryPolicy, set_default_retry
     from ckpthooks.testing.faults import timed_out
 
-    previous = retry.set_default_retry(retry.RetryPolicy(attempts=3, base_delay=0.0, max_delay=0.0))
+    previous = set_default_retry(RetryPolicy(attempts=3, base_delay=0.0, max_delay=0.0))
     try:
         io = SafetensorsCheckpointIO()
         checkpoint = {"state_dict": {"w": torch.arange(1000.0)}, "epoch": 1}
@@ -592,4 +591,4 @@ def test_a_remote_save_is_written_again_after_a_transient_error(faulty_fs: Any) 
         loaded = io.load_checkpoint("faulty://st/a.ckpt")
         assert torch.equal(loaded["state_dict"]["w"], checkpoint["state_dict"]["w"]) and loaded["epoch"] == 1
     finally:
-        retry.set_default_retry(previous)
+        set_default_retry(previous)

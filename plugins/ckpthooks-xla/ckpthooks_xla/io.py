@@ -5,8 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from ckpthooks.io.base import SaveResult
-from ckpthooks.io.torch_io import TorchCheckpointIO
+from ckpthooks.plugin import SaveResult, TorchCheckpointIO
 
 from ckpthooks_xla.cpu import move_to_cpu
 

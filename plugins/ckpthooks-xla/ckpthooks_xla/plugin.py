@@ -24,14 +24,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from ckpthooks.hookspecs import hookimpl
+from ckpthooks.plugin import hookimpl
 
 from ckpthooks_xla.runtime import xla_in_use
 
 if TYPE_CHECKING:
-    from ckpthooks.checkpointer import Checkpointer
-    from ckpthooks.distributed import DistributedContext
-    from ckpthooks.io.base import CheckpointIO, CheckpointIOSpec
+    from ckpthooks import Checkpointer
+    from ckpthooks.plugin import CheckpointIO, CheckpointIOSpec, DistributedContext
 
 #: Priority of the "xla" backend while an XLA device is in use: above the torch backend (0).
 PRIORITY_IN_USE = 10
@@ -52,7 +51,7 @@ def _factory() -> CheckpointIO:
 
 @hookimpl
 def register_checkpoint_io() -> Sequence[CheckpointIOSpec]:
-    from ckpthooks.io.base import CheckpointIOSpec
+    from ckpthooks.plugin import CheckpointIOSpec
 
     return [
         CheckpointIOSpec(

@@ -23,7 +23,7 @@ import sys
 import threading
 from typing import Any
 
-from ckpthooks.exceptions import DistributedCheckpointError
+from ckpthooks import DistributedCheckpointError
 
 #: Seconds an ordinal waits for the others in a collective, unless ``CKPTHOOKS_XLA_TIMEOUT`` says otherwise.
 DEFAULT_TIMEOUT = 1800.0

@@ -26,7 +26,7 @@ import torch
 import torch_xla
 import torch_xla.runtime as xr
 from ckpthooks import Checkpointer, ModelCheckpoint, hookimpl
-from ckpthooks.plugin_host import PluginHost, get_plugin_host
+from ckpthooks.plugin import PluginHost, get_plugin_host
 
 import ckpthooks_xla.plugin
 

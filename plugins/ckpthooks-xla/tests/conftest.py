@@ -7,7 +7,7 @@ import os
 from collections.abc import Iterator
 
 import pytest
-from ckpthooks.plugin_host import PluginHost, set_plugin_host
+from ckpthooks.plugin import PluginHost, set_plugin_host
 
 # torch_xla picks its device when it is first used: the CPU, unless the caller chose otherwise
 os.environ.setdefault("PJRT_DEVICE", "CPU")

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from ckpthooks.plugin_host import PluginHost
+from ckpthooks.plugin import PluginHost
 from ckpthooks.testing.packaging import PLUGIN_ENV_VARIABLES, on_sys_path, pip_install_target, subprocess_env
 
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent
@@ -36,7 +36,7 @@ def test_the_installed_files_include_the_typing_marker_and_the_entry_point(site_
     assert "[ckpthooks]\nxla = ckpthooks_xla.plugin" in (dist_info / "entry_points.txt").read_text()
     metadata = (dist_info / "METADATA").read_text()
     requires = [line for line in metadata.splitlines() if line.startswith("Requires-Dist:")]
-    assert requires == ["Requires-Dist: ckpthooks"]  # torch_xla is the user's to install
+    assert requires == ["Requires-Dist: ckpthooks<0.2,>=0.1.0.dev0"]  # torch_xla is the user's to install
 
 
 def test_the_plugin_host_finds_the_plugin_through_its_entry_point(site_dir: Path) -> None:

@@ -17,9 +17,15 @@ from typing import Any
 
 import pytest
 import torch
-from ckpthooks import Checkpointer, TorchCheckpointIO, distributed, hookimpl
-from ckpthooks.exceptions import DistributedCheckpointError
-from ckpthooks.plugin_host import PluginHost
+from ckpthooks import Checkpointer, DistributedCheckpointError, TorchCheckpointIO, hookimpl
+from ckpthooks.plugin import (
+    DistributedContext,
+    PluginHost,
+    global_rank,
+    is_global_zero,
+    reset_collective_steps,
+    world_size,
+)
 
 import ckpthooks_xla.plugin
 import ckpthooks_xla.runtime
@@ -71,7 +77,7 @@ def fake_xla(monkeypatch: pytest.MonkeyPatch) -> FakeXLA:
 def _fresh_collectives(monkeypatch: pytest.MonkeyPatch) -> None:
     # every xmp.spawn starts fresh processes; tests that run ordinals as threads here start fresh too
     monkeypatch.setattr(ckpthooks_xla.runtime, "_EXCHANGE", ThreadExchange())
-    monkeypatch.setattr(distributed, "_steps", {})
+    reset_collective_steps()
 
 
 def run_ordinals(fake: FakeXLA, target: Callable[[int], Any], timeout: float = 60.0) -> list[Any]:
@@ -173,7 +179,7 @@ def test_an_explicit_xla_backend_is_used_without_the_plugin(tmp_path: Path) -> N
 def test_no_context_while_xla_is_not_in_use(xla_host: PluginHost, fake_xla: FakeXLA) -> None:
     fake_xla.initialized = False
     assert xla_host.distributed_context() is None
-    assert distributed.global_rank(xla_host) == 0 and distributed.world_size(xla_host) == 1
+    assert global_rank(xla_host) == 0 and world_size(xla_host) == 1
 
 
 def test_one_ordinal_leaves_ranks_to_the_launcher_variables(
@@ -183,39 +189,33 @@ def test_one_ordinal_leaves_ranks_to_the_launcher_variables(
     fake_xla.runtime.world = 1
     monkeypatch.setenv("RANK", "1")
     assert xla_host.distributed_context() is None
-    assert distributed.global_rank(xla_host) == 1
-    assert not distributed.is_global_zero(xla_host)
+    assert global_rank(xla_host) == 1
+    assert not is_global_zero(xla_host)
 
 
 def test_several_ordinals_make_the_ordinal_the_rank(xla_host: PluginHost, fake_xla: FakeXLA) -> None:
     context = xla_host.distributed_context()
     assert isinstance(context, XLAContext)
-    assert isinstance(context, distributed.DistributedContext)
+    assert isinstance(context, DistributedContext)
     assert xla_host.distributed_context() is context  # the host keeps it
     ranks = run_ordinals(
-        fake_xla, lambda ordinal: (distributed.global_rank(xla_host), distributed.world_size(xla_host))
+        fake_xla, lambda ordinal: (global_rank(xla_host), world_size(xla_host))
     )
     assert ranks == [(0, 2), (1, 2)]
 
 
-def test_the_context_is_not_asked_while_a_process_group_decides(xla_host: PluginHost, fake_xla: FakeXLA) -> None:
-    class Group:
-        @staticmethod
-        def get_rank() -> int:
-            return 3
+def test_the_context_is_not_asked_while_a_process_group_decides(
+    xla_host: PluginHost, fake_xla: FakeXLA, tmp_path: Path
+) -> None:
+    import torch.distributed as dist
 
-        @staticmethod
-        def get_world_size() -> int:
-            return 4
-
-    fake_xla.runtime.local.ordinal = 1
-    original = distributed._dist
+    fake_xla.runtime.local.ordinal = 1  # the plugin's context would say rank 1 of 2
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'group'}", rank=0, world_size=1)
     try:
-        distributed._dist = lambda: Group  # type: ignore[assignment]
-        assert distributed.global_rank(xla_host) == 3
-        assert distributed.world_size(xla_host) == 4
+        assert global_rank(xla_host) == 0
+        assert world_size(xla_host) == 1
     finally:
-        distributed._dist = original  # type: ignore[assignment]
+        dist.destroy_process_group()
 
 
 def test_broadcast_and_barrier_between_ordinal_threads(fake_xla: FakeXLA) -> None:

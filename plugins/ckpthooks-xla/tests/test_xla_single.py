@@ -21,8 +21,7 @@ import torch
 import torch_xla
 import torch_xla.core.xla_model as xm
 from ckpthooks import Checkpointer, TorchCheckpointIO
-from ckpthooks.manifest import read_manifest
-from ckpthooks.plugin_host import PluginHost
+from ckpthooks.plugin import PluginHost, read_manifest
 
 from ckpthooks_xla import XLACheckpointIO, XLAContext, move_to_cpu, xla_in_use
 
