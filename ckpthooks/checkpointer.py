@@ -40,6 +40,7 @@ from ckpthooks.plugin_host import PluginHost, get_plugin_host
 from ckpthooks.policies.model_checkpoint import ModelCheckpoint
 from ckpthooks.preemption import DEFAULT_SIGNALS, PreemptionWatcher, exit_code_for
 from ckpthooks.progress import LoopProgress
+from ckpthooks.retention import Pruner
 from ckpthooks.rng import collect_rng_states, restore_rng_states
 from ckpthooks.store import CheckpointStore, check_format_version
 
@@ -618,9 +619,16 @@ class Checkpointer:
                         raise
                     finally:
                         saver.give_back(buffers)
+                        pruner.saved(path)
                     self._after_commit(path, manifest, on_committed)
 
-                saver.submit(write)
+                pruner = Pruner.of(self)
+                pruner.saving(path)  # not deleted while queued or written
+                try:
+                    saver.submit(write)
+                except BaseException:
+                    pruner.saved(path)
+                    raise
             except Exception as exc:
                 error = exc
         distributed.agree_on_outcome(error, f"saving {path}", host=self.host)
@@ -672,20 +680,11 @@ class Checkpointer:
     def remove_checkpoint(self, filepath: str | os.PathLike[str]) -> bool:
         """Uncommit and delete a checkpoint (writer rank only; a no-op elsewhere).
 
-        Refused (returns ``False``) for the file this run resumed from and for files a callback
-        retains (see :meth:`Callback.retains`).
+        Refused (returns ``False``) for the file this run resumed from, for a file with a save
+        pending, and for files a callback retains (see :meth:`Callback.retains`); the guards are
+        the :class:`~ckpthooks.retention.Pruner`'s.
         """
-        path = paths.normalize(filepath)
-        if self.resumed_from is not None and path == self.resumed_from:
-            log.info("keeping %s: the run resumed from it", path)
-            return False
-        for cb in self.callbacks:
-            if cb.retains(self, path):
-                log.info("keeping %s: %r retains it", path, cb)
-                return False
-        if self.is_global_zero:
-            self.store.remove(path)
-        return True
+        return Pruner.of(self).remove(paths.normalize(filepath))
 
     # ------------------------------------------------------------------ finding
     def checkpoint_roots(self) -> list[str]:
