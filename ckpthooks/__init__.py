@@ -37,10 +37,11 @@ if TYPE_CHECKING:
     from ckpthooks.hparams import AttributeDict, HyperparametersMixin
     from ckpthooks.io.base import CheckpointIO, CheckpointIOSpec, SaveResult
     from ckpthooks.io.torch_io import TorchCheckpointIO
-    from ckpthooks.manifest import Manifest
+    from ckpthooks.manifest import CommittedCheckpoint, Manifest
     from ckpthooks.plugin_host import PluginHost, get_plugin_host
     from ckpthooks.policies.milestones import KeepMilestones
     from ckpthooks.policies.model_checkpoint import ModelCheckpoint
+    from ckpthooks.retention import Pruner, RetentionRule, TopKRule
     from ckpthooks.store import CheckpointStore
 
 _LAZY = {
@@ -50,15 +51,19 @@ _LAZY = {
     "CheckpointIOSpec": "ckpthooks.io.base",
     "CheckpointStore": "ckpthooks.store",
     "Checkpointer": "ckpthooks.checkpointer",
+    "CommittedCheckpoint": "ckpthooks.manifest",
     "FitResult": "ckpthooks.checkpointer",
     "HyperparametersMixin": "ckpthooks.hparams",
     "KeepMilestones": "ckpthooks.policies.milestones",
     "Manifest": "ckpthooks.manifest",
     "ModelCheckpoint": "ckpthooks.policies.model_checkpoint",
     "PluginHost": "ckpthooks.plugin_host",
+    "Pruner": "ckpthooks.retention",
+    "RetentionRule": "ckpthooks.retention",
     "RestoreReport": "ckpthooks.checkpointer",
     "SaveResult": "ckpthooks.io.base",
     "StateComponent": "ckpthooks.components",
+    "TopKRule": "ckpthooks.retention",
     "TorchCheckpointIO": "ckpthooks.io.torch_io",
     "get_plugin_host": "ckpthooks.plugin_host",
     "rank_zero_only": "ckpthooks.distributed",
@@ -73,6 +78,7 @@ __all__ = [
     "CheckpointNotFoundError",
     "CheckpointStore",
     "Checkpointer",
+    "CommittedCheckpoint",
     "ConfigurationError",
     "CorruptCheckpointError",
     "DistributedCheckpointError",
@@ -88,10 +94,13 @@ __all__ = [
     "PluginError",
     "PluginHost",
     "PluginLoadError",
+    "Pruner",
     "RestoreReport",
+    "RetentionRule",
     "SaveResult",
     "StateComponent",
     "StorageError",
+    "TopKRule",
     "TorchCheckpointIO",
     "UnexpectedStateError",
     "UnsafeCheckpointError",

@@ -329,8 +329,9 @@ class Checkpointer:
     def remove_checkpoint(self, filepath: str | os.PathLike[str]) -> bool:
         """Uncommit and delete a checkpoint (writer rank only; a no-op elsewhere).
 
-        Refused (returns ``False``) for the file this run resumed from and for files a callback
-        retains (see :meth:`Callback.retains`).
+        Refused (returns ``False``) for the file this run resumed from, for a file with a save
+        pending, and for files a callback retains (see :meth:`Callback.retains`); the guards are
+        the :class:`~ckpthooks.retention.Pruner`'s.
         """
         return self.saving.remove(paths.normalize(filepath))
 

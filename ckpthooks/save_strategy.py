@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from ckpthooks import distributed
 from ckpthooks.async_save import AsyncSaver
+from ckpthooks.retention import Pruner
 
 if TYPE_CHECKING:
     from ckpthooks.checkpointer import Checkpointer
@@ -104,9 +105,16 @@ class SaveStrategy:
                         raise
                     finally:
                         saver.give_back(buffers)
+                        pruner.saved(path)
                     self._after_commit(path, manifest, on_committed)
 
-                saver.submit(write)
+                pruner = Pruner.of(ckpt)
+                pruner.saving(path)  # not deleted while queued or written
+                try:
+                    saver.submit(write)
+                except BaseException:
+                    pruner.saved(path)
+                    raise
             except Exception as exc:
                 error = exc
         distributed.agree_on_outcome(error, f"saving {path}", host=ckpt.host)
@@ -122,19 +130,10 @@ class SaveStrategy:
             log.error("after committing %s: %s; older files may be left behind", path, exc)
 
     def remove(self, path: str) -> bool:
-        """Uncommit and delete ``path`` on the writer rank; refused (``False``) for the file the
-        run resumed from and for files a callback retains."""
-        ckpt = self.checkpointer
-        if ckpt.resumed_from is not None and path == ckpt.resumed_from:
-            log.info("keeping %s: the run resumed from it", path)
-            return False
-        for cb in ckpt.callbacks:
-            if cb.retains(ckpt, path):
-                log.info("keeping %s: %r retains it", path, cb)
-                return False
-        if ckpt.is_global_zero:
-            ckpt.store.remove(path)
-        return True
+        """Uncommit and delete ``path`` on the writer rank, through the
+        :class:`~ckpthooks.retention.Pruner` and its guards (the file the run resumed from, a file
+        with a save pending, files a callback retains)."""
+        return Pruner.of(self.checkpointer).remove(path)
 
     def settle(self) -> None:
         """Wait until another background save may start (back-pressure); a no-op without one."""

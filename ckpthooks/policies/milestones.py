@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Collection, Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -12,13 +13,13 @@ from ckpthooks.io import paths
 
 if TYPE_CHECKING:
     from ckpthooks.checkpointer import Checkpointer
-    from ckpthooks.manifest import Manifest
+    from ckpthooks.manifest import CommittedCheckpoint, Manifest
 
 log = logging.getLogger(__name__)
 
 
 class KeepMilestones(Callback):
-    """Retain milestone checkpoints that other policies would delete.
+    """Retain milestone checkpoints that other policies would delete (a retention rule).
 
     The first checkpoint committed in each window of ``every_n_train_steps`` steps (or of
     ``every`` wall-clock time since the first commit) becomes a milestone: when a policy such as
@@ -64,7 +65,13 @@ class KeepMilestones(Callback):
             self.milestones[window] = paths.normalize(path)
             log.info("milestone %d: %s", window, path)
 
+    def keep(self, checkpoints: Sequence[CommittedCheckpoint]) -> Collection[str]:
+        """As a retention rule: the milestones among ``checkpoints``."""
+        milestones = set(self.milestones.values())
+        return [c.path for c in checkpoints if paths.normalize(c.path) in milestones]
+
     def retains(self, checkpointer: Checkpointer, path: str) -> bool:
+        """The per-path veto, for deletions outside a policy's pruning (``remove_checkpoint``)."""
         return paths.normalize(path) in self.milestones.values()
 
     def state_dict(self) -> dict[str, Any]:

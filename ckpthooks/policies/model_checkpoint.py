@@ -2,9 +2,11 @@
 
 The policy is composed of small parts: :class:`~ckpthooks.policies.schedule.SaveSchedule` (when),
 :func:`~ckpthooks.policies.naming.format_filename` (how to name), :class:`~ckpthooks.policies.topk.TopK`
-(what to keep). This class only wires them to the loop's events and the checkpointer's save/remove.
-Deleting is guarded: only files this policy wrote, never the file the run resumed from, and only after
-the checkpoint that replaces it is committed.
+(what to keep). This class only wires them to the loop's events and to saves. What it keeps is a retention rule
+(:meth:`ModelCheckpoint.keep`: the files its top-k, latest and ``last`` bookkeeping names); a file it
+displaces goes, after the checkpoint that replaces it is committed, only when no retention rule among
+the callbacks keeps it, through the checkpointer's :class:`~ckpthooks.retention.Pruner` and its
+guards (only files this policy wrote, never the file the run resumed from, never one being saved).
 """
 
 from __future__ import annotations
@@ -13,7 +15,10 @@ import logging
 import math
 import os
 import re
-from collections.abc import Callable
+import threading
+from collections import deque
+from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
@@ -21,10 +26,11 @@ from ckpthooks import distributed
 from ckpthooks.callbacks import Callback
 from ckpthooks.exceptions import CheckpointError, ConfigurationError, DistributedCheckpointError, StorageError
 from ckpthooks.io import paths
-from ckpthooks.manifest import Manifest, iter_committed, previous_of, previous_path, read_manifest
+from ckpthooks.manifest import CommittedCheckpoint, Manifest, iter_committed, previous_of, read_manifest
 from ckpthooks.policies.naming import EXTENSION, format_filename, with_version
 from ckpthooks.policies.schedule import SaveSchedule
 from ckpthooks.policies.topk import Mode, TopK
+from ckpthooks.retention import Pruner, RetentionRule, kept_by, rules_among
 
 if TYPE_CHECKING:
     from ckpthooks.checkpointer import Checkpointer
@@ -41,6 +47,19 @@ class _Savepoint(NamedTuple):
     last_model_path: str
     #: whether this transaction started the pending-removals log (it is not nested in another)
     outermost: bool
+
+
+@dataclass
+class _Write:
+    """A save this policy started and that has not committed yet (with ``async_save``, until the
+    worker reports): what to undo if it fails, and what to do once it commits."""
+
+    role: str
+    #: the file it displaces (deleted once it commits), if any
+    replaces: str | None
+    #: ``save_last="link"``: the ``last`` file to link to this one once it commits, and the file
+    #: that ``last`` file displaces
+    link: tuple[str, str | None] | None = None
 
 
 def _check_inside_dirpath(name: str, what: str) -> None:
@@ -157,6 +176,15 @@ class ModelCheckpoint(Callback):
         self._checkpointer: Checkpointer | None = None
         self._writing: str | None = None  # the file the save in progress writes
         self._reusable_last = ""  # a last file a failed save left uncommitted
+        # displaced files another retention rule kept: asked about again after every commit
+        self._retained: set[str] = set()
+        # manifests of the files above and of the files the bookkeeping names (what rules read)
+        self._manifests: dict[str, Manifest] = {}
+        # saves started and not yet committed or failed (background saves: until the worker reports)
+        self._in_flight: dict[str, _Write] = {}
+        self._lock = threading.Lock()
+        # background saves that failed: (path, what it was); applied on the training thread
+        self._failed: deque[tuple[str, _Write]] = deque()
 
     # ------------------------------------------------------------------ Lightning's attributes
     @property
@@ -253,6 +281,12 @@ class ModelCheckpoint(Callback):
             except (CheckpointError, OSError) as exc:
                 log.warning("could not remove %s, displaced before the restart: %s", filepath, exc)
 
+    def on_fit_end(self, checkpointer: Checkpointer) -> None:
+        self._apply_background_failures(checkpointer)
+
+    def teardown(self, checkpointer: Checkpointer) -> None:
+        self._apply_background_failures(checkpointer)
+
     def on_train_batch_end(self, checkpointer: Checkpointer) -> None:
         if self._already_saved(checkpointer):
             return
@@ -297,6 +331,7 @@ class ModelCheckpoint(Callback):
         or logged when the checkpointer was built with ``on_save_error="log"``.
         """
         checkpointer.settle_background_saves()  # decide knowing whether earlier saves failed
+        self._apply_background_failures(checkpointer)
         candidates = self.monitor_candidates(checkpointer)
         self._last_global_step_saved = checkpointer.global_step
         saved = self._transaction(checkpointer, lambda: self._save_topk(checkpointer, candidates))
@@ -465,30 +500,52 @@ class ModelCheckpoint(Callback):
         score: float | None,
         replaces: str | None,
     ) -> None:
-        def after_commit(manifest: Manifest) -> None:
-            if replaces is not None and replaces != filepath:
-                self._remove_if_ours(checkpointer, replaces)
+        if replaces == filepath:
+            replaces = None
+        write = _Write(role=role, replaces=replaces)
 
-        if replaces is not None and replaces != filepath:
+        def after_commit(manifest: Manifest) -> None:
+            with self._lock:  # a background save: on the worker, while the loop goes on
+                if self._in_flight.get(filepath) is write:
+                    del self._in_flight[filepath]
+            if self._other_rules(checkpointer):  # what they read; the bookkeeping alone needs none
+                self._manifests[filepath] = manifest
+            if replaces is not None:
+                self._remove_if_ours(checkpointer, replaces)
+            if write.link is not None:
+                self._link_committed(checkpointer, filepath, *write.link)
+
+        if replaces is not None:
             self._add_pending(replaces)  # before the state is dumped into the new file
         self._writing = filepath
         writer = f"{self.state_key}#{role}"
-        checkpointer.save_checkpoint(
-            filepath, self.save_weights_only, writer=writer, on_committed=after_commit
-        )
+        with self._lock:
+            self._in_flight[filepath] = write
+        try:
+            checkpointer.save_checkpoint(
+                filepath, self.save_weights_only, writer=writer, on_committed=after_commit
+            )
+        except BaseException:
+            with self._lock:
+                if self._in_flight.get(filepath) is write:
+                    del self._in_flight[filepath]
+            raise
 
     def _link(self, checkpointer: Checkpointer, source: str, filepath: str, replaces: str | None) -> None:
         """``last`` as a hard link to the newest top-k file where the filesystem allows, else a
         full write. The writer rank decides, so every rank takes the same branch."""
-        can_link = False
-        if checkpointer.is_global_zero:
-            can_link = (
-                paths.is_local(filepath)
-                and not os.path.isdir(paths.local_path(source))  # a folder checkpoint is written again
+        can_link = deferred = False
+        if checkpointer.is_global_zero and paths.is_local(filepath) and paths.is_local(source):
+            # with async_save the source may still be in flight: link once the worker commits it
+            deferred = self._link_after_commit(source, filepath, replaces)
+            can_link = deferred or (
+                not os.path.isdir(paths.local_path(source))  # a folder checkpoint is written again
                 and read_manifest(source, checkpointer.storage_options) is not None
             )
         if not distributed.broadcast_object(can_link, host=checkpointer.host):
             self._write(checkpointer, filepath, role="last", score=None, replaces=replaces)
+            return
+        if deferred:
             return
         error: BaseException | None = None
         self._writing = filepath
@@ -499,6 +556,27 @@ class ModelCheckpoint(Callback):
                 error = exc
         distributed.agree_on_outcome(error, f"linking {filepath}", host=checkpointer.host)
         if replaces is not None and checkpointer.is_global_zero:
+            self._remove_if_ours(checkpointer, replaces)
+
+    def _link_after_commit(self, source: str, filepath: str, replaces: str | None) -> bool:
+        """When the save of ``source`` is still in flight (``async_save``): have its commit link
+        ``filepath`` to it, on the worker, and return ``True``; ``False`` once it has committed."""
+        with self._lock:
+            write = self._in_flight.get(source)
+            if write is None or write.role != "topk":
+                return False
+            write.link = (filepath, replaces)
+            return True
+
+    def _link_committed(self, checkpointer: Checkpointer, source: str, filepath: str, replaces: str | None) -> None:
+        """The deferred half of :meth:`_link`, run where ``source`` was committed (the save worker)."""
+        try:
+            checkpointer.store.link(source, filepath, writer=f"{self.state_key}#last")
+        except (CheckpointError, OSError) as exc:
+            log.error("could not link %s to %s: %s", filepath, source, exc)
+            self._failed.append((filepath, _Write(role="last", replaces=replaces)))
+            return
+        if replaces is not None:
             self._remove_if_ours(checkpointer, replaces)
 
     # ------------------------------------------------------------------ naming
@@ -553,23 +631,78 @@ class ModelCheckpoint(Callback):
         return self._checkpointer.storage_options if self._checkpointer else None
 
     # ------------------------------------------------------------------ deleting
+    def keep(self, checkpoints: Sequence[CommittedCheckpoint]) -> Collection[str]:
+        """This policy as a retention rule: it keeps the files its bookkeeping names (the top-k or
+        latest files and ``last``), in constant time per checkpoint."""
+        return [c.path for c in checkpoints if self._references(c.path)]
+
+    def _references(self, filepath: str) -> bool:
+        return filepath in self.topk.scores or filepath in (self.last_model_path, self._latest_path)
+
     def _remove_if_ours(self, checkpointer: Checkpointer, filepath: str) -> None:
-        if filepath in self.topk.scores or filepath in (self.last_model_path, self._latest_path):
-            self._discard_pending(filepath)
-            return  # still referenced (the name was reused)
-        manifest = read_manifest(filepath, checkpointer.storage_options)
-        if manifest is None and paths.is_local(filepath):
-            # uncommitted by an overwrite a kill interrupted: its kept previous version tells the writer
-            manifest = read_manifest(previous_path(filepath))
-        if manifest is None or not (manifest.writer or "").startswith(self.state_key + "#"):
-            if manifest is not None:
-                log.info("keeping %s: this ModelCheckpoint did not write it", filepath)
-            self._discard_pending(filepath)
+        """``filepath`` was displaced and the file replacing it is committed: delete it unless a
+        retention rule keeps it, through the pruner (which checks that this policy wrote it)."""
+        self._prune(checkpointer, [filepath, *sorted(self._retained - {filepath})])
+
+    def _prune(self, checkpointer: Checkpointer, filepaths: list[str]) -> None:
+        pruner = Pruner.of(checkpointer)
+        candidates: list[CommittedCheckpoint] = []
+        for filepath in filepaths:
+            if self._references(filepath):
+                self._forget_displaced(filepath)
+                continue  # still referenced (the name was reused)
+            manifest = self._manifests.get(filepath) or pruner.committed(filepath)
+            if manifest is None or not (manifest.writer or "").startswith(self.state_key + "#"):
+                if manifest is not None:
+                    log.info("keeping %s: this ModelCheckpoint did not write it", filepath)
+                self._forget_displaced(filepath)
+                continue
+            candidates.append(CommittedCheckpoint(filepath, manifest))
+        if not candidates:
             return
-        removed = checkpointer.remove_checkpoint(filepath)
-        if removed or checkpointer.resumed_from != paths.normalize(filepath):
-            # kept only when it is this run's resume file: a later run deletes it
-            self._discard_pending(filepath)
+        others = self._other_rules(checkpointer)
+        # other rules judge a file among this policy's other files (the hour's newest, ...);
+        # without them the bookkeeping alone decides, at a cost that does not grow with the files kept
+        everything = {c.path: c for c in self._scope(checkpointer)} if others else {}
+        everything.update((c.path, c) for c in candidates)
+        kept = kept_by([self, *others], list(everything.values()))
+        for candidate in candidates:
+            filepath = candidate.path
+            if filepath in kept:
+                if self._references(filepath):
+                    self._forget_displaced(filepath)
+                else:  # kept by another rule: asked again after the next commit
+                    self._retained.add(filepath)
+                    self._discard_pending(filepath)
+            elif pruner.remove(filepath, writer=self.state_key, manifest=candidate.manifest):
+                self._forget_displaced(filepath)
+            elif checkpointer.resumed_from == paths.normalize(filepath):
+                self._retained.discard(filepath)  # stays pending: a later run deletes it
+            else:
+                self._forget_displaced(filepath)
+
+    def _other_rules(self, checkpointer: Checkpointer) -> list[RetentionRule]:
+        return [rule for rule in rules_among(checkpointer.callbacks) if rule is not self]
+
+    def _forget_displaced(self, filepath: str) -> None:
+        self._discard_pending(filepath)
+        self._retained.discard(filepath)
+        if not self._references(filepath):
+            self._manifests.pop(filepath, None)
+
+    def _scope(self, checkpointer: Checkpointer) -> list[CommittedCheckpoint]:
+        """This policy's committed files: the ones its bookkeeping names and the retained ones."""
+        pruner = Pruner.of(checkpointer)
+        scope = []
+        for filepath in {*self.topk.scores, self.last_model_path, self._latest_path, *self._retained} - {""}:
+            manifest = self._manifests.get(filepath)
+            if manifest is None:
+                manifest = pruner.committed(filepath)
+                if manifest is None:
+                    continue
+                self._manifests[filepath] = manifest
+            scope.append(CommittedCheckpoint(filepath, manifest))
+        return scope
 
     # ------------------------------------------------------------------ finding
     def checkpoint_folders(self) -> list[str]:
@@ -598,10 +731,61 @@ class ModelCheckpoint(Callback):
         return best[1] if best else None
 
     def on_checkpoint_failed(self, checkpointer: Checkpointer, path: str, error: BaseException) -> None:
-        """A background save failed: forget the file, so bookkeeping names committed files only."""
+        """A background save of one of this policy's files failed (on the save worker): its
+        bookkeeping is undone on the training thread, before the next save decision."""
+        with self._lock:
+            write = self._in_flight.pop(path, None)
+        if write is None:
+            return
+        self._failed.append((path, write))
+        if write.link is not None:  # the last file to link to it is not written either
+            filepath, replaces = write.link
+            self._failed.append((filepath, _Write(role="last", replaces=replaces)))
+
+    def _apply_background_failures(self, checkpointer: Checkpointer) -> None:
+        """Undo what failed background saves changed, as a failed synchronous save's transaction
+        does: a file the failure left committed (the store commits the old bytes again when the
+        write failed before replacing them) stays in the bookkeeping; one it left uncommitted is
+        forgotten, and a ``last`` name is written again next time (never ``last-v1`` beside it); the
+        file the failed save displaced stays, back in the bookkeeping when it is still committed."""
+        while self._failed:
+            path, write = self._failed.popleft()
+            committed = read_manifest(path, checkpointer.storage_options)
+            if committed is None:
+                self._forget(path)
+            else:
+                self._manifests[path] = committed
+                score = committed.metrics.get(self.monitor) if self.monitor else None
+                if path in self.topk.scores and score is not None and math.isfinite(score):
+                    self.topk.scores[path] = score  # the old bytes: their score
+            displaced = write.replaces
+            if displaced is None:
+                continue
+            self._discard_pending(displaced)
+            previous = read_manifest(displaced, checkpointer.storage_options)
+            if previous is None or not (previous.writer or "").startswith(self.state_key + "#"):
+                continue
+            self._manifests[displaced] = previous
+            if write.role == "last":
+                if not self.last_model_path:
+                    self.last_model_path = displaced
+            elif self.monitor is None:
+                if not self._latest_path:
+                    self._latest_path = displaced
+            else:
+                score = previous.metrics.get(self.monitor)
+                room = self.topk.k < 0 or len(self.topk.scores) < self.topk.k
+                if score is not None and math.isfinite(score) and room:
+                    self.topk.add(displaced, score)
+
+    def _forget(self, path: str) -> None:
+        """Drop a file a failed save left uncommitted from the bookkeeping."""
+        log.warning("%s is not committed after the failed save; forgetting it", path)
         self.topk.discard(path)
+        self._manifests.pop(path, None)
         if self.last_model_path == path:
             self.last_model_path = ""
+            self._reusable_last = path  # ours: the next save_last may write it again
         if self._latest_path == path:
             self._latest_path = ""
 
@@ -642,6 +826,7 @@ class ModelCheckpoint(Callback):
             "latest_model_path": rel(self._latest_path),
             "last_global_step_saved": self._last_global_step_saved,
             "pending_removals": sorted(self._relative(p) for p in self._pending_removals),
+            "retained": sorted(self._relative(p) for p in self._retained),
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -652,6 +837,8 @@ class ModelCheckpoint(Callback):
         self.last_model_path = self._absolute(state_dict.get("last_model_path") or "")
         self._latest_path = self._absolute(state_dict.get("latest_model_path") or "")
         self._pending_removals = {self._absolute(p) for p in state_dict.get("pending_removals") or []}
+        self._retained = {self._absolute(p) for p in state_dict.get("retained") or []}
+        self._manifests = {}
 
     def _relative(self, path: str) -> str:
         if not path:
