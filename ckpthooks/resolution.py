@@ -158,10 +158,10 @@ class Resolver:
                 "skipping %s for resume: it no longer counts, because it was replaced after its "
                 "commit (epoch %d, global step %d): its size or checksum differ from its manifest "
                 "(%s). Another program may have written into this folder. %s%s. To resume from the "
-                "file as it is now, adopt it: `ckpthooks convert %s NEW.ckpt` writes a committed "
-                "ckpthooks checkpoint from a Lightning or torch.save file; then pass ckpt_path=NEW.ckpt.",
+                "file as it is now (a Lightning or torch.save file), adopt it: `ckpthooks convert "
+                "--adopt %s %s` commits it in place, and the next resume considers it again.",
                 skipped.path, skipped.manifest.epoch, skipped.manifest.global_step, exc, instead, behind,
-                skipped.path,
+                skipped.path, skipped.path,
             )  # fmt: skip
 
     def _warn_uncommitted_newer_than(self, created: float, committed: set[str]) -> None:

@@ -72,8 +72,8 @@ def test_prune_skips_a_checkpoint_whose_manifest_changed_since_the_listing(tmp_p
     train(tmp_path, LOSSES)
     real_plan = prune.plan
 
-    def plan_then_rewrite(items, keep, monitor, mode):  # type: ignore[no-untyped-def]
-        delete, kept = real_plan(items, keep, monitor, mode)
+    def plan_then_rewrite(items, keep, monitor, mode, root=None):  # type: ignore[no-untyped-def]
+        delete, kept = real_plan(items, keep, monitor, mode, root=root)
         victim = Path(delete[0].path)
         manifest = Path(f"{victim}.manifest.json")
         data = json.loads(manifest.read_text())

@@ -53,10 +53,24 @@ class ConvertError(Exception):
     "file when it is a bare state dict.",
 )
 @click.option("--overwrite", is_flag=True, help="Replace a file that exists at DST.")
+@click.option(
+    "--adopt",
+    is_flag=True,
+    help="SRC was committed once but its bytes changed since (another program, such as Lightning's "
+    "Trainer, wrote over it): ignore its stale manifest and commit the file as it is now. With SRC "
+    "as DST, the file is committed in place.",
+)
 @json_option
 @progress_option
 def convert_command(
-    src: str, dst: str, to: str | None, key: str | None, overwrite: bool, as_json: bool, progress: bool | None
+    src: str,
+    dst: str,
+    to: str | None,
+    key: str | None,
+    overwrite: bool,
+    adopt: bool,
+    as_json: bool,
+    progress: bool | None,
 ) -> None:
     """Convert SRC into DST.
 
@@ -70,12 +84,14 @@ def convert_command(
       torch.load(weights_only=True), the file is copied byte for byte (or, when SRC is DST,
       left in place) and committed with a manifest: epoch and step from the file, metrics from
       its ModelCheckpoint state. A bare torch.save state dict is wrapped as state_dict.
+      A committed SRC must match its manifest; --adopt commits one that another program
+      replaced after its commit (``ckpthooks convert --adopt last.ckpt last.ckpt``).
 
     Local paths and fsspec URLs. Safetensors needs the safetensors package.
 
     Exit codes: 0 when DST was written, 1 when the conversion failed, 2 on bad usage.
     """
-    from ckpthooks.exceptions import CheckpointError
+    from ckpthooks.exceptions import CheckpointError, CorruptCheckpointError
     from ckpthooks.io import paths
 
     source = paths.normalize(src)
@@ -90,9 +106,18 @@ def convert_command(
         elif kind == "safetensors":
             report = _from_safetensors(source, target, overwrite, progress, as_json)
         else:
-            report = _commit_torch_file(source, target, key, overwrite, progress, as_json)
+            report = _commit_torch_file(source, target, key, overwrite, progress, as_json, adopt=adopt)
     except ConvertError as exc:
         error(str(exc))
+        sys.exit(EXIT_FAILURE)
+    except CorruptCheckpointError as exc:
+        hint = ""
+        if not adopt and fmt == "ckpt" and "after it was committed" in str(exc):
+            hint = (
+                f"; if another program wrote {src} on purpose, adopt the file as it is now: "
+                f"ckpthooks convert --adopt {src} {dst}"
+            )
+        error(describe_error(exc) + hint)
         sys.exit(EXIT_FAILURE)
     except (CheckpointError, OSError) as exc:
         error(describe_error(exc))
@@ -143,11 +168,14 @@ def _open_source(path: str) -> IO[bytes]:
     return handle
 
 
-def _load_weights_only(path: str) -> dict[str, Any]:
-    """Through the storage hooks (plugin formats load too), verified against a manifest if there is one."""
+def _load_weights_only(path: str, *, adopt: bool = False) -> dict[str, Any]:
+    """Through the storage hooks (plugin formats load too), verified against a manifest if there
+    is one (unless ``adopt``: the manifest is stale and the file is taken as it is now)."""
     from ckpthooks.store import CheckpointStore
 
-    return CheckpointStore(host=plugin_host()).load(path, map_location="cpu", weights_only=True)
+    return CheckpointStore(host=plugin_host()).load(
+        path, map_location="cpu", weights_only=True, verify="off" if adopt else None
+    )
 
 
 def _weights(checkpoint: Any, key: str | None, src: str) -> dict[str, Any]:
@@ -384,13 +412,13 @@ def _count_tensors(value: Any) -> int:
 
 
 def _commit_torch_file(
-    src: str, dst: str, key: str | None, overwrite: bool, progress: bool | None, as_json: bool
+    src: str, dst: str, key: str | None, overwrite: bool, progress: bool | None, as_json: bool, *, adopt: bool = False
 ) -> dict[str, Any]:
     from ckpthooks._cli.copying import destination_free, stream
     from ckpthooks.io import paths
     from ckpthooks.manifest import Manifest, read_manifest, write_manifest
 
-    checkpoint = _load_weights_only(src)  # refuses anything that would unpickle code
+    checkpoint = _load_weights_only(src, adopt=adopt)  # refuses anything that would unpickle code
     if not isinstance(checkpoint, dict):
         raise ConvertError(f"{src} holds a {type(checkpoint).__name__}, not a checkpoint dict")
     bare = "state_dict" not in checkpoint and key is None
@@ -415,7 +443,7 @@ def _commit_torch_file(
     size = int(size_fs.size(paths.fs_path(size_fs, src)))
     with Progress(size, "committing", enabled=progress, as_json=as_json) as bar:
         if src == dst:
-            if read_manifest(dst) is not None and not overwrite:
+            if read_manifest(dst) is not None and not (overwrite or adopt):
                 raise ConvertError(f"{dst} is committed already; pass --overwrite to commit it again")
             from ckpthooks.io.hashing import hash_stream, read_chunks
 

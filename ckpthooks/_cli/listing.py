@@ -6,6 +6,7 @@ import ast
 import math
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -67,9 +68,21 @@ def score_of(item: CommittedCheckpoint, monitor: str) -> float | None:
     return None
 
 
-def newest(items: list[CommittedCheckpoint]) -> CommittedCheckpoint | None:
-    """What "last" resolves to: the highest global step, then the newest."""
-    return max(items, key=lambda item: item.sort_key) if items else None
+def last_of(root: str, items: list[CommittedCheckpoint], dirpaths: Sequence[str] = ()) -> CommittedCheckpoint | None:
+    """What ``ckpt_path="last"`` of a run with ``default_root_dir=root`` resolves to, by the rule
+    of :mod:`ckpthooks.last_search`: the folders of the run (the root itself, ``<root>/checkpoints``
+    and the folders its policies write into: those given as ``dirpaths``, and those a policy's
+    manifests name as their writer), then the highest global step, full checkpoints before
+    weights-only ones. The runtime also verifies the candidate's bytes; ``ls`` reads manifests only
+    (``ckpthooks verify`` checks the bytes)."""
+    from ckpthooks.io import paths
+    from ckpthooks.last_search import in_folders, last_order, search_folders
+
+    policy_folders = {paths.dirname(item.path) for item in items if Writer.parse(item.manifest.writer) is not None}
+    policy_folders.update(paths.normalize(folder) for folder in dirpaths)
+    folders = search_folders(root, sorted(policy_folders))
+    ordered = last_order(item for item in items if in_folders(item.path, folders))
+    return ordered[0] if ordered else None
 
 
 def best_by(items: list[CommittedCheckpoint], monitor: str, mode: str) -> CommittedCheckpoint | None:
@@ -117,16 +130,30 @@ def relative(root: str, path: str) -> str:
 @click.option(
     "--mode", type=click.Choice(["min", "max"]), default="min", show_default=True, help="Direction of --monitor."
 )
+@click.option(
+    "--dirpath",
+    "dirpaths",
+    multiple=True,
+    metavar="FOLDER",
+    help='A folder a policy of the run writes into (ModelCheckpoint(dirpath=...)), for the "last" flag, '
+    "when no policy-written manifest there says so (files saved by hand only). Repeatable.",
+)
 @json_option
 @storage_option
 def ls_command(
-    root: str, monitor: str | None, mode: str, as_json: bool, storage_option_args: tuple[str, ...]
+    root: str,
+    monitor: str | None,
+    mode: str,
+    dirpaths: tuple[str, ...],
+    as_json: bool,
+    storage_option_args: tuple[str, ...],
 ) -> None:
     """List the committed checkpoints under ROOT (a folder or an fsspec URL, searched recursively).
 
     Reads manifests only, never a checkpoint: each row has the global step, epoch, logged metrics,
-    size, age and flags. "last" marks the newest by global step (what ckpt_path="last" resumes
-    from); "best(METRIC)" the best top-k file of each ModelCheckpoint with a monitor, as its
+    size, age and flags. "last" marks what ckpt_path="last" with ROOT as default_root_dir resumes
+    from (ROOT itself, ROOT/checkpoints and the folders its policies wrote into; docs/resume.md);
+    "best(METRIC)" the best top-k file of each ModelCheckpoint with a monitor, as its
     manifests record it, and the best by --monitor when given.
 
     Exit codes: 0 when the listing was printed (also when it is empty), 1 when ROOT cannot be
@@ -147,7 +174,7 @@ def ls_command(
         error(f"could not list {root}: {describe_error(exc)}")
         sys.exit(EXIT_FAILURE)
     flags: dict[str, list[str]] = {item.path: [] for item in items}
-    last = newest(items)
+    last = last_of(base, items, dirpaths)
     if last is not None:
         flags[last.path].append("last")
     best: dict[str, str] = {}

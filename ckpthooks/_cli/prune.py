@@ -7,9 +7,10 @@ folder that no running policy owns. A checkpoint may be deleted only when all of
 2. a ckpthooks policy wrote it as a ranked file: its manifest's ``writer`` ends in ``#topk``
    (files saved by hand, converted or copied files, and ``last`` files are never candidates);
 3. its manifest records the monitored metric as a finite number;
-4. it is not at the newest global step under the folder (what ``ckpt_path="last"`` resumes from:
-   ``last.ckpt`` and the top-k file of the same step alike), and not a kept previous version
-   (``.<name>.ckpthooks-prev``);
+4. it is not at the newest global step under the folder (``last.ckpt`` and the top-k file of the
+   same step alike), not what ``ckpt_path="last"`` with the folder as ``default_root_dir`` resumes
+   from (:mod:`ckpthooks.last_search`; an older full checkpoint when the newest are weights-only),
+   and not a kept previous version (``.<name>.ckpthooks-prev``);
 5. it is not among the K best of the candidates.
 
 Deleting uncommits first (the manifest goes), then removes the data through the storage hooks, as
@@ -39,7 +40,7 @@ from ckpthooks._cli.common import (
     storage_option,
     table,
 )
-from ckpthooks._cli.listing import Writer, committed_under, newest, relative, score_of
+from ckpthooks._cli.listing import Writer, committed_under, last_of, relative, score_of
 
 if TYPE_CHECKING:
     from ckpthooks.manifest import CommittedCheckpoint
@@ -89,7 +90,7 @@ def prune_command(
     except (CheckpointError, OSError) as exc:
         error(f"could not list {root}: {describe_error(exc)}")
         sys.exit(EXIT_FAILURE)
-    delete, kept = plan(items, keep, monitor, mode)
+    delete, kept = plan(items, keep, monitor, mode, root=base)
     deleted: list[str] = []
     failures: list[dict[str, str]] = []
     if confirmed and delete:
@@ -114,13 +115,15 @@ def prune_command(
 
 
 def plan(
-    items: list[CommittedCheckpoint], keep: int, monitor: str, mode: str
+    items: list[CommittedCheckpoint], keep: int, monitor: str, mode: str, *, root: str | None = None
 ) -> tuple[list[CommittedCheckpoint], list[tuple[CommittedCheckpoint, str]]]:
     """What to delete, and what to keep with the reason, by the guards of the module docstring."""
     from ckpthooks.manifest import previous_of
 
-    last = newest(items)
-    newest_step = last.manifest.global_step if last is not None else None
+    newest_step = max((item.manifest.global_step for item in items), default=None)
+    # what ckpt_path="last" of a run rooted at ``root`` resumes from (ckpthooks.last_search): an
+    # older full checkpoint when the newest step has weights-only files only
+    last = last_of(root, items) if root is not None else None
     kept: list[tuple[CommittedCheckpoint, str]] = []
     candidates: list[tuple[float, CommittedCheckpoint]] = []
     for item in items:
@@ -131,6 +134,8 @@ def plan(
             kept.append((item, "a kept previous version"))
         elif item.manifest.global_step == newest_step:
             kept.append((item, "at the newest step (last)"))
+        elif last is not None and item.path == last.path:
+            kept.append((item, 'what ckpt_path="last" resumes from'))
         elif writer is None:
             kept.append((item, "not written by a ckpthooks policy"))
         elif writer.role != "topk":
