@@ -74,6 +74,7 @@ xla-test: $(XLA_STAMP)
 
 lint: $(STAMP)
 	$(PY) -m ruff check ckpthooks tests examples benchmarks docs/_gen_hooks.py $(PLUGINS)
+	$(VENV)/bin/lint-imports
 
 typecheck: $(STAMP)
 	$(PY) -m mypy

@@ -51,7 +51,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from ckpthooks.io.torch_io import atomic_write
+from ckpthooks.io.durable import atomic_write
 
 log = logging.getLogger(__name__)
 

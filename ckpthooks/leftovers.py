@@ -32,9 +32,10 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from ckpthooks.exceptions import StorageError
-from ckpthooks.io import paths, torch_io
+from ckpthooks.io import durable, paths
+from ckpthooks.io.durable import storage_error as _storage_error
+from ckpthooks.io.durable import temp_owner
 from ckpthooks.io.retry import call_with_retry
-from ckpthooks.io.torch_io import _storage_error, temp_owner
 from ckpthooks.manifest import drop_previous
 
 log = logging.getLogger(__name__)
@@ -64,7 +65,7 @@ def is_leftover(folder: str, name: str, now: float | None = None) -> bool:
     if owner is None:
         return False
     pid, token = owner
-    if token == torch_io.PROCESS_TOKEN:
+    if token == durable.PROCESS_TOKEN:
         return False  # ours: possibly a save in flight
     if not _pid_running(pid):
         return True
@@ -147,7 +148,7 @@ def write_pending_marker(checkpoint_path: str, storage_options: Mapping[str, Any
             "file": paths.basename(checkpoint_path),
             "host": socket.gethostname(),
             "pid": os.getpid(),
-            "token": torch_io.PROCESS_TOKEN,
+            "token": durable.PROCESS_TOKEN,
             "created": time.time(),
         },
         sort_keys=True,
@@ -187,7 +188,7 @@ def pending_is_stale(marker: Mapping[str, Any] | None, now: float | None = None)
         return False
     created = marker.get("created")
     age = now - float(created) if isinstance(created, (int, float)) else None
-    if marker.get("token") == torch_io.PROCESS_TOKEN:
+    if marker.get("token") == durable.PROCESS_TOKEN:
         return False
     pid = marker.get("pid")
     if marker.get("host") == socket.gethostname() and isinstance(pid, int):

@@ -28,9 +28,11 @@ from ckpthooks.exceptions import (
     StorageError,
 )
 from ckpthooks.io import paths
+from ckpthooks.io.durable import atomic_write, fsync_dir
+from ckpthooks.io.durable import storage_error as _storage_error
 from ckpthooks.io.hashing import folder_base, hash_local_file, hash_local_folder, hash_stream, read_chunks
+from ckpthooks.io.regular_file import open_regular
 from ckpthooks.io.retry import call_with_retry
-from ckpthooks.io.torch_io import _storage_error, atomic_write, fsync_dir
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +41,11 @@ MANIFEST_FORMAT = "ckpthooks.manifest"
 MANIFEST_VERSION = 1
 
 VerifyMode = Literal["full", "size", "off"]
+
+#: A manifest is about a kilobyte; a file named like one and larger than this is not read whole.
+MAX_MANIFEST_BYTES = 1 << 20
+#: How deep the JSON of a manifest's ``extra`` may nest.
+MAX_MANIFEST_DEPTH = 32
 
 
 def manifest_path(checkpoint_path: str) -> str:
@@ -70,7 +77,7 @@ class Manifest:
 
     @classmethod
     def from_json(cls, text: str, source: str = "the manifest") -> Manifest:
-        return cls.from_dict(json.loads(text), source)
+        return parse_manifest(text.encode(), source)
 
     @classmethod
     def from_dict(cls, data: Any, source: str = "the manifest") -> Manifest:
@@ -84,10 +91,103 @@ class Manifest:
                 f"ckpthooks {__version__} reads versions up to {MANIFEST_VERSION}. Upgrade ckpthooks "
                 "(pip install --upgrade ckpthooks) to use this checkpoint."
             )
-        return cls(**{k: v for k, v in data.items() if k in _MANIFEST_FIELDS})
+        fields = {k: v for k, v in data.items() if k in _MANIFEST_FIELDS}
+        missing = sorted(_REQUIRED_FIELDS - fields.keys())
+        if missing:
+            raise ValueError(f"it lacks {', '.join(missing)}")
+        manifest = cls(**fields)
+        manifest.validate()
+        return manifest
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming the first field of the wrong type or size (a manifest read
+        from disk is data from anywhere: a string where a number belongs must not become a
+        ``TypeError`` far away, in sorting or comparing)."""
+        _check_str(self.file, "file", allow_none=False)
+        if not self.file:
+            raise ValueError("'file' is empty")
+        for name in ("size", "epoch", "global_step", "format_version"):
+            value = getattr(self, name)
+            if not _is_int(value) or value < 0:
+                raise ValueError(f"{name!r} must be a whole number of at least 0, not {_shown(value)}")
+        _check_str(self.checksum, "checksum")
+        _check_str(self.algorithm, "algorithm")
+        _check_str(self.writer, "writer")
+        _check_str(self.library_version, "library_version", allow_none=False)
+        if not _is_number(self.created):
+            raise ValueError(f"'created' must be a number (seconds since the epoch), not {_shown(self.created)}")
+        if not isinstance(self.weights_only, bool):
+            raise ValueError(f"'weights_only' must be true or false, not {_shown(self.weights_only)}")
+        if not isinstance(self.metrics, dict) or not all(
+            isinstance(k, str) and _is_number(v) for k, v in self.metrics.items()
+        ):
+            raise ValueError("'metrics' must map metric names to numbers")
+        if not isinstance(self.plugins, dict) or not all(
+            isinstance(k, str) and (v is None or isinstance(v, str)) for k, v in self.plugins.items()
+        ):
+            raise ValueError("'plugins' must map plugin names to versions (strings or null)")
+        if not isinstance(self.extra, dict):
+            raise ValueError(f"'extra' must be an object, not {_shown(self.extra)}")
+        if _depth(self.extra) > MAX_MANIFEST_DEPTH:
+            raise ValueError(f"'extra' is nested more than {MAX_MANIFEST_DEPTH} levels deep")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return f"{type(value).__name__} {text if len(text) <= 40 else text[:37] + '...'}"
+
+
+def _check_str(value: Any, name: str, *, allow_none: bool = True) -> None:
+    if value is None and allow_none:
+        return
+    if not isinstance(value, str):
+        raise ValueError(f"{name!r} must be a string{' or null' if allow_none else ''}, not {_shown(value)}")
+
+
+def _depth(value: Any) -> int:
+    """How deep ``value`` nests (iteratively: a hostile manifest must not exhaust the stack)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, dict):
+            children: Iterable[Any] = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        deepest = max(deepest, level)
+        if deepest > MAX_MANIFEST_DEPTH:
+            return deepest
+        stack.extend((child, level + 1) for child in children)
+    return deepest
+
+
+def parse_manifest(data: bytes, source: str = "the manifest") -> Manifest:
+    """A manifest from the bytes of its file; ``ValueError`` when they are not a valid one (too
+    large, not UTF-8 JSON, nested too deep, fields of the wrong type), ``IncompatibleFormatError``
+    for a newer manifest version."""
+    if len(data) > MAX_MANIFEST_BYTES:
+        raise ValueError(f"it is larger than {MAX_MANIFEST_BYTES} bytes, so it is not a ckpthooks manifest")
+    try:
+        text = data.decode()
+        decoded = json.loads(text)
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"it is not UTF-8 text ({exc.reason})") from None
+    except RecursionError:
+        raise ValueError("its JSON is nested too deep to be a ckpthooks manifest") from None
+    return Manifest.from_dict(decoded, source)
 
 
 _MANIFEST_FIELDS = frozenset(Manifest.__dataclass_fields__)
+_REQUIRED_FIELDS = frozenset(("file", "size", "checksum", "algorithm", "epoch", "global_step"))
 #: The fields of a manifest in the order of its commit index record (see :mod:`ckpthooks.commit_index`).
 _RECORD_FIELDS = tuple(Manifest.__dataclass_fields__)
 #: Identifies the record layout: records written with other fields or another manifest version are
@@ -138,7 +238,7 @@ def _index_commit(local_manifest: str, written: int, data: bytes) -> None:
     would parse them."""
     try:
         st = os.stat(local_manifest)
-        record = _record_of(Manifest.from_json(data.decode(), source=local_manifest))
+        record = _record_of(parse_manifest(data, source=local_manifest))
     except (OSError, ValueError, TypeError, IncompatibleFormatError):
         return
     if st.st_ino != written:
@@ -171,33 +271,64 @@ def remove_manifest(checkpoint_path: str, storage_options: Mapping[str, Any] | N
 
 
 def read_manifest(
-    checkpoint_path: str, storage_options: Mapping[str, Any] | None = None
+    checkpoint_path: str, storage_options: Mapping[str, Any] | None = None, *, strict: bool = False
 ) -> Manifest | None:
-    """The manifest of ``checkpoint_path``, or ``None`` if it is not committed."""
+    """The manifest of ``checkpoint_path``, or ``None`` if it is not committed.
+
+    A file named like the manifest that is not a valid one (not a regular file: a FIFO, a device;
+    larger than :data:`MAX_MANIFEST_BYTES`; not JSON, or JSON of the wrong shape; naming another
+    file) is ignored with a warning, so one junk file never blocks a listing or a resume; with
+    ``strict`` (an explicitly named checkpoint) it raises :class:`CorruptCheckpointError` instead.
+    A FIFO is never waited on, and no more than :data:`MAX_MANIFEST_BYTES` + 1 bytes are read.
+    """
     target = manifest_path(checkpoint_path)
     try:
-        if paths.is_local(target):
-            with open(paths.local_path(target), "rb") as handle:
-                text = handle.read().decode()
-        else:
-            fs = paths.filesystem(target, storage_options)
-            # a range read from 0 is one GET (s3fs asks for the size first otherwise: HEAD, and a
-            # listing when the manifest does not exist)
-            text = call_with_retry(
-                lambda: fs.cat_file(paths.fs_path(fs, target), start=0), action="read", path=target
-            ).decode()
-        manifest = Manifest.from_json(text, source=target)
+        data = _read_manifest_bytes(target, storage_options)
+        manifest = parse_manifest(data, source=target)
     except FileNotFoundError:
         return None
-    except StorageError:
-        raise  # storage unreachable: not the same as "not committed"
-    except (OSError, ValueError, TypeError, UnicodeDecodeError) as exc:
-        log.warning("ignoring unreadable manifest %s: %s", target, exc)
+    except (StorageError, IncompatibleFormatError):
+        raise  # storage unreachable: not the same as "not committed"; a newer manifest: upgrade
+    except (OSError, ValueError, TypeError, CorruptCheckpointError) as exc:
+        _invalid(target, str(exc) if isinstance(exc, CorruptCheckpointError) else _reason(exc), strict)
         return None
     if manifest.file != paths.basename(checkpoint_path):
+        # a manifest of another checkpoint (copied or moved here): this one is not committed
         log.warning("ignoring manifest %s: it names %r", target, manifest.file)
         return None
     return manifest
+
+
+def _reason(exc: BaseException) -> str:
+    return str(exc) if isinstance(exc, ValueError) and not isinstance(exc, json.JSONDecodeError) else (
+        f"{type(exc).__name__}: {exc}"
+    )
+
+
+def _invalid(target: str, reason: str, strict: bool) -> None:
+    if strict:
+        raise CorruptCheckpointError(
+            f"{target} is not a valid ckpthooks manifest ({reason}). Remove it, or re-commit the "
+            "checkpoint beside it with `ckpthooks convert --adopt FILE FILE`, to use the checkpoint."
+        )
+    log.warning("ignoring unreadable manifest %s: %s", target, reason)
+
+
+def _read_manifest_bytes(target: str, storage_options: Mapping[str, Any] | None) -> bytes:
+    """At most :data:`MAX_MANIFEST_BYTES` + 1 bytes of the manifest file ``target``."""
+    if paths.is_local(target):
+        local = paths.local_path(target)
+        with open_regular(local, target) as handle:  # a FIFO or a device is refused, never read
+            return handle.read(MAX_MANIFEST_BYTES + 1)
+    fs = paths.filesystem(target, storage_options)
+    # a range read from 0 is one GET (s3fs asks for the size first otherwise: HEAD, and a listing
+    # when the manifest does not exist)
+    data: bytes = call_with_retry(
+        lambda: fs.cat_file(paths.fs_path(fs, target), start=0, end=MAX_MANIFEST_BYTES + 1),
+        action="read",
+        path=target,
+    )
+    return data
 
 
 #: Suffix of the committed copy of a local checkpoint kept while it is being overwritten.
@@ -277,7 +408,8 @@ def _from_record(record: list[Any], file: str) -> Manifest | None:
         return None
     try:
         manifest = Manifest(*record[1:])
-    except TypeError:
+        manifest.validate()
+    except (TypeError, ValueError):
         return None
     return manifest if manifest.file == file else None
 
@@ -346,10 +478,10 @@ def scan_for_index(folder: str) -> commit_index.Scan:
 def _read_for_index(path: str) -> commit_index.Entry | None:
     """A valid manifest file's record, with the identity of the very file read."""
     try:
-        with open(path, "rb") as handle:
+        with open_regular(path) as handle:
             identity = commit_index.identity_of(os.fstat(handle.fileno()))
-            manifest = Manifest.from_json(handle.read().decode(), source=path)
-    except (OSError, ValueError, TypeError, RecursionError, IncompatibleFormatError):
+            manifest = parse_manifest(handle.read(MAX_MANIFEST_BYTES + 1), source=path)
+    except (OSError, ValueError, TypeError, CorruptCheckpointError, IncompatibleFormatError):
         return None
     name = os.path.basename(path)
     if manifest.file != name[: -len(MANIFEST_SUFFIX)]:
@@ -397,17 +529,6 @@ def iter_committed(
             yield CommittedCheckpoint(checkpoint, manifest)
 
 
-def newest_committed(
-    roots: list[str], storage_options: Mapping[str, Any] | None = None
-) -> list[CommittedCheckpoint]:
-    """Committed checkpoints under ``roots``, newest first by global step (then creation time)."""
-    seen: dict[str, CommittedCheckpoint] = {}
-    for root in roots:
-        for item in iter_committed(root, storage_options):
-            seen.setdefault(item.path, item)
-    return sorted(seen.values(), key=lambda c: c.sort_key, reverse=True)
-
-
 def verify_checkpoint(
     checkpoint_path: str,
     manifest: Manifest | None = None,
@@ -425,7 +546,7 @@ def verify_checkpoint(
     :class:`CorruptCheckpointError` naming what differs otherwise.
     """
     if manifest is None:
-        manifest = read_manifest(checkpoint_path, storage_options)
+        manifest = read_manifest(checkpoint_path, storage_options, strict=True)
         if manifest is None:
             raise CheckpointNotFoundError(
                 f"{checkpoint_path} is not a committed checkpoint (no valid {MANIFEST_SUFFIX} "

@@ -35,6 +35,15 @@ if TYPE_CHECKING:
         world_size,
     )
     from ckpthooks.io.base import CheckpointIO, CheckpointIOSpec, SaveResult, restoring_checkpointer
+    from ckpthooks.io.durable import (
+        TEMP_MARKER,
+        atomic_write,
+        fsync_dir,
+        is_temp_name,
+        storage_error,
+        temp_name_for,
+        write_durably,
+    )
     from ckpthooks.io.hashing import (
         Hasher,
         HashingWriter,
@@ -52,16 +61,7 @@ if TYPE_CHECKING:
     from ckpthooks.io.paths import normalize as normalize_path
     from ckpthooks.io.retry import RetryPolicy, call_with_retry, get_default_retry, is_transient, set_default_retry
     from ckpthooks.io.safety import check_weights_only_safe, translate_load_error
-    from ckpthooks.io.torch_io import (
-        TEMP_MARKER,
-        TorchCheckpointIO,
-        atomic_write,
-        fsync_dir,
-        is_temp_name,
-        temp_name_for,
-        write_durably,
-    )
-    from ckpthooks.io.torch_io import _storage_error as storage_error
+    from ckpthooks.io.torch_io import TorchCheckpointIO
     from ckpthooks.manifest import MANIFEST_SUFFIX, Manifest, manifest_path, read_manifest, verify_checkpoint
     from ckpthooks.plugin_host import PluginHost, PluginInfo, get_plugin_host, set_plugin_host
 
@@ -127,39 +127,39 @@ DOCUMENTATION: dict[str, tuple[str, str, str]] = {
     ),
     # durable writes and temporary names
     "write_durably": (
-        "ckpthooks.io.torch_io",
+        "ckpthooks.io.durable",
         "write_durably",
         "Write a file the way ckpthooks does: temporary sibling, fsync, rename locally; streamed, retried"
         " upload remotely; returns a SaveResult.",
     ),
     "atomic_write": (
-        "ckpthooks.io.torch_io",
+        "ckpthooks.io.durable",
         "atomic_write",
         "Context manager: a local file handle whose bytes replace `path` atomically (and durably) on success.",
     ),
     "fsync_dir": (
-        "ckpthooks.io.torch_io",
+        "ckpthooks.io.durable",
         "fsync_dir",
         "fsync a local folder, so that a rename or create in it survives a crash.",
     ),
     "temp_name_for": (
-        "ckpthooks.io.torch_io",
+        "ckpthooks.io.durable",
         "temp_name_for",
         "The temporary sibling name to write before renaming over `path` (leftover cleanup recognises it).",
     ),
     "is_temp_name": (
-        "ckpthooks.io.torch_io",
+        "ckpthooks.io.durable",
         "is_temp_name",
         "Whether a file name is a ckpthooks temporary (from `temp_name_for`).",
     ),
     "TEMP_MARKER": (
-        "ckpthooks.io.torch_io",
+        "ckpthooks.io.durable",
         "TEMP_MARKER",
         "The marker every temporary name contains.",
     ),
     "storage_error": (
-        "ckpthooks.io.torch_io",
-        "_storage_error",
+        "ckpthooks.io.durable",
+        "storage_error",
         "Build a StorageError for a failed `action` on `path` from an OSError, with a hint (permissions, disk full).",
     ),
     # locations

@@ -28,8 +28,8 @@ from ckpthooks.exceptions import (
 )
 from ckpthooks.io import paths, staging
 from ckpthooks.io.base import CheckpointIO, SaveResult
+from ckpthooks.io.durable import fsync_dir, temp_name_for
 from ckpthooks.io.safety import check_weights_only_safe
-from ckpthooks.io.torch_io import fsync_dir, temp_name_for
 from ckpthooks.leftovers import remove_pending_marker, write_pending_marker
 from ckpthooks.manifest import (
     CommittedCheckpoint,
@@ -232,16 +232,41 @@ class CheckpointStore:
             return
         log.info("the failed save left %s unchanged; it is committed again", path)
 
+    def _report_uncommitted(self, path: str, previous: str | None, reason: str) -> None:
+        """Say what is true of ``path`` after a failed overwrite that could not commit it again."""
+        kept = None
+        if previous is not None:
+            with contextlib.suppress(CheckpointError, OSError):
+                kept = previous if read_manifest(previous) is not None else None
+        if kept is not None:
+            log.warning(
+                "%s is uncommitted after the failed save (%s); its previous version stays committed as "
+                '%s, which ckpt_path="last" finds, and the next successful save of %s replaces it',
+                path, reason, kept, paths.basename(path),
+            )  # fmt: skip
+        else:
+            log.warning("%s is uncommitted after the failed save (%s)", path, reason)
+
     def _recommit_if_intact(self, path: str, old: Manifest, previous: str | None) -> None:
         """After a failed overwrite: commit ``path`` again when its bytes are still the old ones
         (the write failed before replacing them), so that a failed save loses nothing."""
+        try:
+            still_committed = read_manifest(path, self.storage_options) == old
+        except (CheckpointError, OSError):
+            still_committed = False
+        if still_committed:  # the save failed before it uncommitted the old version
+            log.info("the failed save left %s unchanged; it stays committed", path)
+            with contextlib.suppress(OSError):
+                drop_previous(previous)
+            return
         if not (old.checksum and old.algorithm):
+            self._report_uncommitted(path, previous, "its manifest records no checksum to check the bytes by")
             return  # a size match alone cannot tell the old bytes from new ones
         try:
             verify_checkpoint(path, old, "full", self.storage_options)
             write_manifest(path, old, self.storage_options)
         except (CheckpointError, OSError) as exc:
-            log.warning("%s stays uncommitted after the failed save (%s)", path, exc)
+            self._report_uncommitted(path, previous, str(exc))
             return
         log.info("the failed save left %s unchanged; it is committed again", path)
         with contextlib.suppress(OSError):
@@ -318,7 +343,7 @@ class CheckpointStore:
         mode = verify or self.verify
         io = self.io_for(path)
         for _ in range(READ_ATTEMPTS):
-            manifest = read_manifest(path, self.storage_options)
+            manifest = read_manifest(path, self.storage_options, strict=True)
             if manifest is not None and mode == "full" and _stages(path, manifest, io):
                 with staging.verified_copy(path, manifest, self.storage_options) as copy:
                     if copy is not None:
@@ -353,7 +378,8 @@ class CheckpointStore:
     def check_loadable(self, path: str, *, verify: VerifyMode | None = None, require_manifest: bool = False) -> None:
         """What :meth:`load` checks before reading: a committed checkpoint must verify, one without
         a manifest (Lightning or ``torch.save`` files) must exist unless ``require_manifest``."""
-        self._check_loadable(path, read_manifest(path, self.storage_options), verify or self.verify, require_manifest)
+        manifest = read_manifest(path, self.storage_options, strict=True)
+        self._check_loadable(path, manifest, verify or self.verify, require_manifest)
 
     def _check_loadable(self, path: str, manifest: Manifest | None, mode: VerifyMode, require_manifest: bool) -> None:
         if manifest is None:

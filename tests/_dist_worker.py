@@ -25,7 +25,8 @@ import torch.distributed as dist
 
 from ckpthooks import Callback, Checkpointer, ModelCheckpoint, rank_zero_only
 from ckpthooks.exceptions import CheckpointNotFoundError
-from ckpthooks.io.torch_io import TEMP_MARKER, TorchCheckpointIO
+from ckpthooks.io.durable import TEMP_MARKER
+from ckpthooks.io.torch_io import TorchCheckpointIO
 from tests.helpers import TinyNet, make_data
 
 EPOCHS = 2

@@ -120,7 +120,7 @@ def install_tripwires(spec: str | None) -> None:
 
 
 def temp_files(root: str) -> list[str]:
-    from ckpthooks.io.torch_io import is_temp_name
+    from ckpthooks.io.durable import is_temp_name
 
     found = []
     for folder, _dirs, files in os.walk(root):

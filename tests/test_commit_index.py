@@ -24,7 +24,7 @@ import torch
 import ckpthooks.manifest as manifest_module
 from ckpthooks import Checkpointer, ModelCheckpoint, commit_index
 from ckpthooks.commit_index import INDEX_NAME
-from ckpthooks.io.torch_io import TEMP_MARKER
+from ckpthooks.io.durable import TEMP_MARKER
 from ckpthooks.leftovers import clean_leftovers
 from ckpthooks.manifest import (
     MANIFEST_SUFFIX,

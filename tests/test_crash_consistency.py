@@ -42,7 +42,7 @@ import pytest
 from ckpthooks import ModelCheckpoint
 from ckpthooks.commit_index import INDEX_NAME
 from ckpthooks.exceptions import CheckpointError
-from ckpthooks.io.torch_io import is_temp_name
+from ckpthooks.io.durable import is_temp_name
 from ckpthooks.manifest import MANIFEST_SUFFIX, Manifest, iter_committed, read_manifest, verify_checkpoint
 
 WORKER = Path(__file__).resolve().parent / "crash_worker.py"

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from ckpthooks import rank_zero_only
-from ckpthooks.io.torch_io import TEMP_MARKER
+from ckpthooks.io.durable import TEMP_MARKER
 from ckpthooks.manifest import MANIFEST_SUFFIX
 
 WORKER = Path(__file__).with_name("_dist_worker.py")

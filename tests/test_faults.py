@@ -26,7 +26,7 @@ import torch
 
 from ckpthooks import Checkpointer, ModelCheckpoint, StorageError
 from ckpthooks.io import paths
-from ckpthooks.io.torch_io import TEMP_MARKER
+from ckpthooks.io.durable import TEMP_MARKER
 from ckpthooks.manifest import iter_committed, read_manifest, verify_checkpoint
 from ckpthooks.testing.faults import (
     Fault,
@@ -106,14 +106,21 @@ class _FaultyLocalFile:
 
 
 class LocalFaults:
-    """Faults on local disk: ``open`` (read), file ``write``/``flush``/``close``, ``os.fsync``,
+    """Faults on local disk: ``open`` and ``os.open`` (read), file ``write``/``flush``/``close``, ``os.fsync``,
     ``os.replace`` (rename) and ``os.remove`` (delete), counted with the same :class:`Fault` objects
     as the faulty filesystem."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.faults: list[Fault] = []
         real_open, real_fsync, real_replace, real_remove = builtins.open, os.fsync, os.replace, os.remove
+        real_os_open = os.open
         check = self.check
+        writing = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_APPEND
+
+        def os_open(path: Any, flags: int, *args: Any, **kwargs: Any) -> int:
+            if isinstance(path, (str, os.PathLike)) and not flags & writing:
+                check("read", os.fspath(path))  # reads of regular files only (open_regular)
+            return real_os_open(path, flags, *args, **kwargs)
 
         def open_(file: Any, mode: str = "r", *args: Any, **kwargs: Any) -> Any:
             if not isinstance(file, (str, os.PathLike)):
@@ -141,6 +148,7 @@ class LocalFaults:
             real_remove(path, *args, **kwargs)
 
         monkeypatch.setattr(builtins, "open", open_)
+        monkeypatch.setattr(os, "open", os_open)
         monkeypatch.setattr(os, "fsync", fsync)
         monkeypatch.setattr(os, "replace", replace)
         monkeypatch.setattr(os, "remove", remove)

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from ckpthooks import Checkpointer, ConfigurationError, ModelCheckpoint, StorageError
-from ckpthooks.io import torch_io
+from ckpthooks.io import durable, torch_io
 from ckpthooks.leftovers import STALE_AFTER, clean_leftovers
 from ckpthooks.manifest import read_manifest
 from tests.helpers import TinyNet
@@ -28,7 +28,7 @@ def dead_pid() -> int:
 def test_temporary_files_of_a_dead_process_are_removed_at_the_next_start(tmp_path: Path) -> None:
     folder = tmp_path / "checkpoints"
     folder.mkdir()
-    leftover = folder / f".epoch=0.ckpt{torch_io.TEMP_MARKER}{dead_pid()}-0badf00d-12345678"
+    leftover = folder / f".epoch=0.ckpt{durable.TEMP_MARKER}{dead_pid()}-0badf00d-12345678"
     leftover.write_bytes(b"half a checkpoint")
     mine = folder / "notes.txt"
     mine.write_text("not ours")
@@ -40,7 +40,7 @@ def test_temporary_files_of_a_dead_process_are_removed_at_the_next_start(tmp_pat
 
 
 def test_a_live_writers_temporary_file_is_kept_until_stale(tmp_path: Path) -> None:
-    live = tmp_path / f".a.ckpt{torch_io.TEMP_MARKER}{os.getppid()}-0badf00d-1"
+    live = tmp_path / f".a.ckpt{durable.TEMP_MARKER}{os.getppid()}-0badf00d-1"
     live.write_bytes(b"x")
     assert clean_leftovers([str(tmp_path)]) == []
     old = time.time() - STALE_AFTER - 60
@@ -49,7 +49,7 @@ def test_a_live_writers_temporary_file_is_kept_until_stale(tmp_path: Path) -> No
 
 
 def test_this_process_own_temporary_files_are_kept(tmp_path: Path) -> None:
-    own = Path(torch_io.temp_name_for(str(tmp_path / "a.ckpt")))
+    own = Path(durable.temp_name_for(str(tmp_path / "a.ckpt")))
     own.write_bytes(b"x")
     old = time.time() - STALE_AFTER - 60
     os.utime(own, (old, old))
@@ -139,12 +139,80 @@ def test_a_forked_child_gets_its_own_process_token(tmp_path: Path) -> None:
     read, write = os.pipe()
     pid = os.fork()
     if pid == 0:  # the child reports its token and leaves at once
-        os.write(write, torch_io.PROCESS_TOKEN.encode())
+        os.write(write, durable.PROCESS_TOKEN.encode())
         os._exit(0)
     os.close(write)
     child_token = os.read(read, 64).decode()
     os.waitpid(pid, 0)
-    assert child_token and child_token != torch_io.PROCESS_TOKEN
-    leftover = tmp_path / f".a.ckpt{torch_io.TEMP_MARKER}{pid}-{child_token}-1"
+    assert child_token and child_token != durable.PROCESS_TOKEN
+    leftover = tmp_path / f".a.ckpt{durable.TEMP_MARKER}{pid}-{child_token}-1"
     leftover.write_bytes(b"x")
     assert clean_leftovers([str(tmp_path)]) == [str(leftover)]
+
+
+# ------------------------------------------------------------------ what the log says after a failed overwrite
+
+
+def _committed_last(root: Path) -> tuple[Checkpointer, Path]:
+    ckpt = Checkpointer(root, enable_checkpointing=False).track(model=TinyNet())
+    ckpt.progress.global_step = 3
+    target = root / "last.ckpt"
+    ckpt.save_checkpoint(target)
+    return ckpt, target
+
+
+def test_a_save_that_fails_before_uncommitting_says_the_file_stays_committed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from ckpthooks import store as store_module
+    from ckpthooks.testing.faults import disk_full
+
+    ckpt, target = _committed_last(tmp_path)
+    before = read_manifest(str(target))
+
+    def keep_previous(path: str) -> str | None:
+        raise disk_full(path + ".manifest.json")  # the kept version's manifest finds the disk full
+
+    def write_manifest(path: str, *args: Any, **kwargs: Any) -> str:
+        raise disk_full(path + ".manifest.json")  # and so does every other manifest
+
+    monkeypatch.setattr(store_module, "keep_previous", keep_previous)
+    monkeypatch.setattr(store_module, "write_manifest", write_manifest)
+    ckpt.progress.global_step = 6
+    with pytest.raises(OSError, match="No space left on device"):
+        ckpt.save_checkpoint(target)
+    assert read_manifest(str(target)) == before  # committed all along
+    assert "uncommitted" not in caplog.text, caplog.text
+    assert f"the failed save left {target} unchanged; it stays committed" in caplog.text
+    assert Checkpointer(tmp_path, enable_checkpointing=False).find_checkpoint("last") == str(target)
+
+
+def test_a_failed_overwrite_that_cannot_recommit_names_the_kept_previous_version(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from ckpthooks import store as store_module
+    from ckpthooks.io.torch_io import TorchCheckpointIO
+    from ckpthooks.manifest import previous_path
+    from ckpthooks.testing.faults import disk_full
+
+    ckpt, target = _committed_last(tmp_path)
+    real_write = store_module.write_manifest
+
+    def save(self: Any, checkpoint: Any, path: str, storage_options: Any = None) -> Any:
+        raise disk_full(path)
+
+    def write_manifest(path: str, *args: Any, **kwargs: Any) -> str:
+        if path == str(target):
+            raise disk_full(path + ".manifest.json")
+        return real_write(path, *args, **kwargs)
+
+    monkeypatch.setattr(TorchCheckpointIO, "save_checkpoint", save)
+    monkeypatch.setattr(store_module, "write_manifest", write_manifest)
+    ckpt.progress.global_step = 6
+    with pytest.raises(OSError, match="No space left on device"):
+        ckpt.save_checkpoint(target)
+    kept = previous_path(str(target))
+    assert read_manifest(str(target)) is None and read_manifest(kept) is not None  # as the log says
+    assert f"{target} is uncommitted after the failed save" in caplog.text
+    assert f"its previous version stays committed as {kept}" in caplog.text
+    assert Checkpointer(tmp_path, enable_checkpointing=False).find_checkpoint("last") == kept

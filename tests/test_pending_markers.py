@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from ckpthooks import Checkpointer, StorageError, TorchCheckpointIO
-from ckpthooks.io.torch_io import PROCESS_TOKEN
+from ckpthooks.io.durable import PROCESS_TOKEN
 from ckpthooks.leftovers import (
     PENDING_FORMAT,
     PENDING_STALE_AFTER,

@@ -84,7 +84,7 @@ def test_the_import_check_finds_imports_in_functions_type_checking_blocks_and_th
             from ckpthooks.io.base import CheckpointIO
 
         def f():
-            from ckpthooks.io.torch_io import fsync_dir
+            from ckpthooks.io.durable import fsync_dir
             import ckpthooks.manifest as m
         """
     )
@@ -92,7 +92,7 @@ def test_the_import_check_finds_imports_in_functions_type_checking_blocks_and_th
         "x.py:9: import ckpthooks.io.paths",
         "x.py:10: from ckpthooks import distributed",
         "x.py:13: from ckpthooks.io.base import ...",
-        "x.py:16: from ckpthooks.io.torch_io import ...",
+        "x.py:16: from ckpthooks.io.durable import ...",
         "x.py:17: import ckpthooks.manifest",
     ]
 

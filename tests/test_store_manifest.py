@@ -18,14 +18,15 @@ from fsspec.implementations.memory import MemoryFileSystem
 
 import ckpthooks
 from ckpthooks import Checkpointer, CheckpointNotFoundError, CorruptCheckpointError
+from ckpthooks.io.durable import TEMP_MARKER
 from ckpthooks.io.hashing import hash_stream, read_chunks
-from ckpthooks.io.torch_io import TEMP_MARKER, TorchCheckpointIO
+from ckpthooks.io.torch_io import TorchCheckpointIO
+from ckpthooks.last_search import SearchFolder, committed_in
 from ckpthooks.manifest import (
     MANIFEST_SUFFIX,
     Manifest,
     iter_committed,
     manifest_path,
-    newest_committed,
     previous_path,
     read_manifest,
     verify_checkpoint,
@@ -177,7 +178,7 @@ def test_committed_checkpoints_newest_first_and_recursive(tmp_path: Any, store: 
     _save(store, a, step=5)
     _save(store, b, step=30)
     _save(store, c, step=20)
-    assert [x.path for x in newest_committed([str(tmp_path)])] == [b, c, a]
+    assert [x.path for x in committed_in([SearchFolder(str(tmp_path), True)])] == [b, c, a]
     assert sorted(x.path for x in iter_committed(str(tmp_path), recursive=False)) == [a, c]
     assert list(iter_committed(str(tmp_path / "missing"))) == []
 
@@ -365,7 +366,7 @@ def test_memory_commit_list_verify_remove(memory_root: str, store: CheckpointSto
     found = list(iter_committed(memory_root))
     # paths come back spelled like the root, so they compare equal to the saved paths
     assert sorted(c.path for c in found) == [a, b]
-    assert [c.path for c in newest_committed([memory_root])] == [b, a]
+    assert [c.path for c in committed_in([SearchFolder(memory_root, True)])] == [b, a]
     assert [c.path for c in iter_committed(memory_root, recursive=False)] == [a]
     for item in found:
         store.verify_committed(item)

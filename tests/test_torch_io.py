@@ -24,9 +24,9 @@ from ckpthooks import (
     StorageError,
     TorchCheckpointIO,
 )
-from ckpthooks.io import torch_io
+from ckpthooks.io import durable
+from ckpthooks.io.durable import TEMP_MARKER, is_temp_name
 from ckpthooks.io.hashing import HashingWriter, hash_stream, read_chunks
-from ckpthooks.io.torch_io import TEMP_MARKER, is_temp_name
 
 
 def _checkpoint(value: float = 1.0) -> dict[str, Any]:
@@ -556,10 +556,10 @@ def test_storage_options_reach_backend_directly(recording_fs: type[RecordingMemo
 
 
 def test_temp_names() -> None:
-    name = os.path.basename(torch_io.temp_name_for("/some/folder/model.ckpt"))
+    name = os.path.basename(durable.temp_name_for("/some/folder/model.ckpt"))
     assert is_temp_name(name)
     assert name.startswith(".model.ckpt")
-    assert os.path.dirname(torch_io.temp_name_for("/some/folder/model.ckpt")) == "/some/folder"
+    assert os.path.dirname(durable.temp_name_for("/some/folder/model.ckpt")) == "/some/folder"
     assert not is_temp_name("model.ckpt")
     assert not is_temp_name(".hidden.ckpt")
 
@@ -584,12 +584,12 @@ def test_foreign_files_are_named_by_type(tmp_path: Path, content: bytes, says: s
 def test_atomic_write_replaces_whole_or_leaves_the_old_file(tmp_path: Any) -> None:
     target = tmp_path / "f.bin"
     target.write_bytes(b"old")
-    with pytest.raises(RuntimeError, match="midway"), torch_io.atomic_write(str(target)) as handle:
+    with pytest.raises(RuntimeError, match="midway"), durable.atomic_write(str(target)) as handle:
         handle.write(b"new, half")
         raise RuntimeError("midway")
     assert target.read_bytes() == b"old"
     assert _temp_files(tmp_path) == []
-    with torch_io.atomic_write(str(target)) as handle:
+    with durable.atomic_write(str(target)) as handle:
         handle.write(b"new")
     assert target.read_bytes() == b"new"
     assert _temp_files(tmp_path) == []

@@ -216,7 +216,7 @@ def _to_safetensors(
 
     from ckpthooks._cli.copying import destination_free
     from ckpthooks.io import paths
-    from ckpthooks.io.torch_io import fsync_dir, temp_name_for
+    from ckpthooks.io.durable import fsync_dir, temp_name_for
 
     checkpoint = _load_weights_only(src)
     weights = _weights(checkpoint, key, src)

@@ -66,8 +66,9 @@ def stream(
     from ckpthooks.exceptions import CorruptCheckpointError
     from ckpthooks.io import paths
     from ckpthooks.io.base import SaveResult
+    from ckpthooks.io.durable import abandon_upload as _abandon
+    from ckpthooks.io.durable import atomic_write
     from ckpthooks.io.hashing import CHUNK, HashingWriter
-    from ckpthooks.io.torch_io import _abandon, atomic_write
     from ckpthooks.leftovers import remove_pending_marker, write_pending_marker
 
     source_fs = paths.filesystem(src, src_options)
@@ -133,8 +134,8 @@ def stream_folder(
     from ckpthooks.exceptions import CorruptCheckpointError
     from ckpthooks.io import paths
     from ckpthooks.io.base import SaveResult
+    from ckpthooks.io.durable import fsync_dir, temp_name_for
     from ckpthooks.io.hashing import default_algorithm, folder_algorithm, folder_base, folder_digest
-    from ckpthooks.io.torch_io import fsync_dir, temp_name_for
     from ckpthooks.leftovers import remove_pending_marker, write_pending_marker
 
     base = (folder_base(algorithm) if algorithm else None) or default_algorithm()
@@ -241,7 +242,7 @@ def copy_command(
     target = paths.normalize(dst)
     pairs: list[tuple[str, str, Manifest]] = []
     try:
-        manifest = read_manifest(source, src_options)
+        manifest = read_manifest(source, src_options, strict=True)
         fs = paths.filesystem(source, src_options)
         if manifest is None and fs.isdir(paths.fs_path(fs, source)):
             for item in iter_committed(source, src_options):

@@ -55,7 +55,7 @@ def inspect_command(path: str, list_tensors: bool, as_json: bool, storage_option
     if target.endswith(MANIFEST_SUFFIX):
         target = target[: -len(MANIFEST_SUFFIX)]
     try:
-        manifest = read_manifest(target, options)
+        manifest = read_manifest(target, options, strict=True)
         fs = paths.filesystem(target, options)
         stripped = paths.fs_path(fs, target)
         if fs.isdir(stripped):

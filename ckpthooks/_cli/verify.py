@@ -73,7 +73,7 @@ def verify_command(
                 _emit([], as_json, f"no committed checkpoint under {target}")
                 sys.exit(EXIT_FAILURE)
         else:
-            targets = [(root, read_manifest(root, options))]
+            targets = [(root, read_manifest(root, options, strict=True))]
     except (CheckpointError, OSError) as exc:
         _emit([], as_json, f"error: {type(exc).__name__}: {exc}")
         sys.exit(EXIT_FAILURE)

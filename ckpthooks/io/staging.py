@@ -28,9 +28,9 @@ from typing import TYPE_CHECKING, Any
 
 from ckpthooks.exceptions import CorruptCheckpointError
 from ckpthooks.io import paths
+from ckpthooks.io.durable import temp_name_for
 from ckpthooks.io.hashing import available_algorithms, hash_local_file
 from ckpthooks.io.retry import call_with_retry
-from ckpthooks.io.torch_io import temp_name_for
 
 if TYPE_CHECKING:
     from ckpthooks.manifest import Manifest
