@@ -28,7 +28,8 @@ from ckpthooks.exceptions import (
 )
 from ckpthooks.io import paths, staging
 from ckpthooks.io.base import CheckpointIO, SaveResult
-from ckpthooks.io.durable import fsync_dir, temp_name_for
+from ckpthooks.io.durable import fsync_dir, temp_name_for, write_durably
+from ckpthooks.io.hashing import HashingWriter
 from ckpthooks.io.safety import check_weights_only_safe
 from ckpthooks.leftovers import remove_pending_marker, write_pending_marker
 from ckpthooks.manifest import (
@@ -110,6 +111,53 @@ class CheckpointStore:
                 raise ConfigurationError(f"{path}: a collective backend's save runs on every rank; use save_collective")
             return committed
         check_weights_only_safe(checkpoint)
+
+        def write() -> SaveResult:
+            result = self.host.save_checkpoint(checkpoint, path, self.storage_options, io)
+            if not isinstance(result, SaveResult):
+                fs = paths.filesystem(path, self.storage_options)
+                result = SaveResult(size=int(fs.size(paths.fs_path(fs, path))))
+            return result
+
+        return self._commit(
+            path, write, lambda result: self._manifest(path, result, epoch, global_step, metrics, weights_only, writer)
+        )
+
+    def commit_stream(
+        self,
+        path: str,
+        write: Callable[[CheckpointIO], SaveResult],
+        manifest_for: Callable[[SaveResult], Manifest],
+    ) -> Manifest:
+        """The streaming commit, for bytes that are not a checkpoint dict to serialize: ``ckpthooks
+        copy`` and ``convert`` commit through it. ``write(io)`` writes the data at ``path`` (through
+        :meth:`write_bytes`, or hashing bytes already in place) and returns their size and checksum;
+        ``manifest_for(result)`` is the manifest to commit. The protocol is :meth:`save`'s: a
+        committed checkpoint at ``path`` is kept as its previous version and uncommitted first,
+        remote data goes behind a pending marker, the manifest is written last, and a failure
+        before the commit commits the old version again when its bytes are intact."""
+        return self._commit(path, lambda: write(self.io_for(path)), manifest_for)
+
+    def write_bytes(
+        self,
+        io: CheckpointIO,
+        path: str,
+        serialize: Callable[[HashingWriter], object],
+        *,
+        checksum_algorithm: str | None = None,
+    ) -> SaveResult:
+        """Write the bytes ``serialize(writer)`` produces to ``path`` durably, through the backend's
+        :meth:`~ckpthooks.CheckpointIO.write_bytes` when it has its own way for the path's storage,
+        else as ckpthooks writes files (:func:`~ckpthooks.plugin.write_durably`)."""
+        result = io.write_bytes(path, serialize, self.storage_options, checksum_algorithm=checksum_algorithm)
+        if result is not None:
+            return result
+        return write_durably(path, serialize, self.storage_options, checksum_algorithm=checksum_algorithm)
+
+    def _commit(
+        self, path: str, write: Callable[[], SaveResult], manifest_for: Callable[[SaveResult], Manifest]
+    ) -> Manifest:
+        """The commit protocol of one file or folder at ``path`` (see :meth:`save`)."""
         previous = None
         old = read_manifest(path, self.storage_options)
         remote = not paths.is_local(path)
@@ -119,11 +167,8 @@ class CheckpointStore:
                 remove_manifest(path, self.storage_options)
             if remote:
                 write_pending_marker(path, self.storage_options)
-            result = self.host.save_checkpoint(checkpoint, path, self.storage_options, io)
-            if not isinstance(result, SaveResult):
-                fs = paths.filesystem(path, self.storage_options)
-                result = SaveResult(size=int(fs.size(paths.fs_path(fs, path))))
-            manifest = self._manifest(path, result, epoch, global_step, metrics, weights_only, writer)
+            result = write()
+            manifest = manifest_for(result)
             write_manifest(path, manifest, self.storage_options)
         except BaseException:
             if old is not None:
@@ -140,7 +185,7 @@ class CheckpointStore:
                 remove_pending_marker(path, self.storage_options)
             except OSError as exc:  # committed already; the next start removes the marker
                 log.warning("committed %s, but could not remove its pending marker: %s", path, exc)
-        log.info("committed checkpoint %s (%d bytes, step %d)", path, result.size, global_step)
+        log.info("committed checkpoint %s (%d bytes, step %d)", path, manifest.size, manifest.global_step)
         return manifest
 
     def save_collective(

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
+import pytest
+
+from ckpthooks import CheckpointIOSpec, TorchCheckpointIO, hookimpl
 from ckpthooks.manifest import read_manifest, verify_checkpoint
 from ckpthooks.testing.storage_contract import fresh_memory_url
 from tests.cli_helpers import run_cli, run_json, train
@@ -74,3 +78,75 @@ def test_copy_progress_goes_to_stderr_and_never_into_json(tmp_path: Path) -> Non
     assert json.loads(result.stdout)["results"][0]["ok"] is True
     quiet = run_cli("copy", str(source), str(tmp_path / "d.ckpt"), "--json")
     assert quiet.stderr == ""
+
+
+# ---------------------------------------------------------------------- copy commits through the store
+
+
+def test_a_failed_overwrite_by_copy_leaves_the_destination_committed(tmp_path: Path) -> None:
+    train(tmp_path / "a", [0.5])
+    train(tmp_path / "b", [0.4, 0.3])
+    target = tmp_path / "a" / "checkpoints" / "last.ckpt"
+    before = read_manifest(str(target))
+    source = tmp_path / "b" / "checkpoints" / "last.ckpt"
+    data = bytearray(source.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # the source changed after its commit: the copy fails while it streams
+    source.write_bytes(bytes(data))
+    result = run_cli("copy", str(source), str(target), "--overwrite")
+    assert result.exit_code == 1 and "checksum" in result.output, result.output
+    assert read_manifest(str(target)) == before  # the old version is committed again
+    verify_checkpoint(str(target))
+    assert not list(target.parent.glob(".last.ckpt*"))  # no temporary or kept version left behind
+
+
+def test_an_overwrite_by_copy_keeps_the_old_version_committed_until_the_copy_commits(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ckpthooks import store as store_module
+
+    train(tmp_path / "a", [0.5])
+    train(tmp_path / "b", [0.4, 0.3])
+    target = tmp_path / "a" / "checkpoints" / "last.ckpt"
+    source = tmp_path / "b" / "checkpoints" / "last.ckpt"
+    seen: list[str | None] = []
+    real_write = store_module.write_manifest
+
+    def write_manifest(path: str, *args: object, **kwargs: object) -> str:
+        if path == str(target):  # the moment of the commit: what would "last" resume from now?
+            kept = read_manifest(str(target.parent / ".last.ckpt.ckpthooks-prev"))
+            seen.append(kept.file if kept is not None else None)
+        return real_write(path, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(store_module, "write_manifest", write_manifest)
+    result = run_cli("copy", str(source), str(target), "--overwrite")
+    assert result.exit_code == 0, result.output
+    assert seen == [".last.ckpt.ckpthooks-prev"]  # the old version stayed committed while the copy streamed
+    assert read_manifest(str(target)) == read_manifest(str(source))  # same fields, the copy's own file name
+    assert not (target.parent / ".last.ckpt.ckpthooks-prev").exists()
+
+
+class RecordingIO(TorchCheckpointIO):
+    """A backend for memory:// that writes copied bytes itself and records them."""
+
+    writes: list[str] = []
+
+    def write_bytes(self, path: str, serialize: Any, storage_options: Any = None, *, checksum_algorithm: Any = None):
+        RecordingIO.writes.append(path)
+        return None  # then ckpthooks writes them durably, as the default does
+
+
+def test_copy_writes_through_the_destinations_backend(tmp_path: Path, register_plugin: Any) -> None:
+    class Plugin:
+        @hookimpl
+        def register_checkpoint_io(self) -> list[CheckpointIOSpec]:
+            return [CheckpointIOSpec(name="recording", protocols=("memory",), factory=RecordingIO, priority=10)]
+
+    register_plugin(Plugin(), "recording")
+    RecordingIO.writes = []
+    train(tmp_path / "run", [0.5])
+    source = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    with fresh_memory_url() as url:
+        result = run_cli("copy", str(source), f"{url}/last.ckpt")
+        assert result.exit_code == 0, result.output
+        assert RecordingIO.writes == [f"{url}/last.ckpt"]
+        assert verify_checkpoint(f"{url}/last.ckpt").global_step == read_manifest(str(source)).global_step  # type: ignore[union-attr]

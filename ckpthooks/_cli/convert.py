@@ -239,7 +239,7 @@ def _to_safetensors(
         value = checkpoint.get(field) if isinstance(checkpoint, dict) else None
         if isinstance(value, int) and not isinstance(value, bool):
             metadata[field] = str(value)
-    destination_free(dst, None, overwrite)
+    destination_free(dst, None, overwrite, uncommit=True)
     if paths.is_local(dst):
         local = paths.local_path(dst)
         os.makedirs(os.path.dirname(os.path.abspath(local)), exist_ok=True)
@@ -414,9 +414,10 @@ def _count_tensors(value: Any) -> int:
 def _commit_torch_file(
     src: str, dst: str, key: str | None, overwrite: bool, progress: bool | None, as_json: bool, *, adopt: bool = False
 ) -> dict[str, Any]:
-    from ckpthooks._cli.copying import destination_free, stream
+    from ckpthooks._cli.copying import destination_free, destination_store, stream
     from ckpthooks.io import paths
-    from ckpthooks.manifest import Manifest, read_manifest, write_manifest
+    from ckpthooks.io.base import SaveResult
+    from ckpthooks.manifest import Manifest, read_manifest
 
     checkpoint = _load_weights_only(src, adopt=adopt)  # refuses anything that would unpickle code
     if not isinstance(checkpoint, dict):
@@ -441,37 +442,42 @@ def _commit_torch_file(
     metrics = _lightning_metrics(checkpoint)
     size_fs = paths.filesystem(src)
     size = int(size_fs.size(paths.fs_path(size_fs, src)))
+    space = checkpoint.get("ckpthooks")
+    recorded = space.get("plugins") if isinstance(space, dict) else None
+    plugins = {str(k): None if v is None else str(v) for k, v in recorded.items()} if isinstance(recorded, dict) else {}
+    store = destination_store(None)
     with Progress(size, "committing", enabled=progress, as_json=as_json) as bar:
         if src == dst:
             if read_manifest(dst) is not None and not (overwrite or adopt):
                 raise ConvertError(f"{dst} is committed already; pass --overwrite to commit it again")
-            from ckpthooks.io.hashing import hash_stream, read_chunks
 
-            with size_fs.open(paths.fs_path(size_fs, src), "rb") as handle:
-                chunks = read_chunks(handle)
-                written_size, digest = hash_stream(_counting(chunks, bar.update), _algorithm())
-            checksum: str | None = digest
-            algorithm: str | None = _algorithm()
+            def write(io: Any) -> SaveResult:  # the bytes stay where they are: hash them
+                from ckpthooks.io.hashing import hash_stream, read_chunks
+
+                with size_fs.open(paths.fs_path(size_fs, src), "rb") as handle:
+                    written, digest = hash_stream(_counting(read_chunks(handle), bar.update), _algorithm())
+                return SaveResult(size=written, checksum=digest, algorithm=_algorithm())
         else:
             destination_free(dst, None, overwrite)
-            result = stream(src, dst, None, None, algorithm=None, expected_size=size, progress=bar.update)
-            written_size, checksum, algorithm = result.size, result.checksum, result.algorithm
-    space = checkpoint.get("ckpthooks")
-    recorded = space.get("plugins") if isinstance(space, dict) else None
-    plugins = {str(k): None if v is None else str(v) for k, v in recorded.items()} if isinstance(recorded, dict) else {}
-    manifest = Manifest(
-        file=paths.basename(dst),
-        size=written_size,
-        checksum=checksum,
-        algorithm=algorithm,
-        epoch=epoch,
-        global_step=step,
-        metrics=metrics,
-        weights_only=weights_only,
-        writer=None,  # not a policy's file: no policy and no `ckpthooks prune` ever deletes it
-        plugins=plugins,
-    )
-    write_manifest(dst, manifest)
+
+            def write(io: Any) -> SaveResult:
+                return stream(src, dst, store, io, None, algorithm=None, expected_size=size, progress=bar.update)
+
+        def manifest_for(result: SaveResult) -> Manifest:
+            return Manifest(
+                file=paths.basename(dst),
+                size=result.size,
+                checksum=result.checksum,
+                algorithm=result.algorithm,
+                epoch=epoch,
+                global_step=step,
+                metrics=metrics,
+                weights_only=weights_only,
+                writer=None,  # not a policy's file: no policy and no `ckpthooks prune` ever deletes it
+                plugins=plugins,
+            )
+
+        written_size = store.commit_stream(dst, write, manifest_for).size
     return {
         "src": src,
         "dst": dst,

@@ -1,9 +1,10 @@
 """``ckpthooks copy``, and the byte-for-byte transfer with commit that ``convert`` uses too.
 
-Bytes stream from the source to the destination through fsspec (local disk, ``s3://``, ...), with
-the checksum computed on the way; the destination is committed the way the runtime commits a save:
-local files through a temporary sibling, fsync and rename; remote objects behind a pending marker;
-the manifest written last.
+Bytes stream from the source to the destination (local disk, ``s3://``, any fsspec filesystem),
+with the checksum computed on the way, written through the destination's backend and committed by
+:meth:`ckpthooks.store.CheckpointStore.commit_stream`, the commit protocol of every save: an
+overwritten checkpoint kept as its previous version until the copy is committed, remote objects
+behind a pending marker, the manifest written last.
 """
 
 from __future__ import annotations
@@ -30,12 +31,16 @@ from ckpthooks._cli.common import (
 )
 
 if TYPE_CHECKING:
-    from ckpthooks.io.base import SaveResult
+    from ckpthooks.io.base import CheckpointIO, SaveResult
+    from ckpthooks.io.hashing import HashingWriter
     from ckpthooks.manifest import Manifest
+    from ckpthooks.store import CheckpointStore
 
 
-def destination_free(dst: str, options: dict[str, Any] | None, overwrite: bool) -> None:
-    """Refuse an existing destination unless ``overwrite``; with it, uncommit the old one first."""
+def destination_free(dst: str, options: dict[str, Any] | None, overwrite: bool, *, uncommit: bool = False) -> None:
+    """Refuse an existing destination unless ``overwrite``. A commit at ``dst`` keeps the old
+    version until the new one is committed; a file that will not be committed (a safetensors
+    weights file) passes ``uncommit`` to uncommit a checkpoint it replaces first."""
     from ckpthooks.exceptions import ConfigurationError
     from ckpthooks.io import paths
     from ckpthooks.manifest import remove_manifest
@@ -45,36 +50,41 @@ def destination_free(dst: str, options: dict[str, Any] | None, overwrite: bool) 
         return
     if not overwrite:
         raise ConfigurationError(f"{dst} exists already; pass --overwrite to replace it")
-    remove_manifest(dst, options)
+    if uncommit:
+        remove_manifest(dst, options)
+
+
+def destination_store(options: dict[str, Any] | None) -> CheckpointStore:
+    """The store that commits at the destination, with the plugin backends and storage hooks."""
+    from ckpthooks._cli.common import plugin_host
+    from ckpthooks.store import CheckpointStore
+
+    return CheckpointStore(host=plugin_host(), storage_options=options)
 
 
 def stream(
     src: str,
     dst: str,
+    store: CheckpointStore,
+    io: CheckpointIO,
     src_options: dict[str, Any] | None,
-    dst_options: dict[str, Any] | None,
     *,
     algorithm: str | None,
     expected: str | None = None,
     expected_size: int | None = None,
     progress: Callable[[int], None] | None = None,
-    pending: bool = True,
 ) -> SaveResult:
-    """Copy the bytes of ``src`` to ``dst`` durably. Bytes that do not match ``expected`` (a
-    checksum of ``algorithm``) or ``expected_size`` are never published. ``pending=False`` leaves
-    out the pending marker of a remote destination (a file of a folder that has one)."""
+    """Write the bytes of ``src`` to ``dst`` durably, through the destination's backend
+    (:meth:`CheckpointStore.write_bytes`). Bytes that do not match ``expected`` (a checksum of
+    ``algorithm``) or ``expected_size`` are never published. Committing is the caller's
+    (:meth:`CheckpointStore.commit_stream`)."""
     from ckpthooks.exceptions import CorruptCheckpointError
     from ckpthooks.io import paths
-    from ckpthooks.io.base import SaveResult
-    from ckpthooks.io.durable import abandon_upload as _abandon
-    from ckpthooks.io.durable import atomic_write
-    from ckpthooks.io.hashing import CHUNK, HashingWriter
-    from ckpthooks.leftovers import remove_pending_marker, write_pending_marker
+    from ckpthooks.io.hashing import CHUNK
 
     source_fs = paths.filesystem(src, src_options)
 
-    def pump(out: Any) -> HashingWriter:
-        writer = HashingWriter(out, algorithm)
+    def pump(writer: HashingWriter) -> None:
         with source_fs.open(paths.fs_path(source_fs, src), "rb") as handle:
             while chunk := handle.read(CHUNK):
                 writer.write(chunk)
@@ -90,34 +100,16 @@ def stream(
                 f"{src} fails its {writer.algorithm} checksum while being copied (read {writer.hexdigest()}, "
                 f"manifest {expected}): its bytes changed after it was committed; nothing was written to {dst}"
             )
-        return writer
 
-    if paths.is_local(dst):
-        local = paths.local_path(dst)
-        os.makedirs(os.path.dirname(os.path.abspath(local)), exist_ok=True)
-        with atomic_write(local) as out:
-            writer = pump(out)
-    else:
-        target_fs = paths.filesystem(dst, dst_options)
-        if pending:
-            write_pending_marker(dst, dst_options)
-        out = target_fs.open(paths.fs_path(target_fs, dst), "wb")
-        try:
-            writer = pump(out)
-        except BaseException:
-            _abandon(out)
-            raise
-        out.close()
-        if pending:
-            remove_pending_marker(dst, dst_options)
-    return SaveResult(size=writer.size, checksum=writer.hexdigest(), algorithm=writer.algorithm)
+    return store.write_bytes(io, dst, pump, checksum_algorithm=algorithm)
 
 
 def stream_folder(
     src: str,
     dst: str,
+    store: CheckpointStore,
+    io: CheckpointIO,
     src_options: dict[str, Any] | None,
-    dst_options: dict[str, Any] | None,
     *,
     algorithm: str | None,
     expected: str | None = None,
@@ -128,7 +120,7 @@ def stream_folder(
     folder whose checksum (see :func:`ckpthooks.io.hashing.folder_digest`) or size does not match
     ``expected`` / ``expected_size`` is never published. A local destination is written as a
     temporary sibling folder and renamed into place; on object storage the files are written
-    behind a pending marker and deleted again when the check fails."""
+    (behind the commit's pending marker) and deleted again when the check fails."""
     import shutil
 
     from ckpthooks.exceptions import CorruptCheckpointError
@@ -136,19 +128,19 @@ def stream_folder(
     from ckpthooks.io.base import SaveResult
     from ckpthooks.io.durable import fsync_dir, temp_name_for
     from ckpthooks.io.hashing import default_algorithm, folder_algorithm, folder_base, folder_digest
-    from ckpthooks.leftovers import remove_pending_marker, write_pending_marker
 
+    dst_options = store.storage_options
     base = (folder_base(algorithm) if algorithm else None) or default_algorithm()
     source_fs = paths.filesystem(src, src_options)
     root = paths.fs_path(source_fs, src).rstrip("/")
     names = sorted(name[len(root) + 1 :] for name in source_fs.find(root) if name.startswith(root + "/"))
     files: dict[str, tuple[int, str]] = {}
 
-    def copy_files(into: str, options: dict[str, Any] | None) -> None:
+    def copy_files(into: str) -> None:
         for name in names:
             result = stream(
-                paths.join(src, *name.split("/")), paths.join(into, *name.split("/")), src_options, options,
-                algorithm=base, progress=progress, pending=False,
+                paths.join(src, *name.split("/")), paths.join(into, *name.split("/")), store, io, src_options,
+                algorithm=base, progress=progress,
             )  # fmt: skip
             files[name] = (result.size, str(result.checksum))
 
@@ -171,7 +163,7 @@ def stream_folder(
         os.makedirs(os.path.dirname(os.path.abspath(local)), exist_ok=True)
         fresh = temp_name_for(local)
         try:
-            copy_files(fresh, None)
+            copy_files(fresh)
             size, digest = check()
             for folder, _dirs, _names in os.walk(fresh):
                 fsync_dir(folder)
@@ -187,19 +179,16 @@ def stream_folder(
             shutil.rmtree(aside, ignore_errors=True)
     else:
         target_fs = paths.filesystem(dst, dst_options)
-        write_pending_marker(dst, dst_options)
         try:
-            if target_fs.exists(paths.fs_path(target_fs, dst)):  # uncommitted by --overwrite already
+            if target_fs.exists(paths.fs_path(target_fs, dst)):  # uncommitted by the commit already
                 target_fs.rm(paths.fs_path(target_fs, dst), recursive=True)
-            copy_files(dst, dst_options)
+            copy_files(dst)
             size, digest = check()
         except BaseException:
             target = paths.fs_path(target_fs, dst)
             if target_fs.exists(target):
                 target_fs.rm(target, recursive=True)
-            remove_pending_marker(dst, dst_options)
             raise
-        remove_pending_marker(dst, dst_options)
     return SaveResult(size=size, checksum=digest, algorithm=folder_algorithm(base))
 
 
@@ -320,28 +309,37 @@ def copy_committed(
     overwrite: bool,
     progress: Callable[[int], None] | None,
 ) -> Manifest:
+    """Copy the committed checkpoint ``src`` to ``dst`` and commit it there through the store's
+    streaming commit (an overwritten checkpoint stays committed as its previous version until the
+    copy is)."""
     from ckpthooks.io import paths
     from ckpthooks.io.hashing import folder_base
-    from ckpthooks.manifest import write_manifest
 
     check_algorithm(src, manifest)  # before anything at dst changes
     destination_free(dst, dst_options, overwrite)
+    store = destination_store(dst_options)
     source_fs = paths.filesystem(src, src_options)
     folder = (manifest.algorithm and folder_base(manifest.algorithm) is not None) or source_fs.isdir(
         paths.fs_path(source_fs, src)
     )
-    result = (stream_folder if folder else stream)(
-        src,
-        dst,
-        src_options,
-        dst_options,
-        algorithm=manifest.algorithm,
-        expected=manifest.checksum if manifest.algorithm else None,
-        expected_size=manifest.size,
-        progress=progress,
-    )
-    copied = dataclasses.replace(manifest, file=paths.basename(dst))
-    if not manifest.checksum:  # committed with its size only: the copy has the checksum taken on the way
-        copied = dataclasses.replace(copied, checksum=result.checksum, algorithm=result.algorithm)
-    write_manifest(dst, copied, dst_options)
-    return copied
+
+    def write(io: CheckpointIO) -> SaveResult:
+        return (stream_folder if folder else stream)(
+            src,
+            dst,
+            store,
+            io,
+            src_options,
+            algorithm=manifest.algorithm,
+            expected=manifest.checksum if manifest.algorithm else None,
+            expected_size=manifest.size,
+            progress=progress,
+        )
+
+    def manifest_for(result: SaveResult) -> Manifest:
+        copied = dataclasses.replace(manifest, file=paths.basename(dst))
+        if not manifest.checksum:  # committed with its size only: the copy has the checksum taken on the way
+            copied = dataclasses.replace(copied, checksum=result.checksum, algorithm=result.algorithm)
+        return copied
+
+    return store.commit_stream(dst, write, manifest_for)

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from ckpthooks.checkpointer import Checkpointer
+    from ckpthooks.io.hashing import HashingWriter
 
 
 @dataclass(frozen=True)
@@ -79,6 +80,24 @@ class CheckpointIO(ABC):
     @abstractmethod
     def remove_checkpoint(self, path: str, storage_options: Mapping[str, Any] | None = None) -> None:
         """Delete the checkpoint at ``path`` (a missing file is not an error)."""
+
+    def write_bytes(
+        self,
+        path: str,
+        serialize: Callable[[HashingWriter], object],
+        storage_options: Mapping[str, Any] | None = None,
+        *,
+        checksum_algorithm: str | None = None,
+    ) -> SaveResult | None:
+        """Write bytes that are already serialized (``ckpthooks copy`` and ``convert`` moving a
+        committed file) to ``path``: ``serialize(writer)`` writes them, in order, into a
+        :class:`~ckpthooks.plugin.HashingWriter` of ``checksum_algorithm`` on top of the file.
+
+        Return ``None`` (the default) to let ckpthooks write them durably
+        (:func:`~ckpthooks.plugin.write_durably`: a temporary sibling, fsync and rename locally; a
+        streamed upload elsewhere); a backend for storage of its own overrides this and returns
+        the size and checksum of what it wrote."""
+        return None
 
     def teardown(self) -> None:  # noqa: B027 - optional hook with a default
         """Release resources; called when the owning checkpointer closes."""
