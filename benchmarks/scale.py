@@ -30,7 +30,8 @@ def populate(folder: Path, count: int) -> tuple[Any, Any]:
     """``count`` committed checkpoints in ``folder/checkpoints``; returns a Checkpointer on them
     and its ModelCheckpoint."""
     from ckpthooks import Checkpointer, ModelCheckpoint, commit_index
-    from ckpthooks.manifest import manifest_path, read_manifest, scan_for_index
+    from ckpthooks.catalog import read_manifest, scan_for_index
+    from ckpthooks.manifest import manifest_path
 
     def make() -> tuple[Any, Any]:
         policy = ModelCheckpoint(dirpath=folder / "checkpoints", monitor="val_loss", save_top_k=-1)

@@ -20,7 +20,7 @@ line after a crash). Lines whose manifest is gone (pruned, removed) are ignored.
 from another folder, deleted, truncated or stale changes how fast a listing is, never its result.
 
 Writing (local folders only; :func:`record_commit` is called by
-:func:`ckpthooks.manifest.write_manifest` after the manifest is durable):
+:func:`ckpthooks.catalog.write_manifest` after the manifest is durable):
 
 - A folder gets an index once it holds :data:`MIN_CHECKPOINTS` committed checkpoints; smaller
   folders are listed quickly without one. Until then, the writer looks at the folder's size now and
@@ -184,7 +184,7 @@ def rewrite(folder: str, entries: Iterable[Entry]) -> int:
 
 @dataclass
 class Scan:
-    """What a folder holds, compared with its index (see :func:`ckpthooks.manifest.scan_for_index`)."""
+    """What a folder holds, compared with its index (see :func:`ckpthooks.catalog.scan_for_index`)."""
 
     entries: list[Entry]  #: every committed manifest, in listing order
     from_index: int  #: how many of them the index had (name and identity)

@@ -22,8 +22,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from ckpthooks.catalog import iter_committed
 from ckpthooks.io import paths
-from ckpthooks.manifest import CommittedCheckpoint, iter_committed
+from ckpthooks.manifest import CommittedCheckpoint
 
 #: The run's checkpoint folder, below ``default_root_dir``.
 CHECKPOINT_FOLDER = "checkpoints"

@@ -31,12 +31,12 @@ import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from ckpthooks.catalog import drop_previous
 from ckpthooks.exceptions import StorageError
 from ckpthooks.io import durable, paths
 from ckpthooks.io.durable import storage_error as _storage_error
 from ckpthooks.io.durable import temp_owner
 from ckpthooks.io.retry import call_with_retry
-from ckpthooks.manifest import drop_previous
 
 log = logging.getLogger(__name__)
 
@@ -114,10 +114,11 @@ def clean_leftovers(folders: Iterable[str], storage_options: Mapping[str, Any] |
 
 
 def _previous_no_longer_needed(folder: str, name: str) -> bool:
-    """A kept previous version (see :func:`ckpthooks.manifest.keep_previous`) whose checkpoint has
+    """A kept previous version (see :func:`ckpthooks.catalog.keep_previous`) whose checkpoint has
     been committed again. While the checkpoint is uncommitted the previous version is its only
     committed state, and it stays."""
-    from ckpthooks.manifest import previous_of, read_manifest
+    from ckpthooks.catalog import read_manifest
+    from ckpthooks.manifest import previous_of
 
     original = previous_of(name)
     return original is not None and read_manifest(os.path.join(folder, original)) is not None
@@ -228,7 +229,7 @@ def _remove_object(fs: Any, path: str, stripped: str) -> None:
 
 
 def _clean_remote(folder: str, storage_options: Mapping[str, Any] | None) -> list[str]:
-    from ckpthooks.manifest import read_manifest
+    from ckpthooks.catalog import read_manifest
 
     fs = paths.filesystem(folder, storage_options)
     base = paths.fs_path(fs, folder).rstrip("/")

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from ckpthooks.hookspecs import hookimpl
 
 if TYPE_CHECKING:
+    from ckpthooks.catalog import read_manifest, verify_checkpoint
     from ckpthooks.checkpointer import Checkpointer
     from ckpthooks.cli import main as cli_main
     from ckpthooks.distributed import (
@@ -62,7 +63,7 @@ if TYPE_CHECKING:
     from ckpthooks.io.retry import RetryPolicy, call_with_retry, get_default_retry, is_transient, set_default_retry
     from ckpthooks.io.safety import check_weights_only_safe, translate_load_error
     from ckpthooks.io.torch_io import TorchCheckpointIO
-    from ckpthooks.manifest import MANIFEST_SUFFIX, Manifest, manifest_path, read_manifest, verify_checkpoint
+    from ckpthooks.manifest import MANIFEST_SUFFIX, Manifest, manifest_path
     from ckpthooks.plugin_host import PluginHost, PluginInfo, get_plugin_host, set_plugin_host
 
 #: name -> (module it lives in today, attribute there, one line for the reference page)
@@ -303,12 +304,12 @@ DOCUMENTATION: dict[str, tuple[str, str, str]] = {
         "The manifest path of a checkpoint path.",
     ),
     "read_manifest": (
-        "ckpthooks.manifest",
+        "ckpthooks.catalog",
         "read_manifest",
         "A checkpoint's Manifest, or `None` when it has none.",
     ),
     "verify_checkpoint": (
-        "ckpthooks.manifest",
+        "ckpthooks.catalog",
         "verify_checkpoint",
         "Check a checkpoint's bytes against its manifest; raises CorruptCheckpointError.",
     ),

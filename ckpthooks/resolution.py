@@ -23,6 +23,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from ckpthooks import distributed
+from ckpthooks.catalog import read_manifest
 from ckpthooks.exceptions import CheckpointNotFoundError, ConfigurationError, CorruptCheckpointError
 from ckpthooks.io import paths
 from ckpthooks.io.base import restoring
@@ -33,7 +34,7 @@ from ckpthooks.last_search import (
     last_order,
     search_folders,
 )
-from ckpthooks.manifest import CommittedCheckpoint, VerifyMode, read_manifest
+from ckpthooks.manifest import CommittedCheckpoint, VerifyMode
 
 if TYPE_CHECKING:
     from ckpthooks.checkpointer import Checkpointer

@@ -30,9 +30,10 @@ from collections import Counter
 from collections.abc import Collection, Iterable, Sequence
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
+from ckpthooks.catalog import read_manifest
 from ckpthooks.io import paths
 from ckpthooks.leftovers import pending_marker_path
-from ckpthooks.manifest import CommittedCheckpoint, previous_path, read_manifest
+from ckpthooks.manifest import CommittedCheckpoint, previous_path
 
 if TYPE_CHECKING:
     from ckpthooks.checkpointer import Checkpointer

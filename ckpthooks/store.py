@@ -19,6 +19,14 @@ from typing import Any
 
 from ckpthooks import distributed
 from ckpthooks._version import FORMAT_VERSION, __version__
+from ckpthooks.catalog import (
+    drop_previous,
+    keep_previous,
+    read_manifest,
+    remove_manifest,
+    verify_checkpoint,
+    write_manifest,
+)
 from ckpthooks.exceptions import (
     CheckpointError,
     CheckpointNotFoundError,
@@ -32,18 +40,7 @@ from ckpthooks.io.durable import fsync_dir, temp_name_for, write_durably
 from ckpthooks.io.hashing import HashingWriter
 from ckpthooks.io.safety import check_weights_only_safe
 from ckpthooks.leftovers import remove_pending_marker, write_pending_marker
-from ckpthooks.manifest import (
-    CommittedCheckpoint,
-    Manifest,
-    VerifyMode,
-    drop_previous,
-    keep_previous,
-    previous_path,
-    read_manifest,
-    remove_manifest,
-    verify_checkpoint,
-    write_manifest,
-)
+from ckpthooks.manifest import CommittedCheckpoint, Manifest, VerifyMode, previous_path
 from ckpthooks.plugin_host import PluginHost, get_plugin_host
 
 log = logging.getLogger(__name__)
@@ -444,7 +441,7 @@ class CheckpointStore:
     # ------------------------------------------------------------------ remove
     def remove(self, path: str) -> None:
         """Uncommit (remove the manifest), then delete the data, then the kept previous version an
-        interrupted overwrite left (see :func:`~ckpthooks.manifest.keep_previous`): it goes with its
+        interrupted overwrite left (see :func:`~ckpthooks.catalog.keep_previous`): it goes with its
         checkpoint. Call on the writer rank only."""
         remove_manifest(path, self.storage_options)
         self.host.remove_checkpoint(path, self.storage_options, self.io_for(path))

@@ -99,8 +99,8 @@ def install_tripwires(spec: str | None) -> None:
     for name in ("replace", "fsync", "remove", "rename", "link"):
         setattr(os, name, wrap(f"os.{name}", getattr(os, name), library_only=True))
 
+    import ckpthooks.catalog
     import ckpthooks.commit_index
-    import ckpthooks.manifest
     import ckpthooks.policies.model_checkpoint
     import ckpthooks.store
 
@@ -109,11 +109,11 @@ def install_tripwires(spec: str | None) -> None:
     index = ckpthooks.commit_index
     index.record_commit = wrap("record_commit", index.record_commit, library_only=False)
 
-    modules = (ckpthooks.manifest, ckpthooks.store, ckpthooks.policies.model_checkpoint)
     for name in ("write_manifest", "remove_manifest"):
-        wrapped = wrap(name, getattr(ckpthooks.manifest, name), library_only=False)
-        for module in modules:  # every module that imported the function by name
-            if hasattr(module, name):
+        original = getattr(ckpthooks.catalog, name)
+        wrapped = wrap(name, original, library_only=False)
+        for module in list(sys.modules.values()):  # every module that imported the function by name
+            if getattr(module, "__name__", "").startswith("ckpthooks") and getattr(module, name, None) is original:
                 setattr(module, name, wrapped)
     store_cls = ckpthooks.store.CheckpointStore
     store_cls.remove = wrap("CheckpointStore.remove", store_cls.remove, library_only=False)  # type: ignore[method-assign]

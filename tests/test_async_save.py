@@ -14,7 +14,7 @@ import torch
 
 from ckpthooks import Checkpointer, ModelCheckpoint, StorageError
 from ckpthooks.async_save import BufferPool, snapshot
-from ckpthooks.manifest import read_manifest, verify_checkpoint
+from ckpthooks.catalog import read_manifest, verify_checkpoint
 from ckpthooks.store import CheckpointStore
 from tests.helpers import TinyNet
 

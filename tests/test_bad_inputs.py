@@ -36,9 +36,10 @@ from ckpthooks import (
     UnsafeCheckpointError,
 )
 from ckpthooks._version import FORMAT_VERSION
+from ckpthooks.catalog import verify_checkpoint, write_manifest
 from ckpthooks.cli import main
 from ckpthooks.io.hashing import hash_stream
-from ckpthooks.manifest import MANIFEST_VERSION, Manifest, manifest_path, verify_checkpoint, write_manifest
+from ckpthooks.manifest import MANIFEST_VERSION, Manifest, manifest_path
 from tests.helpers import TinyNet
 
 # ---------------------------------------------------------------------- helpers

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from ckpthooks import CheckpointIOSpec, TorchCheckpointIO, hookimpl
-from ckpthooks.manifest import read_manifest, verify_checkpoint
+from ckpthooks.catalog import read_manifest, verify_checkpoint
 from ckpthooks.testing.storage_contract import fresh_memory_url
 from tests.cli_helpers import run_cli, run_json, train
 

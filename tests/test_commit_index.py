@@ -21,24 +21,22 @@ from typing import Any
 import pytest
 import torch
 
+import ckpthooks.catalog as catalog_module
 import ckpthooks.manifest as manifest_module
 from ckpthooks import Checkpointer, ModelCheckpoint, commit_index
-from ckpthooks.commit_index import INDEX_NAME
-from ckpthooks.io.durable import TEMP_MARKER
-from ckpthooks.leftovers import clean_leftovers
-from ckpthooks.manifest import (
-    MANIFEST_SUFFIX,
-    Manifest,
+from ckpthooks.catalog import (
     drop_previous,
     iter_committed,
     keep_previous,
     maintain_index,
-    manifest_path,
-    previous_of,
     read_manifest,
     remove_manifest,
     write_manifest,
 )
+from ckpthooks.commit_index import INDEX_NAME
+from ckpthooks.io.durable import TEMP_MARKER
+from ckpthooks.leftovers import clean_leftovers
+from ckpthooks.manifest import MANIFEST_SUFFIX, Manifest, manifest_path, previous_of
 from ckpthooks.store import CheckpointStore
 from ckpthooks.testing.storage_contract import fresh_memory_url
 from tests.cli_helpers import run_cli, run_json, train
@@ -63,13 +61,13 @@ def indexed_early(monkeypatch: pytest.MonkeyPatch) -> None:
 def reads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """Every manifest file the listing reads (through ``read_manifest``)."""
     seen: list[str] = []
-    real = manifest_module.read_manifest
+    real = catalog_module.read_manifest
 
     def spy(checkpoint_path: str, storage_options: Any = None) -> Manifest | None:
         seen.append(checkpoint_path)
         return real(checkpoint_path, storage_options)
 
-    monkeypatch.setattr(manifest_module, "read_manifest", spy)
+    monkeypatch.setattr(catalog_module, "read_manifest", spy)
     return seen
 
 

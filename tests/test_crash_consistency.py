@@ -40,10 +40,11 @@ from typing import Any
 import pytest
 
 from ckpthooks import ModelCheckpoint
+from ckpthooks.catalog import iter_committed, read_manifest, verify_checkpoint
 from ckpthooks.commit_index import INDEX_NAME
 from ckpthooks.exceptions import CheckpointError
 from ckpthooks.io.durable import is_temp_name
-from ckpthooks.manifest import MANIFEST_SUFFIX, Manifest, iter_committed, read_manifest, verify_checkpoint
+from ckpthooks.manifest import MANIFEST_SUFFIX, Manifest
 
 WORKER = Path(__file__).resolve().parent / "crash_worker.py"
 TRIALS = int(os.environ.get("CKPTHOOKS_CRASH_TRIALS", "20"))

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from ckpthooks import Checkpointer
-from ckpthooks.manifest import read_manifest
+from ckpthooks.catalog import read_manifest
 from ckpthooks.plugin_host import PluginHost
 from ckpthooks.testing.packaging import on_sys_path, pip_install_target
 from tests.helpers import TinyNet

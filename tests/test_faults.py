@@ -25,9 +25,9 @@ import pytest
 import torch
 
 from ckpthooks import Checkpointer, ModelCheckpoint, StorageError
+from ckpthooks.catalog import iter_committed, read_manifest, verify_checkpoint
 from ckpthooks.io import paths
 from ckpthooks.io.durable import TEMP_MARKER
-from ckpthooks.manifest import iter_committed, read_manifest, verify_checkpoint
 from ckpthooks.testing.faults import (
     Fault,
     FaultyFileSystem,

@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from ckpthooks import Checkpointer, ModelCheckpoint, TorchCheckpointIO
+from ckpthooks.catalog import read_manifest
 from ckpthooks.io import paths
-from ckpthooks.manifest import read_manifest
 from tests.cli_helpers import run_cli, run_json
 from tests.helpers import TinyNet
 

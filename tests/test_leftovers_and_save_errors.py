@@ -13,9 +13,9 @@ import pytest
 import torch
 
 from ckpthooks import Checkpointer, ConfigurationError, ModelCheckpoint, StorageError
+from ckpthooks.catalog import read_manifest
 from ckpthooks.io import durable, torch_io
 from ckpthooks.leftovers import STALE_AFTER, clean_leftovers
-from ckpthooks.manifest import read_manifest
 from tests.helpers import TinyNet
 
 

@@ -11,7 +11,7 @@ import torch
 
 from ckpthooks import CorruptCheckpointError, StorageError
 from ckpthooks import store as store_module
-from ckpthooks.manifest import read_manifest
+from ckpthooks.catalog import read_manifest
 from ckpthooks.store import READ_ATTEMPTS, CheckpointStore
 
 

@@ -22,7 +22,7 @@ from ckpthooks import (
     MissingStateError,
     ModelCheckpoint,
 )
-from ckpthooks.manifest import read_manifest
+from ckpthooks.catalog import read_manifest
 from ckpthooks.policies.naming import format_filename
 from tests.helpers import TinyNet
 

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from ckpthooks import Checkpointer, ModelCheckpoint
-from ckpthooks import manifest as manifest_module
-from ckpthooks.manifest import previous_path, read_manifest
+from ckpthooks import Checkpointer, ModelCheckpoint, catalog
+from ckpthooks.catalog import read_manifest
+from ckpthooks.manifest import previous_path
 from tests.helpers import TinyNet
 
 
@@ -87,7 +87,7 @@ def test_a_previous_version_left_by_a_crash_after_the_commit_is_removed_at_start
     ckpt, _ = only_last(tmp_path)
     step(ckpt)
     # the state a crash leaves right after the new commit and before the kept copy is dropped
-    kept = manifest_module.keep_previous(str(tmp_path / "last.ckpt"))
+    kept = catalog.keep_previous(str(tmp_path / "last.ckpt"))
     assert kept is not None and os.path.exists(kept)
     only_last(tmp_path)  # next start: last.ckpt is committed, so the kept copy is not needed
     assert not os.path.exists(kept)
@@ -98,8 +98,8 @@ def resumed_from_kept_copy(run: Callable[[], Checkpointer], last: str) -> Checkp
     """One step saved by a first run; then the state a kill leaves once the overwrite of ``last``
     uncommitted it; then a second run resumed from ``last``'s kept copy, its loop started."""
     step(run())
-    kept = manifest_module.keep_previous(last)
-    manifest_module.remove_manifest(last)
+    kept = catalog.keep_previous(last)
+    catalog.remove_manifest(last)
     assert kept is not None
     second = run()
     report = second.restore("last")

@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from ckpthooks import Checkpointer, StorageError, TorchCheckpointIO
+from ckpthooks.catalog import read_manifest
 from ckpthooks.io.durable import PROCESS_TOKEN
 from ckpthooks.leftovers import (
     PENDING_FORMAT,
@@ -26,7 +27,7 @@ from ckpthooks.leftovers import (
     pending_is_stale,
     pending_marker_path,
 )
-from ckpthooks.manifest import MANIFEST_SUFFIX, read_manifest
+from ckpthooks.manifest import MANIFEST_SUFFIX
 from tests.test_leftovers_and_save_errors import dead_pid
 
 HOST = socket.gethostname()

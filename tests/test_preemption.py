@@ -14,7 +14,7 @@ from typing import IO
 
 import pytest
 
-from ckpthooks.manifest import read_manifest, verify_checkpoint
+from ckpthooks.catalog import read_manifest, verify_checkpoint
 from ckpthooks.preemption import PreemptionWatcher
 
 TESTS = Path(__file__).resolve().parent

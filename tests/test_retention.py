@@ -23,9 +23,9 @@ from ckpthooks import (
     RetentionRule,
     TopKRule,
 )
+from ckpthooks.catalog import iter_committed, read_manifest, remove_manifest
 from ckpthooks.io.torch_io import TorchCheckpointIO
 from ckpthooks.leftovers import write_pending_marker
-from ckpthooks.manifest import iter_committed, read_manifest, remove_manifest
 from ckpthooks.store import CheckpointStore
 from ckpthooks.testing.faults import disk_full
 from tests.helpers import TinyNet

@@ -25,20 +25,14 @@ import torch
 from click.testing import CliRunner
 
 from ckpthooks import Checkpointer, CorruptCheckpointError, ModelCheckpoint, StorageError, TorchCheckpointIO
+from ckpthooks.catalog import iter_committed, read_manifest, verify_checkpoint, write_manifest
 from ckpthooks.cli import main
 from ckpthooks.io import paths, retry
 from ckpthooks.io import staging as io_staging
 from ckpthooks.io.hashing import new_hasher
 from ckpthooks.io.staging import STAGING_DIR_ENV
 from ckpthooks.leftovers import PENDING_SUFFIX
-from ckpthooks.manifest import (
-    MANIFEST_SUFFIX,
-    Manifest,
-    iter_committed,
-    read_manifest,
-    verify_checkpoint,
-    write_manifest,
-)
+from ckpthooks.manifest import MANIFEST_SUFFIX, Manifest
 from tests.helpers import TinyNet, assert_state_equal
 from tests.s3_server import FaultProxy, MotoServer, create_bucket, running_s3, storage_options
 

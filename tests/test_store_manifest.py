@@ -18,19 +18,12 @@ from fsspec.implementations.memory import MemoryFileSystem
 
 import ckpthooks
 from ckpthooks import Checkpointer, CheckpointNotFoundError, CorruptCheckpointError
+from ckpthooks.catalog import iter_committed, read_manifest, verify_checkpoint
 from ckpthooks.io.durable import TEMP_MARKER
 from ckpthooks.io.hashing import hash_stream, read_chunks
 from ckpthooks.io.torch_io import TorchCheckpointIO
 from ckpthooks.last_search import SearchFolder, committed_in
-from ckpthooks.manifest import (
-    MANIFEST_SUFFIX,
-    Manifest,
-    iter_committed,
-    manifest_path,
-    previous_path,
-    read_manifest,
-    verify_checkpoint,
-)
+from ckpthooks.manifest import MANIFEST_SUFFIX, Manifest, manifest_path, previous_path
 from ckpthooks.store import CheckpointStore
 
 

@@ -415,9 +415,10 @@ def _commit_torch_file(
     src: str, dst: str, key: str | None, overwrite: bool, progress: bool | None, as_json: bool, *, adopt: bool = False
 ) -> dict[str, Any]:
     from ckpthooks._cli.copying import destination_free, destination_store, stream
+    from ckpthooks.catalog import read_manifest
     from ckpthooks.io import paths
     from ckpthooks.io.base import SaveResult
-    from ckpthooks.manifest import Manifest, read_manifest
+    from ckpthooks.manifest import Manifest
 
     checkpoint = _load_weights_only(src, adopt=adopt)  # refuses anything that would unpickle code
     if not isinstance(checkpoint, dict):

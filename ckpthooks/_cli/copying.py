@@ -41,9 +41,9 @@ def destination_free(dst: str, options: dict[str, Any] | None, overwrite: bool, 
     """Refuse an existing destination unless ``overwrite``. A commit at ``dst`` keeps the old
     version until the new one is committed; a file that will not be committed (a safetensors
     weights file) passes ``uncommit`` to uncommit a checkpoint it replaces first."""
+    from ckpthooks.catalog import remove_manifest
     from ckpthooks.exceptions import ConfigurationError
     from ckpthooks.io import paths
-    from ckpthooks.manifest import remove_manifest
 
     fs = paths.filesystem(dst, options)
     if not fs.exists(paths.fs_path(fs, dst)):
@@ -221,9 +221,9 @@ def copy_command(
 
     Exit codes: 0 when everything was copied, 1 when anything failed, 2 on bad usage.
     """
+    from ckpthooks.catalog import iter_committed, read_manifest
     from ckpthooks.exceptions import CheckpointError, CheckpointNotFoundError
     from ckpthooks.io import paths
-    from ckpthooks.manifest import iter_committed, read_manifest
 
     src_options = parse_storage_options(src_option_args, "--src-option")
     dst_options = parse_storage_options(dst_option_args, "--dst-option")

@@ -46,9 +46,10 @@ def inspect_command(path: str, list_tensors: bool, as_json: bool, storage_option
 
     Exit codes: 0 when the file was read, 1 when it is missing or not a checkpoint, 2 on bad usage.
     """
+    from ckpthooks.catalog import read_manifest
     from ckpthooks.exceptions import CheckpointError
     from ckpthooks.io import paths
-    from ckpthooks.manifest import MANIFEST_SUFFIX, read_manifest
+    from ckpthooks.manifest import MANIFEST_SUFFIX
 
     options = parse_storage_options(storage_option_args)
     target = paths.normalize(path)

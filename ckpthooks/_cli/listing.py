@@ -112,7 +112,7 @@ def best_per_policy(items: list[CommittedCheckpoint]) -> dict[str, tuple[str, st
 
 
 def committed_under(root: str, options: dict[str, Any] | None) -> list[CommittedCheckpoint]:
-    from ckpthooks.manifest import iter_committed
+    from ckpthooks.catalog import iter_committed
 
     return sorted(iter_committed(root, options), key=lambda item: item.sort_key)
 

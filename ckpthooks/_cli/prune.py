@@ -156,7 +156,7 @@ def plan(
 def _delete(
     items: list[CommittedCheckpoint], options: dict[str, Any] | None
 ) -> tuple[list[str], list[dict[str, str]]]:
-    from ckpthooks.manifest import read_manifest
+    from ckpthooks.catalog import read_manifest
     from ckpthooks.store import CheckpointStore
 
     store = CheckpointStore(host=plugin_host(), storage_options=options)
@@ -177,8 +177,8 @@ def _delete(
 
 def _compact_indexes(deleted: list[str]) -> None:
     """Compact the commit index of each local folder that lost checkpoints, if enough of it is dead."""
+    from ckpthooks.catalog import maintain_index
     from ckpthooks.io import paths
-    from ckpthooks.manifest import maintain_index
 
     for folder in dict.fromkeys(paths.dirname(path) for path in deleted):
         maintain_index(folder)

@@ -52,9 +52,10 @@ def verify_command(
     Exit codes: 0 when everything checked is intact, 1 when anything failed (or a folder holds no
     committed checkpoint), 2 on bad usage.
     """
+    from ckpthooks.catalog import iter_committed, read_manifest, verify_checkpoint
     from ckpthooks.exceptions import CheckpointError
     from ckpthooks.io import paths
-    from ckpthooks.manifest import MANIFEST_SUFFIX, Manifest, iter_committed, read_manifest, verify_checkpoint
+    from ckpthooks.manifest import MANIFEST_SUFFIX, Manifest
 
     options = parse_storage_options(storage_option_args)
     root = paths.normalize(target)
@@ -103,8 +104,8 @@ def verify_command(
 def _uncommitted_meanwhile(path: str, options: dict[str, Any] | None) -> bool:
     """Whether ``path``, committed when its folder was listed, has no manifest any more: a policy
     pruned it (manifest first, then data) or is overwriting it. Its failure is then no failure."""
+    from ckpthooks.catalog import read_manifest
     from ckpthooks.exceptions import CheckpointError
-    from ckpthooks.manifest import read_manifest
 
     try:
         return read_manifest(path, options) is None

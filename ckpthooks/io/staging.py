@@ -78,7 +78,7 @@ def verified_copy(
     :class:`~ckpthooks.CorruptCheckpointError` naming ``path`` when the bytes do not match the
     manifest, :class:`~ckpthooks.StorageError` when the download keeps failing.
     """
-    from ckpthooks.manifest import check_digest, check_size
+    from ckpthooks.catalog import check_digest, check_size
 
     folder = staging_folder()
     try:

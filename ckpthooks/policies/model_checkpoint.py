@@ -24,9 +24,10 @@ from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 from ckpthooks import distributed
 from ckpthooks.callbacks import Callback
+from ckpthooks.catalog import iter_committed, read_manifest
 from ckpthooks.exceptions import CheckpointError, ConfigurationError, DistributedCheckpointError, StorageError
 from ckpthooks.io import paths
-from ckpthooks.manifest import CommittedCheckpoint, Manifest, iter_committed, previous_of, read_manifest
+from ckpthooks.manifest import CommittedCheckpoint, Manifest, previous_of
 from ckpthooks.policies.naming import EXTENSION, format_filename, with_version
 from ckpthooks.policies.schedule import SaveSchedule
 from ckpthooks.policies.topk import Mode, TopK

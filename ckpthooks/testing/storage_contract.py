@@ -620,8 +620,8 @@ class CheckpointIOContract:
         storage_options: Mapping[str, Any] | None,
         plugin_host: PluginHost,
     ) -> None:
+        from ckpthooks.catalog import verify_checkpoint
         from ckpthooks.checkpointer import Checkpointer
-        from ckpthooks.manifest import verify_checkpoint
 
         def checkpointer(model: nn.Module, optimizer: torch.optim.Optimizer) -> Checkpointer:
             return Checkpointer(
