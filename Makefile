@@ -79,6 +79,7 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(PY) -m mypy
 	for plugin in $(PLUGINS); do $(PY) -m mypy $$plugin/$$(basename $$plugin | tr - _) || exit 1; done
+	$(PY) -m mypy examples/ckpthooks-example-storage/src/ckpthooks_example_storage
 
 check: lint typecheck test
 
