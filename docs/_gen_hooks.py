@@ -85,7 +85,27 @@ def render() -> str:
             lines += ["", "Parameters: " + ", ".join(f"`{p}`" for p in params) + "."]
         if f"## `{name}`" in guide:
             lines += ["", f"Guide with an example: [hooks.md#{name}](hooks.md#{name})."]
+    lines += plugin_api()
     return "\n".join(lines) + "\n"
+
+
+def plugin_api() -> list[str]:
+    """The section on :mod:`ckpthooks.plugin`, from its ``__all__`` and ``DOCUMENTATION``."""
+    import ckpthooks.plugin as api
+
+    lines = [
+        "",
+        "## The plugin API: `ckpthooks.plugin`",
+        "",
+        _markdown(inspect.getdoc(api) or ""),
+        "",
+        "| name | what it is |",
+        "| --- | --- |",
+    ]
+    for name in sorted(api.__all__, key=str.lower):
+        _module, _attribute, line = api.DOCUMENTATION[name]
+        lines.append(f"| `ckpthooks.plugin.{name}` | {line.replace('|', chr(92) + '|')} |")
+    return lines
 
 
 def _signature(function: Any) -> str:

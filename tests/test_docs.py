@@ -63,6 +63,16 @@ def test_the_generated_reference_has_a_section_per_hook_and_no_rst_left() -> Non
     assert ":class:" not in page and ":func:" not in page and "``" not in page.replace("```", "")
 
 
+def test_the_generated_reference_lists_every_name_of_the_plugin_api() -> None:
+    import ckpthooks.plugin
+
+    page = generator().render()
+    assert "## The plugin API: `ckpthooks.plugin`" in page
+    for name in ckpthooks.plugin.__all__:
+        line = ckpthooks.plugin.DOCUMENTATION[name][2]
+        assert f"| `ckpthooks.plugin.{name}` | {line.replace('|', chr(92) + '|')} |" in page, name
+
+
 def test_the_generated_reference_is_never_stored() -> None:
     assert not (DOCS / "hooks-reference.md").exists(), "hooks-reference.md is generated at build time"
 
