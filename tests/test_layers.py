@@ -48,3 +48,17 @@ def test_the_cycle_check_finds_a_cycle_through_a_function_level_import(tmp_path:
         sys.path.remove(str(tmp_path))
     assert graph.find_shortest_chain(importer="cyclic.b", imported="cyclic.a") == ("cyclic.b", "cyclic.a")
     assert graph.find_shortest_chain(importer="cyclic.a", imported="cyclic.b") == ("cyclic.a", "cyclic.b")
+
+
+@pytest.mark.parametrize(
+    "runtime",
+    ["ckpthooks.checkpointer", "ckpthooks.loop_tracking", "ckpthooks.state_assembly", "ckpthooks.resolution",
+     "ckpthooks.save_strategy"],
+)  # fmt: skip
+def test_the_runtime_imports_no_built_in_policy(runtime: str) -> None:
+    graph = grimp.build_graph("ckpthooks", exclude_type_checking_imports=True)
+    policies = ("ckpthooks.policies.model_checkpoint", "ckpthooks.policies.milestones", "ckpthooks._builtin.policies")
+    for policy in policies:
+        assert not graph.chain_exists(importer=runtime, imported=policy), graph.find_shortest_chain(
+            importer=runtime, imported=policy
+        )
