@@ -213,7 +213,8 @@ def _read_for_index(path: str) -> commit_index.Entry | None:
     try:
         with open_regular(path) as handle:
             identity = commit_index.identity_of(os.fstat(handle.fileno()))
-            manifest = parse_manifest(handle.read(MAX_MANIFEST_BYTES + 1), source=path)
+            size = os.fstat(handle.fileno()).st_size  # a read of 1 MiB would allocate it first
+            manifest = parse_manifest(handle.read(min(size + 1, MAX_MANIFEST_BYTES + 1)), source=path)
     except (OSError, ValueError, TypeError, CorruptCheckpointError, IncompatibleFormatError):
         return None
     name = os.path.basename(path)

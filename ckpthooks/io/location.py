@@ -82,7 +82,9 @@ class Location:
         at once, unread."""
         if self.is_local:
             with open_regular(self.local, self.url) as handle:
-                return handle.read(limit)
+                # a read of ``limit`` bytes would allocate them first: ask for what the file holds
+                size = os.fstat(handle.fileno()).st_size
+                return handle.read(min(size + 1, limit))
         data: bytes = call_with_retry(
             lambda: self.fs.cat_file(self.fs_path, start=0, end=limit), action="read", path=self.url
         )
