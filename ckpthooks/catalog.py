@@ -8,11 +8,9 @@ commit index (:mod:`ckpthooks.commit_index`) so that listing a large folder read
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
-import shutil
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
@@ -24,10 +22,9 @@ from ckpthooks.exceptions import (
     StorageError,
 )
 from ckpthooks.io import paths
-from ckpthooks.io.durable import fsync_dir, storage_error
+from ckpthooks.io.durable import storage_error
 from ckpthooks.io.location import Location
 from ckpthooks.io.regular_file import open_regular
-from ckpthooks.io.retry import call_with_retry
 from ckpthooks.manifest import (
     MANIFEST_SUFFIX,
     MAX_MANIFEST_BYTES,
@@ -39,15 +36,12 @@ from ckpthooks.manifest import (
     _record_of,
     manifest_path,
     parse_manifest,
-    previous_path,
 )
 
 log = logging.getLogger(__name__)
 
 __all__ = [
-    "drop_previous",
     "iter_committed",
-    "keep_previous",
     "maintain_index",
     "read_manifest",
     "remove_manifest",
@@ -57,9 +51,7 @@ __all__ = [
 ]
 
 
-def write_manifest(
-    checkpoint_path: str, manifest: Manifest, storage_options: Mapping[str, Any] | None = None
-) -> str:
+def write_manifest(checkpoint_path: str, manifest: Manifest, storage_options: Mapping[str, Any] | None = None) -> str:
     """Commit ``checkpoint_path`` by writing its manifest atomically; returns the manifest path."""
     target = Location.of(manifest_path(checkpoint_path), storage_options)
     data = manifest.to_json().encode()
@@ -131,8 +123,10 @@ def read_manifest(
 
 
 def _reason(exc: BaseException) -> str:
-    return str(exc) if isinstance(exc, ValueError) and not isinstance(exc, json.JSONDecodeError) else (
-        f"{type(exc).__name__}: {exc}"
+    return (
+        str(exc)
+        if isinstance(exc, ValueError) and not isinstance(exc, json.JSONDecodeError)
+        else (f"{type(exc).__name__}: {exc}")
     )
 
 
@@ -151,19 +145,21 @@ def _read_manifest_bytes(target: str, storage_options: Mapping[str, Any] | None)
     return Location(target, storage_options).read_prefix(MAX_MANIFEST_BYTES + 1)
 
 
-def _committed_in_local_folder(folder: str, files: list[str]) -> Iterator[CommittedCheckpoint]:
-    """The committed checkpoints of one local folder, from the names in its listing: from the
-    commit index where a line matches the manifest file's identity, else from the manifest."""
-    index = commit_index.load(folder) if commit_index.INDEX_NAME in files else None
+def _committed_in_folder(folder: Location, files: list[str]) -> Iterator[CommittedCheckpoint]:
+    """The committed checkpoints of one folder, from the names in its listing: from the commit
+    index (a folder with an operating-system path keeps one) where a line matches the manifest
+    file's identity, else from the manifest."""
+    local = folder.os_path
+    index = commit_index.load(local) if local is not None and commit_index.INDEX_NAME in files else None
     records = index.entries if index is not None else None
-    prefix = os.path.join(folder, "")
     for name in sorted(files):
         if not name.endswith(MANIFEST_SUFFIX) or not _is_manifest_name(name):
             continue
         file = name[: -len(MANIFEST_SUFFIX)]
-        checkpoint = prefix + file
+        checkpoint = folder.child(file).url
         manifest = None
         if records is not None:
+            prefix = os.path.join(folder.local, "")
             try:
                 record = records.get((name, commit_index.identity_of(os.stat(prefix + name))))
             except OSError:
@@ -171,7 +167,7 @@ def _committed_in_local_folder(folder: str, files: list[str]) -> Iterator[Commit
             if record is not None:
                 manifest = _from_record(record, file)
         if manifest is None:
-            manifest = read_manifest(checkpoint)
+            manifest = read_manifest(checkpoint, folder.storage_options)
         if manifest is not None:
             yield CommittedCheckpoint(checkpoint, manifest)
 
@@ -225,9 +221,10 @@ def _read_for_index(path: str) -> commit_index.Entry | None:
 
 def maintain_index(folder: str) -> None:
     """Compact the commit index of ``folder`` if enough of it is dead (after deleting checkpoints);
-    nothing for remote folders and folders without an index."""
-    if paths.is_local(folder):
-        commit_index.maintain(paths.local_path(folder), scan_for_index)
+    nothing for folders without an index (those without an operating-system path have none)."""
+    local = Location.of(folder).os_path
+    if local is not None:
+        commit_index.maintain(local, scan_for_index)
 
 
 def iter_committed(
@@ -238,29 +235,8 @@ def iter_committed(
     In a local folder with a commit index (see :mod:`ckpthooks.commit_index`), manifests whose file
     is unchanged since their commit come from the index; the others are read.
     """
-    root = paths.normalize(root)
-    if paths.is_local(root):
-        if not os.path.isdir(root):
-            return
-        walker = os.walk(root) if recursive else [next(os.walk(root))]
-        for folder, _dirs, files in walker:
-            yield from _committed_in_local_folder(folder, files)
-        return
-    fs = paths.filesystem(root, storage_options)
-    base = paths.fs_path(fs, root)
-    paths.forget_listings(fs, base)  # cached listings may predate other writers' commits
-    pattern = "**/*" + MANIFEST_SUFFIX if recursive else "*" + MANIFEST_SUFFIX
-
-    def listing() -> list[str]:
-        if not fs.exists(base):
-            return []
-        return sorted(str(found) for found in fs.glob(f"{base.rstrip('/')}/{pattern}"))
-
-    for found in call_with_retry(listing, action="list", path=root):
-        checkpoint = paths.unstrip(fs, root, str(found)[: -len(MANIFEST_SUFFIX)])
-        manifest = read_manifest(checkpoint, storage_options)
-        if manifest is not None:
-            yield CommittedCheckpoint(checkpoint, manifest)
+    for folder, files in Location.of(root, storage_options).walk(recursive):
+        yield from _committed_in_folder(folder, files)
 
 
 def verify_checkpoint(
@@ -292,9 +268,7 @@ def verify_checkpoint(
     try:
         size = location.stored_size()
     except FileNotFoundError as exc:
-        raise CorruptCheckpointError(
-            f"{checkpoint_path} is missing although its manifest commits it"
-        ) from exc
+        raise CorruptCheckpointError(f"{checkpoint_path} is missing although its manifest commits it") from exc
     check_size(checkpoint_path, size, manifest)
     if mode == "full" and manifest.checksum and manifest.algorithm:
         try:
@@ -322,49 +296,3 @@ def check_digest(checkpoint_path: str, digest: str, manifest: Manifest) -> None:
             f"{checkpoint_path} fails its {manifest.algorithm} checksum (file {digest}, manifest "
             f"{manifest.checksum}): its bytes changed after it was committed"
         )
-
-
-def keep_previous(checkpoint_path: str) -> str | None:
-    """Before a committed local checkpoint is overwritten, keep it committed under a hidden name.
-
-    Overwriting uncommits the old version before the new one is committed; without this, a crash in
-    between would leave no committed checkpoint when it was the only one (``save_top_k=0`` with
-    ``save_last=True``). The old data is hard-linked (no copy) to ``.<name>.ckpthooks-prev`` and
-    committed there; "last" finds it until :func:`drop_previous` removes it after the new commit.
-    A folder (a sharded checkpoint) cannot be hard-linked: it is renamed there instead, so that the
-    new folder can be renamed into place. Returns the kept path, or ``None`` where this is not
-    possible (remote storage, no hard links).
-    """
-    if not paths.is_local(checkpoint_path):
-        return None
-    manifest = read_manifest(checkpoint_path)
-    if manifest is None:
-        return None
-    source = paths.local_path(checkpoint_path)
-    kept = previous_path(source)
-    drop_previous(kept)
-    try:
-        if os.path.isdir(source) and not os.path.islink(source):
-            os.rename(source, kept)
-            fsync_dir(os.path.dirname(source))
-        else:
-            os.link(source, kept)
-    except OSError as exc:
-        log.info("cannot keep the previous version of %s while it is overwritten: %s", checkpoint_path, exc)
-        return None
-    manifest.file = paths.basename(kept)
-    write_manifest(kept, manifest)
-    return kept
-
-
-def drop_previous(kept: str | None) -> None:
-    """Uncommit and delete what :func:`keep_previous` kept (a missing one is fine)."""
-    if kept is None:
-        return
-    remove_manifest(kept)
-    local = paths.local_path(kept)
-    if os.path.isdir(local) and not os.path.islink(local):
-        shutil.rmtree(local)  # a kept folder (a sharded checkpoint)
-        return
-    with contextlib.suppress(FileNotFoundError):
-        os.remove(local)

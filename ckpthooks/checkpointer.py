@@ -22,11 +22,11 @@ from typing import Any, Literal, TypeVar
 from ckpthooks import distributed
 from ckpthooks.async_save import AsyncSaver
 from ckpthooks.callbacks import Callback, as_list, configured_callbacks, with_default_policy
+from ckpthooks.commit import clean_leftovers
 from ckpthooks.components import StateComponent, TrackedComponent
 from ckpthooks.exceptions import CheckpointError, ConfigurationError, DuplicateContributionError
 from ckpthooks.io import paths
 from ckpthooks.io.base import CheckpointIO
-from ckpthooks.leftovers import clean_leftovers
 from ckpthooks.loop_tracking import FitResult, LoopTracker, metric_value
 from ckpthooks.manifest import CommittedCheckpoint, Manifest, VerifyMode
 from ckpthooks.plugin_host import PluginHost, get_plugin_host

@@ -43,7 +43,6 @@ if TYPE_CHECKING:
         is_temp_name,
         storage_error,
         temp_name_for,
-        write_durably,
     )
     from ckpthooks.io.hashing import (
         Hasher,
@@ -63,6 +62,7 @@ if TYPE_CHECKING:
     from ckpthooks.io.retry import RetryPolicy, call_with_retry, get_default_retry, is_transient, set_default_retry
     from ckpthooks.io.safety import check_weights_only_safe, translate_load_error
     from ckpthooks.io.torch_io import TorchCheckpointIO
+    from ckpthooks.io.writing import write_durably
     from ckpthooks.manifest import MANIFEST_SUFFIX, Manifest, manifest_path
     from ckpthooks.plugin_host import PluginHost, PluginInfo, get_plugin_host, set_plugin_host
 
@@ -128,7 +128,7 @@ DOCUMENTATION: dict[str, tuple[str, str, str]] = {
     ),
     # durable writes and temporary names
     "write_durably": (
-        "ckpthooks.io.durable",
+        "ckpthooks.io.writing",
         "write_durably",
         "Write a file the way ckpthooks does: temporary sibling, fsync, rename locally; streamed, retried"
         " upload remotely; returns a SaveResult.",

@@ -27,6 +27,7 @@ from ckpthooks.catalog import read_manifest
 from ckpthooks.exceptions import CheckpointNotFoundError, ConfigurationError, CorruptCheckpointError
 from ckpthooks.io import paths
 from ckpthooks.io.base import restoring
+from ckpthooks.io.location import Location
 from ckpthooks.last_search import (
     CHECKPOINT_EXTENSION,
     SearchFolder,
@@ -166,23 +167,22 @@ class Resolver:
             )  # fmt: skip
 
     def _warn_uncommitted_newer_than(self, created: float, committed: set[str]) -> None:
-        """Name the checkpoint files in the searched local folders that are newer than ``created``
-        but were never committed (an interrupted save, or another program's file)."""
+        """Name the checkpoint files in the searched folders that are newer than ``created`` but
+        were never committed (an interrupted save, or another program's file)."""
         skipped = []
         for folder in self.folders():
-            root = folder.path
-            if not paths.is_local(root) or not os.path.isdir(root):
+            root = Location.of(folder.path, self.checkpointer.storage_options)
+            try:
+                names = root.names()
+            except OSError:
                 continue
-            for name in sorted(os.listdir(root)):
-                path = os.path.join(root, name)
-                if name.startswith(".") or not name.endswith(CHECKPOINT_EXTENSION) or path in committed:
+            for name in sorted(names):
+                entry = root.child(name)
+                if name.startswith(".") or not name.endswith(CHECKPOINT_EXTENSION) or entry.url in committed:
                     continue
-                try:
-                    newer = os.path.getmtime(path) > created
-                except OSError:
-                    continue
-                if newer:
-                    skipped.append(path)
+                modified = entry.modified()
+                if modified is not None and modified > created:
+                    skipped.append(entry.url)
         if skipped:
             log.warning(
                 "ignoring %s: never committed (an interrupted save, or not written by ckpthooks)",

@@ -31,9 +31,10 @@ from collections.abc import Collection, Iterable, Sequence
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from ckpthooks.catalog import read_manifest
+from ckpthooks.commit import pending_marker_path, previous_manifest
 from ckpthooks.io import paths
-from ckpthooks.leftovers import pending_marker_path
-from ckpthooks.manifest import CommittedCheckpoint, previous_path
+from ckpthooks.io.location import Location
+from ckpthooks.manifest import CommittedCheckpoint
 
 if TYPE_CHECKING:
     from ckpthooks.checkpointer import Checkpointer
@@ -151,22 +152,18 @@ class Pruner:
         with self._lock:
             if self._saving.get(key):
                 return True
-        marker = pending_marker_path(key)
         try:
-            fs = paths.filesystem(marker, self.checkpointer.storage_options)
-            return bool(fs.exists(paths.fs_path(fs, marker)))
+            return Location.of(pending_marker_path(key), self.checkpointer.storage_options).exists()
         except OSError:
             return True  # cannot tell: keep the file
 
     # ------------------------------------------------------------------ deleting
     def committed(self, path: str) -> Manifest | None:
-        """The manifest that commits ``path``: its own, or, for a local file a killed overwrite left
+        """The manifest that commits ``path``: its own, or, while a killed overwrite left it
         uncommitted, its kept previous version's; ``None`` when nothing commits it."""
         options = self.checkpointer.storage_options
         manifest = read_manifest(path, options)
-        if manifest is None and paths.is_local(path):
-            manifest = read_manifest(previous_path(path))
-        return manifest
+        return manifest if manifest is not None else previous_manifest(path, options)
 
     def may_remove(self, path: str, *, writer: str | None = None, manifest: Manifest | None = None) -> bool:
         """Whether the guards allow deleting ``path`` now. ``writer``: a manifest's ``writer`` must

@@ -17,16 +17,9 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ckpthooks import distributed
+from ckpthooks import commit, distributed
 from ckpthooks._version import FORMAT_VERSION, __version__
-from ckpthooks.catalog import (
-    drop_previous,
-    keep_previous,
-    read_manifest,
-    remove_manifest,
-    verify_checkpoint,
-    write_manifest,
-)
+from ckpthooks.catalog import read_manifest, verify_checkpoint, write_manifest
 from ckpthooks.exceptions import (
     CheckpointError,
     CheckpointNotFoundError,
@@ -36,11 +29,11 @@ from ckpthooks.exceptions import (
 )
 from ckpthooks.io import paths, staging
 from ckpthooks.io.base import CheckpointIO, SaveResult
-from ckpthooks.io.durable import fsync_dir, temp_name_for, write_durably
 from ckpthooks.io.hashing import HashingWriter
+from ckpthooks.io.location import Location
 from ckpthooks.io.safety import check_weights_only_safe
-from ckpthooks.leftovers import remove_pending_marker, write_pending_marker
-from ckpthooks.manifest import CommittedCheckpoint, Manifest, VerifyMode, previous_path
+from ckpthooks.io.writing import write_durably
+from ckpthooks.manifest import CommittedCheckpoint, Manifest, VerifyMode
 from ckpthooks.plugin_host import PluginHost, get_plugin_host
 
 log = logging.getLogger(__name__)
@@ -93,10 +86,10 @@ class CheckpointStore:
         backend's save is :meth:`save_collective`, called on every rank; in a single process this
         method hands it over.)
 
-        An existing checkpoint at ``path`` is uncommitted first, so a crash mid-way never leaves a
-        manifest describing bytes it does not match. On remote storage (no atomic rename) a pending
-        marker is written before the data and removed after the commit, so that the next start can
-        delete the data of a save that crashed in between (see :mod:`ckpthooks.leftovers`).
+        The commit follows :mod:`ckpthooks.commit`: an existing checkpoint at ``path`` is kept as
+        its previous version and uncommitted first, so a crash mid-way never leaves a manifest
+        describing bytes it does not match; where data is written in place (object stores) a
+        pending marker announces the save until its manifest is written.
         """
         io = self.io_for(path)
         if io.collective:
@@ -112,12 +105,14 @@ class CheckpointStore:
         def write() -> SaveResult:
             result = self.host.save_checkpoint(checkpoint, path, self.storage_options, io)
             if not isinstance(result, SaveResult):
-                fs = paths.filesystem(path, self.storage_options)
-                result = SaveResult(size=int(fs.size(paths.fs_path(fs, path))))
+                result = SaveResult(size=Location.of(path, self.storage_options).stored_size())
             return result
 
-        return self._commit(
-            path, write, lambda result: self._manifest(path, result, epoch, global_step, metrics, weights_only, writer)
+        return commit.commit(
+            path,
+            write,
+            lambda result: self._manifest(path, result, epoch, global_step, metrics, weights_only, writer),
+            self.storage_options,
         )
 
     def commit_stream(
@@ -133,7 +128,7 @@ class CheckpointStore:
         committed checkpoint at ``path`` is kept as its previous version and uncommitted first,
         remote data goes behind a pending marker, the manifest is written last, and a failure
         before the commit commits the old version again when its bytes are intact."""
-        return self._commit(path, lambda: write(self.io_for(path)), manifest_for)
+        return commit.commit(path, lambda: write(self.io_for(path)), manifest_for, self.storage_options)
 
     def write_bytes(
         self,
@@ -150,40 +145,6 @@ class CheckpointStore:
         if result is not None:
             return result
         return write_durably(path, serialize, self.storage_options, checksum_algorithm=checksum_algorithm)
-
-    def _commit(
-        self, path: str, write: Callable[[], SaveResult], manifest_for: Callable[[SaveResult], Manifest]
-    ) -> Manifest:
-        """The commit protocol of one file or folder at ``path`` (see :meth:`save`)."""
-        previous = None
-        old = read_manifest(path, self.storage_options)
-        remote = not paths.is_local(path)
-        try:
-            if old is not None:
-                previous = keep_previous(path)
-                remove_manifest(path, self.storage_options)
-            if remote:
-                write_pending_marker(path, self.storage_options)
-            result = write()
-            manifest = manifest_for(result)
-            write_manifest(path, manifest, self.storage_options)
-        except BaseException:
-            if old is not None:
-                self._recommit_if_intact(path, old, previous)
-            raise
-        if previous is None and not remote:
-            previous = _left_previous(path)
-        try:
-            drop_previous(previous)
-        except OSError as exc:  # committed already; the next start removes the kept copy
-            log.warning("committed %s, but could not remove its previous version: %s", path, exc)
-        if remote:
-            try:
-                remove_pending_marker(path, self.storage_options)
-            except OSError as exc:  # committed already; the next start removes the marker
-                log.warning("committed %s, but could not remove its pending marker: %s", path, exc)
-        log.info("committed checkpoint %s (%d bytes, step %d)", path, manifest.size, manifest.global_step)
-        return manifest
 
     def save_collective(
         self,
@@ -221,10 +182,7 @@ class CheckpointStore:
             try:
                 check_weights_only_safe(checkpoint)
                 if writer_rank:
-                    old = read_manifest(path, self.storage_options)
-                    if old is not None:
-                        previous = keep_previous(path)
-                        remove_manifest(path, self.storage_options)
+                    old, previous = commit.prepare_overwrite(path, self.storage_options)
             except Exception as exc:
                 error = exc
             distributed.agree_on_outcome(error, f"preparing {path}", host=self.host)
@@ -239,7 +197,7 @@ class CheckpointStore:
             if writer_rank:
                 try:
                     if not isinstance(result, SaveResult):
-                        result = SaveResult(size=paths.stored_size(path, self.storage_options))
+                        result = SaveResult(size=Location.of(path, self.storage_options).stored_size())
                     manifest = self._manifest(path, result, epoch, global_step, metrics, weights_only, writer)
                     write_manifest(path, manifest, self.storage_options)
                 except Exception as exc:
@@ -247,74 +205,13 @@ class CheckpointStore:
             distributed.agree_on_outcome(error, f"committing {path}", host=self.host)
         except BaseException:
             if writer_rank and old is not None and previous is not None:
-                self._recommit_previous(path, old, previous)
+                commit.recommit_folder(path, old, previous, self.storage_options)
             raise
         if writer_rank:
-            try:
-                drop_previous(previous)
-            except OSError as exc:  # committed already; the next start removes the kept copy
-                log.warning("committed %s, but could not remove its previous version: %s", path, exc)
+            commit.finish_overwrite(path, previous)
             assert manifest is not None
             log.info("committed checkpoint %s (%d bytes, step %d)", path, manifest.size, global_step)
         return manifest
-
-    def _recommit_previous(self, path: str, old: Manifest, previous: str) -> None:
-        """After a failed collective save: put the kept previous version back at ``path`` (when the
-        new data never arrived there) and commit it again; else it stays committed where it is."""
-        local, kept = paths.local_path(path), paths.local_path(previous)
-        if not paths.is_local(path) or not os.path.isdir(kept) or os.path.lexists(local):
-            return  # a kept file is a hard link: the generic recovery handles files
-        try:
-            os.rename(kept, local)
-            fsync_dir(os.path.dirname(local))
-            write_manifest(path, old, self.storage_options)
-            remove_manifest(previous)
-        except OSError as exc:
-            log.warning("%s stays uncommitted after the failed save; its previous version is %s (%s)", path, kept, exc)
-            return
-        log.info("the failed save left %s unchanged; it is committed again", path)
-
-    def _report_uncommitted(self, path: str, previous: str | None, reason: str) -> None:
-        """Say what is true of ``path`` after a failed overwrite that could not commit it again."""
-        kept = None
-        if previous is not None:
-            with contextlib.suppress(CheckpointError, OSError):
-                kept = previous if read_manifest(previous) is not None else None
-        if kept is not None:
-            log.warning(
-                "%s is uncommitted after the failed save (%s); its previous version stays committed as "
-                '%s, which ckpt_path="last" finds, and the next successful save of %s replaces it',
-                path, reason, kept, paths.basename(path),
-            )  # fmt: skip
-        else:
-            log.warning("%s is uncommitted after the failed save (%s)", path, reason)
-
-    def _recommit_if_intact(self, path: str, old: Manifest, previous: str | None) -> None:
-        """After a failed overwrite: commit ``path`` again when its bytes are still the old ones
-        (the write failed before replacing them), so that a failed save loses nothing."""
-        try:
-            still_committed = read_manifest(path, self.storage_options) == old
-        except (CheckpointError, OSError):
-            still_committed = False
-        if still_committed:  # the save failed before it uncommitted the old version
-            log.info("the failed save left %s unchanged; it stays committed", path)
-            with contextlib.suppress(OSError):
-                drop_previous(previous)
-            return
-        if not (old.checksum and old.algorithm):
-            self._report_uncommitted(path, previous, "its manifest records no checksum to check the bytes by")
-            return  # a size match alone cannot tell the old bytes from new ones
-        try:
-            verify_checkpoint(path, old, "full", self.storage_options)
-            write_manifest(path, old, self.storage_options)
-        except (CheckpointError, OSError) as exc:
-            self._report_uncommitted(path, previous, str(exc))
-            return
-        log.info("the failed save left %s unchanged; it is committed again", path)
-        with contextlib.suppress(OSError):
-            drop_previous(previous)
-            if not paths.is_local(path):
-                remove_pending_marker(path, self.storage_options)
 
     def _manifest(
         self,
@@ -341,31 +238,11 @@ class CheckpointStore:
         )
 
     def link(self, source: str, target: str, *, writer: str | None = None) -> Manifest:
-        """Commit ``target`` as a hard link to the committed local checkpoint ``source`` (no second
-        write). Call on the writer rank only."""
-        manifest = read_manifest(source, self.storage_options)
-        if manifest is None or not paths.is_local(source) or not paths.is_local(target):
-            raise CheckpointNotFoundError(f"cannot link {target} to {source}: not a committed local checkpoint")
-        local_target = paths.local_path(target)
-        previous = keep_previous(target) if read_manifest(target) is not None else None
-        remove_manifest(target)
-        tmp = temp_name_for(local_target)
-        try:
-            os.link(paths.local_path(source), tmp)
-            os.replace(tmp, local_target)
-        except OSError as exc:
-            with contextlib.suppress(OSError):
-                os.remove(tmp)
-            raise StorageError(f"could not link {target} to {source}: {exc}") from exc
-        fsync_dir(os.path.dirname(local_target))
-        manifest.file = paths.basename(target)
-        manifest.writer = writer
-        write_manifest(target, manifest)
-        try:
-            drop_previous(previous or _left_previous(target))
-        except OSError as exc:  # committed already; the next start removes the kept copy
-            log.warning("committed %s, but could not remove its previous version: %s", target, exc)
-        return manifest
+        """Commit ``target`` as a hard link to the committed checkpoint file ``source`` (no second
+        write; see :func:`ckpthooks.commit.commit_link`). Call on the writer rank only."""
+        if read_manifest(source, self.storage_options) is None:
+            raise CheckpointNotFoundError(f"cannot link {target} to {source}: not a committed checkpoint")
+        return commit.commit_link(source, target, writer=writer)
 
     # ------------------------------------------------------------------ load
     def load(
@@ -427,8 +304,7 @@ class CheckpointStore:
         if manifest is None:
             if require_manifest:
                 raise CheckpointNotFoundError(f"{path} is not a committed ckpthooks checkpoint")
-            fs = paths.filesystem(path, self.storage_options)
-            if not fs.exists(paths.fs_path(fs, path)):
+            if not Location.of(path, self.storage_options).exists():
                 raise CheckpointNotFoundError(f"no checkpoint at {path}")
             log.info("%s has no ckpthooks manifest; loading it without verification", path)
         else:
@@ -441,20 +317,14 @@ class CheckpointStore:
     # ------------------------------------------------------------------ remove
     def remove(self, path: str) -> None:
         """Uncommit (remove the manifest), then delete the data, then the kept previous version an
-        interrupted overwrite left (see :func:`~ckpthooks.catalog.keep_previous`): it goes with its
+        interrupted overwrite left (see :func:`~ckpthooks.commit.keep_previous`): it goes with its
         checkpoint. Call on the writer rank only."""
-        remove_manifest(path, self.storage_options)
-        self.host.remove_checkpoint(path, self.storage_options, self.io_for(path))
-        if paths.is_local(path):
-            drop_previous(_left_previous(path))
+        commit.remove(
+            path,
+            lambda: self.host.remove_checkpoint(path, self.storage_options, self.io_for(path)),
+            self.storage_options,
+        )
         log.info("removed checkpoint %s", path)
-
-
-def _left_previous(path: str) -> str | None:
-    """The kept previous version of the local checkpoint ``path`` an earlier overwrite left (a kill
-    came before its commit), or ``None``: once ``path`` is committed again it is not needed."""
-    kept = previous_path(paths.local_path(path))
-    return kept if os.path.lexists(kept) else None
 
 
 #: How often :meth:`CheckpointStore.load` reads a local checkpoint that another process replaced
@@ -463,9 +333,10 @@ READ_ATTEMPTS = 3
 
 
 def _stages(path: str, manifest: Manifest, io: CheckpointIO) -> bool:
-    """Whether a full-verification load of the remote ``path`` goes through one verified download."""
+    """Whether a full-verification load of ``path`` goes through one verified download: where the
+    bytes have no operating-system file name (remote storage) and the backend loads from one."""
     return (
-        not paths.is_local(path)
+        Location.of(path).os_path is None
         and io.loads_from_local_copy
         and not io.collective
         and staging.can_stage(manifest)
@@ -482,7 +353,7 @@ def _same_file(path: str, *, pin: bool) -> Iterator[Callable[[], bool]]:
     ``path`` in between would have the load read bytes nobody checked. The file held open keeps
     its inode number from being reused, so an unchanged identity means both read this file.
     """
-    local = paths.local_path(path) if pin and paths.is_local(path) else None
+    local = Location.of(path).os_path if pin else None
     handle: int | None = None
     if local is not None:
         try:

@@ -25,17 +25,15 @@ import ckpthooks.catalog as catalog_module
 import ckpthooks.manifest as manifest_module
 from ckpthooks import Checkpointer, ModelCheckpoint, commit_index
 from ckpthooks.catalog import (
-    drop_previous,
     iter_committed,
-    keep_previous,
     maintain_index,
     read_manifest,
     remove_manifest,
     write_manifest,
 )
+from ckpthooks.commit import clean_leftovers, drop_previous, keep_previous
 from ckpthooks.commit_index import INDEX_NAME
 from ckpthooks.io.durable import TEMP_MARKER
-from ckpthooks.leftovers import clean_leftovers
 from ckpthooks.manifest import MANIFEST_SUFFIX, Manifest, manifest_path, previous_of
 from ckpthooks.store import CheckpointStore
 from ckpthooks.testing.storage_contract import fresh_memory_url

@@ -14,8 +14,8 @@ import torch
 
 from ckpthooks import Checkpointer, ConfigurationError, ModelCheckpoint, StorageError
 from ckpthooks.catalog import read_manifest
+from ckpthooks.commit import STALE_AFTER, clean_leftovers
 from ckpthooks.io import durable, torch_io
-from ckpthooks.leftovers import STALE_AFTER, clean_leftovers
 from tests.helpers import TinyNet
 
 
@@ -164,13 +164,13 @@ def _committed_last(root: Path) -> tuple[Checkpointer, Path]:
 def test_a_save_that_fails_before_uncommitting_says_the_file_stays_committed(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from ckpthooks import store as store_module
+    from ckpthooks import commit as store_module
     from ckpthooks.testing.faults import disk_full
 
     ckpt, target = _committed_last(tmp_path)
     before = read_manifest(str(target))
 
-    def keep_previous(path: str) -> str | None:
+    def keep_previous(path: str, *args: Any) -> str | None:
         raise disk_full(path + ".manifest.json")  # the kept version's manifest finds the disk full
 
     def write_manifest(path: str, *args: Any, **kwargs: Any) -> str:
@@ -190,7 +190,7 @@ def test_a_save_that_fails_before_uncommitting_says_the_file_stays_committed(
 def test_a_failed_overwrite_that_cannot_recommit_names_the_kept_previous_version(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from ckpthooks import store as store_module
+    from ckpthooks import commit as store_module
     from ckpthooks.io.torch_io import TorchCheckpointIO
     from ckpthooks.manifest import previous_path
     from ckpthooks.testing.faults import disk_full

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from ckpthooks import Checkpointer, ModelCheckpoint, catalog
+from ckpthooks import Checkpointer, ModelCheckpoint, catalog, commit
 from ckpthooks.catalog import read_manifest
 from ckpthooks.manifest import previous_path
 from tests.helpers import TinyNet
@@ -35,7 +35,7 @@ def step(ckpt: Checkpointer) -> None:
 CRASHING_OVERWRITE = """
 import os, signal, sys, torch
 from ckpthooks import Checkpointer, ModelCheckpoint
-from ckpthooks import store
+from ckpthooks import commit
 from tests.helpers import TinyNet
 
 root, crash_in = sys.argv[1], sys.argv[2]
@@ -48,8 +48,8 @@ for target in range(2):
         if crash_in == "torch.save":
             torch.save = die
         else:
-            real = store.write_manifest
-            store.write_manifest = lambda path, *a, **k: die() if path.endswith("last.ckpt") else real(path, *a, **k)
+            real = commit.write_manifest
+            commit.write_manifest = lambda path, *a, **k: die() if path.endswith("last.ckpt") else real(path, *a, **k)
     ckpt.epoch_start()
     ckpt.step_end()
     ckpt.epoch_end()
@@ -87,7 +87,7 @@ def test_a_previous_version_left_by_a_crash_after_the_commit_is_removed_at_start
     ckpt, _ = only_last(tmp_path)
     step(ckpt)
     # the state a crash leaves right after the new commit and before the kept copy is dropped
-    kept = catalog.keep_previous(str(tmp_path / "last.ckpt"))
+    kept = commit.keep_previous(str(tmp_path / "last.ckpt"))
     assert kept is not None and os.path.exists(kept)
     only_last(tmp_path)  # next start: last.ckpt is committed, so the kept copy is not needed
     assert not os.path.exists(kept)
@@ -98,7 +98,7 @@ def resumed_from_kept_copy(run: Callable[[], Checkpointer], last: str) -> Checkp
     """One step saved by a first run; then the state a kill leaves once the overwrite of ``last``
     uncommitted it; then a second run resumed from ``last``'s kept copy, its loop started."""
     step(run())
-    kept = catalog.keep_previous(last)
+    kept = commit.keep_previous(last)
     catalog.remove_manifest(last)
     assert kept is not None
     second = run()

@@ -16,8 +16,7 @@ import torch
 
 from ckpthooks import Checkpointer, StorageError, TorchCheckpointIO
 from ckpthooks.catalog import read_manifest
-from ckpthooks.io.durable import PROCESS_TOKEN
-from ckpthooks.leftovers import (
+from ckpthooks.commit import (
     PENDING_FORMAT,
     PENDING_STALE_AFTER,
     PENDING_SUFFIX,
@@ -27,6 +26,7 @@ from ckpthooks.leftovers import (
     pending_is_stale,
     pending_marker_path,
 )
+from ckpthooks.io.durable import PROCESS_TOKEN
 from ckpthooks.manifest import MANIFEST_SUFFIX
 from tests.test_leftovers_and_save_errors import dead_pid
 

@@ -24,8 +24,8 @@ from ckpthooks import (
     TopKRule,
 )
 from ckpthooks.catalog import iter_committed, read_manifest, remove_manifest
+from ckpthooks.commit import write_pending_marker
 from ckpthooks.io.torch_io import TorchCheckpointIO
-from ckpthooks.leftovers import write_pending_marker
 from ckpthooks.store import CheckpointStore
 from ckpthooks.testing.faults import disk_full
 from tests.helpers import TinyNet

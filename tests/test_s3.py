@@ -27,11 +27,11 @@ from click.testing import CliRunner
 from ckpthooks import Checkpointer, CorruptCheckpointError, ModelCheckpoint, StorageError, TorchCheckpointIO
 from ckpthooks.catalog import iter_committed, read_manifest, verify_checkpoint, write_manifest
 from ckpthooks.cli import main
+from ckpthooks.commit import PENDING_SUFFIX
 from ckpthooks.io import paths, retry
 from ckpthooks.io import staging as io_staging
 from ckpthooks.io.hashing import new_hasher
 from ckpthooks.io.staging import STAGING_DIR_ENV
-from ckpthooks.leftovers import PENDING_SUFFIX
 from ckpthooks.manifest import MANIFEST_SUFFIX, Manifest
 from tests.helpers import TinyNet, assert_state_equal
 from tests.s3_server import FaultProxy, MotoServer, create_bucket, running_s3, storage_options
@@ -296,7 +296,7 @@ def test_data_without_a_manifest_is_not_last(s3: S3, monkeypatch: pytest.MonkeyP
     def crash(*args: Any, **kwargs: Any) -> None:
         raise StorageError("injected: the process died before the commit")
 
-    monkeypatch.setattr("ckpthooks.store.write_manifest", crash)
+    monkeypatch.setattr("ckpthooks.commit.write_manifest", crash)
     ckpt.progress.global_step = 10
     with pytest.raises(StorageError, match="injected"):
         ckpt.save_checkpoint(s3.url("newer.ckpt"))
@@ -318,19 +318,19 @@ CRASHING_CHILD = textwrap.dedent(
     import json, os, sys
     import torch
     from ckpthooks import Checkpointer
-    import ckpthooks.store as store
+    import ckpthooks.commit as commit
 
     root, options = sys.argv[1], json.loads(sys.argv[2])
     ckpt = Checkpointer(root, storage_options=options, enable_checkpointing=False)
     ckpt.track(model=torch.nn.Linear(4, 2))
     ckpt.save_checkpoint(root + "/good.ckpt")
-    store.remove_pending_marker = lambda *a, **k: None  # dies right after the commit of the next one
+    commit.remove_pending_marker = lambda *a, **k: None  # dies right after the commit of the next one
     ckpt.save_checkpoint(root + "/committed.ckpt")
 
     def die(*args, **kwargs):
         os._exit(17)  # dies with the data written, before the commit
 
-    store.write_manifest = die
+    commit.write_manifest = die
     ckpt.progress.global_step = 9
     ckpt.save_checkpoint(root + "/crashed.ckpt")
     """

@@ -89,7 +89,7 @@ def test_save_writes_data_then_manifest(
 def test_manifest_is_written_only_once_data_is_complete(
     tmp_path: Any, store: CheckpointStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import ckpthooks.store as store_module
+    import ckpthooks.commit as store_module
 
     path = str(tmp_path / "model.ckpt")
     seen: list[int] = []

@@ -4,6 +4,7 @@ safetensors): converting never unpickles code."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from typing import IO, Any
@@ -133,12 +134,10 @@ def convert_command(
 
 def _sniff(path: str) -> str:
     from ckpthooks.exceptions import CheckpointNotFoundError, ConfigurationError
-    from ckpthooks.io import paths
+    from ckpthooks.io.location import Location
 
-    fs = paths.filesystem(path)
-    stripped = paths.fs_path(fs, path)
     try:
-        if fs.isdir(stripped):
+        if Location.of(path).is_folder():
             raise ConfigurationError(
                 f"{path} is a folder checkpoint (a sharded one, such as torch.distributed.checkpoint writes); "
                 "ckpthooks convert reads single files. Restore it with Checkpointer.restore (its storage plugin, "
@@ -155,17 +154,12 @@ def _sniff(path: str) -> str:
     return kind
 
 
-def _open_source(path: str) -> IO[bytes]:
+def _open_source(path: str) -> contextlib.AbstractContextManager[IO[bytes]]:
     """``path`` open for reading; a local FIFO or device (a symlink to /dev/zero) raises
     :class:`~ckpthooks.CorruptCheckpointError` at once instead of blocking or reading forever."""
-    from ckpthooks.io import paths
-    from ckpthooks.io.regular_file import open_regular
+    from ckpthooks.io.location import Location
 
-    if paths.is_local(path):
-        return open_regular(paths.local_path(path), path)
-    fs = paths.filesystem(path)
-    handle: IO[bytes] = fs.open(paths.fs_path(fs, path), "rb")
-    return handle
+    return Location.of(path).open_read()
 
 
 def _load_weights_only(path: str, *, adopt: bool = False) -> dict[str, Any]:
@@ -216,7 +210,9 @@ def _to_safetensors(
 
     from ckpthooks._cli.copying import destination_free
     from ckpthooks.io import paths
-    from ckpthooks.io.durable import fsync_dir, temp_name_for
+    from ckpthooks.io.durable import temp_name_for
+    from ckpthooks.io.location import Location
+    from ckpthooks.io.writing import write_durably
 
     checkpoint = _load_weights_only(src)
     weights = _weights(checkpoint, key, src)
@@ -240,30 +236,24 @@ def _to_safetensors(
         if isinstance(value, int) and not isinstance(value, bool):
             metadata[field] = str(value)
     destination_free(dst, None, overwrite, uncommit=True)
-    if paths.is_local(dst):
-        local = paths.local_path(dst)
-        os.makedirs(os.path.dirname(os.path.abspath(local)), exist_ok=True)
-        tmp = temp_name_for(local)
+    target = Location.of(dst)
+    if target.os_path is not None:  # safetensors writes to a file name: a temporary sibling, renamed
+        target.make_parents()
+        tmp = Location.of(temp_name_for(target.url))
         try:
-            save_file(prepared, tmp, metadata=metadata)
-            with open(tmp, "rb") as handle:
+            save_file(prepared, tmp.local, metadata=metadata)
+            with open(tmp.local, "rb") as handle:
                 os.fsync(handle.fileno())
-            os.replace(tmp, local)
+            tmp.rename_to(target)
         except BaseException:
-            if os.path.exists(tmp):
-                os.remove(tmp)
+            tmp.remove_tree()
             raise
-        fsync_dir(os.path.dirname(os.path.abspath(local)))
-        size = os.path.getsize(local)
-    else:
-        import tempfile
+        size = target.stored_size()
+    else:  # the bytes in memory, streamed to the storage and retried like every checkpoint write
+        from safetensors.torch import save
 
-        fs = paths.filesystem(dst)
-        with tempfile.TemporaryDirectory() as folder:
-            local = os.path.join(folder, "weights.safetensors")
-            save_file(prepared, local, metadata=metadata)
-            size = os.path.getsize(local)
-            fs.put_file(local, paths.fs_path(fs, dst))
+        data = save(prepared, metadata=metadata)
+        size = write_durably(dst, lambda writer: writer.write(data)).size
     return {"src": src, "dst": dst, "format": "safetensors", "tensors": len(prepared), "size": size, "committed": False}
 
 
@@ -273,9 +263,9 @@ def _to_safetensors(
 def _from_safetensors(src: str, dst: str, overwrite: bool, progress: bool | None, as_json: bool) -> dict[str, Any]:
     from ckpthooks._cli.copying import destination_free
     from ckpthooks._cli.scan import scan_file
-    from ckpthooks.io import paths
+    from ckpthooks.io.location import Location
 
-    fs = paths.filesystem(src)
+    source = Location.of(src)
     with _open_source(src) as handle:
         handle.seek(0, os.SEEK_END)
         size = handle.tell()
@@ -303,7 +293,7 @@ def _from_safetensors(src: str, dst: str, overwrite: bool, progress: bool | None
     weights: dict[str, Any] = {}
     with Progress(scan.size, "reading tensors", enabled=progress, as_json=as_json) as bar:
         try:
-            if paths.is_local(src):
+            if source.os_path is not None:  # safetensors opens a file name: memory-mapped
                 with _open_source(src) as held, safe_open(_readable_name(src, held), "pt", device="cpu") as reader:
                     for name in reader.keys():  # noqa: SIM118 - safe_open is not a mapping
                         tensor = reader.get_tensor(name)
@@ -312,7 +302,8 @@ def _from_safetensors(src: str, dst: str, overwrite: bool, progress: bool | None
             else:
                 from safetensors.torch import load
 
-                weights = load(fs.cat_file(paths.fs_path(fs, src)))
+                with _open_source(src) as handle:
+                    weights = load(handle.read())
                 bar.update(scan.size)
         except SafetensorError as exc:
             raise _malformed(src, exc) from exc
@@ -342,9 +333,9 @@ def _readable_name(src: str, held: IO[bytes]) -> str:
     """A name safetensors can open for the local file ``src``, open as ``held``: safetensors takes
     only UTF-8 paths, so a name with other bytes is opened through ``/proc/self/fd``, which names
     the very file held (where the OS offers it)."""
-    from ckpthooks.io import paths
+    from ckpthooks.io.location import Location
 
-    local = paths.local_path(src)
+    local = Location.of(src).local
     pinned = f"/proc/self/fd/{held.fileno()}"
     try:
         local.encode("utf-8")
@@ -418,6 +409,7 @@ def _commit_torch_file(
     from ckpthooks.catalog import read_manifest
     from ckpthooks.io import paths
     from ckpthooks.io.base import SaveResult
+    from ckpthooks.io.location import Location
     from ckpthooks.manifest import Manifest
 
     checkpoint = _load_weights_only(src, adopt=adopt)  # refuses anything that would unpickle code
@@ -441,8 +433,7 @@ def _commit_torch_file(
     epoch, step = _int_field(checkpoint, "epoch"), _int_field(checkpoint, "global_step")
     weights_only = "optimizer_states" not in checkpoint
     metrics = _lightning_metrics(checkpoint)
-    size_fs = paths.filesystem(src)
-    size = int(size_fs.size(paths.fs_path(size_fs, src)))
+    size = Location.of(src).stored_size()
     space = checkpoint.get("ckpthooks")
     recorded = space.get("plugins") if isinstance(space, dict) else None
     plugins = {str(k): None if v is None else str(v) for k, v in recorded.items()} if isinstance(recorded, dict) else {}
@@ -455,7 +446,7 @@ def _commit_torch_file(
             def write(io: Any) -> SaveResult:  # the bytes stay where they are: hash them
                 from ckpthooks.io.hashing import hash_stream, read_chunks
 
-                with size_fs.open(paths.fs_path(size_fs, src), "rb") as handle:
+                with _open_source(src) as handle:
                     written, digest = hash_stream(_counting(read_chunks(handle), bar.update), _algorithm())
                 return SaveResult(size=written, checksum=digest, algorithm=_algorithm())
         else:

@@ -9,6 +9,7 @@ behind a pending marker, the manifest written last.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import sys
@@ -121,13 +122,12 @@ def stream_folder(
     ``expected`` / ``expected_size`` is never published. A local destination is written as a
     temporary sibling folder and renamed into place; on object storage the files are written
     (behind the commit's pending marker) and deleted again when the check fails."""
-    import shutil
-
     from ckpthooks.exceptions import CorruptCheckpointError
     from ckpthooks.io import paths
     from ckpthooks.io.base import SaveResult
-    from ckpthooks.io.durable import fsync_dir, temp_name_for
+    from ckpthooks.io.durable import temp_name_for
     from ckpthooks.io.hashing import default_algorithm, folder_algorithm, folder_base, folder_digest
+    from ckpthooks.io.location import Location
 
     dst_options = store.storage_options
     base = (folder_base(algorithm) if algorithm else None) or default_algorithm()
@@ -158,36 +158,33 @@ def stream_folder(
             )
         return size, digest
 
-    if paths.is_local(dst):
-        local = paths.local_path(dst)
-        os.makedirs(os.path.dirname(os.path.abspath(local)), exist_ok=True)
-        fresh = temp_name_for(local)
+    target = Location.of(dst, dst_options)
+    if target.renames_atomically:  # a fresh folder, renamed into place once it checks out
+        target.make_parents()
+        fresh = Location.of(temp_name_for(target.url), dst_options)
+        aside = None
         try:
-            copy_files(fresh)
+            copy_files(fresh.url)
             size, digest = check()
-            for folder, _dirs, _names in os.walk(fresh):
-                fsync_dir(folder)
-            aside = temp_name_for(local) if os.path.lexists(local) else None
-            if aside is not None:
-                os.rename(local, aside)
-            os.rename(fresh, local)
-            fsync_dir(os.path.dirname(os.path.abspath(local)))
+            fresh.sync_tree()
+            if target.exists():
+                aside = Location.of(temp_name_for(target.url), dst_options)
+                target.rename_to(aside)
+            fresh.rename_to(target)
         except BaseException:
-            shutil.rmtree(fresh, ignore_errors=True)
+            with contextlib.suppress(OSError):
+                fresh.remove_tree()
             raise
         if aside is not None:
-            shutil.rmtree(aside, ignore_errors=True)
-    else:
-        target_fs = paths.filesystem(dst, dst_options)
+            with contextlib.suppress(OSError):
+                aside.remove_tree()
+    else:  # written in place, behind the commit's pending marker
         try:
-            if target_fs.exists(paths.fs_path(target_fs, dst)):  # uncommitted by the commit already
-                target_fs.rm(paths.fs_path(target_fs, dst), recursive=True)
+            target.remove_tree()  # uncommitted by the commit already
             copy_files(dst)
             size, digest = check()
         except BaseException:
-            target = paths.fs_path(target_fs, dst)
-            if target_fs.exists(target):
-                target_fs.rm(target, recursive=True)
+            target.remove_tree()
             raise
     return SaveResult(size=size, checksum=digest, algorithm=folder_algorithm(base))
 

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import contextlib
-import os
 from collections.abc import Iterator
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import click
 
@@ -23,6 +22,9 @@ from ckpthooks._cli.common import (
     table,
 )
 from ckpthooks._cli.scan import DtypeRef, Opaque, Scan, ScanError, TensorInfo, scan_file, sniff
+
+if TYPE_CHECKING:
+    from ckpthooks.io.location import Location
 
 #: Top-level keys shown in the summary itself rather than as components.
 _SCALAR_KEYS = ("epoch", "global_step", "pytorch-lightning_version", "hparams_name", "datamodule_hparams_name")
@@ -49,6 +51,7 @@ def inspect_command(path: str, list_tensors: bool, as_json: bool, storage_option
     from ckpthooks.catalog import read_manifest
     from ckpthooks.exceptions import CheckpointError
     from ckpthooks.io import paths
+    from ckpthooks.io.location import Location
     from ckpthooks.manifest import MANIFEST_SUFFIX
 
     options = parse_storage_options(storage_option_args)
@@ -57,19 +60,18 @@ def inspect_command(path: str, list_tensors: bool, as_json: bool, storage_option
         target = target[: -len(MANIFEST_SUFFIX)]
     try:
         manifest = read_manifest(target, options, strict=True)
-        fs = paths.filesystem(target, options)
-        stripped = paths.fs_path(fs, target)
-        if fs.isdir(stripped):
+        location = Location.of(target, options)
+        if location.is_folder():
             if manifest is None:
                 fail(f"{path} is a folder; inspect one checkpoint file (list a folder with ckpthooks ls)")
             scan = _scan_folder(target, options)
         else:
-            with _open_file(target, fs, stripped, path) as (handle, size):
+            with _open_file(location) as (handle, size):
                 head = handle.read(16)
                 handle.seek(0)
                 container = sniff(head)
                 if container == "torch-legacy":
-                    scan = _scan_legacy(target, options, size)
+                    scan = _scan_legacy(handle, size)
                 elif container == "unknown":
                     raise ScanError(_unknown(head))
                 else:
@@ -91,20 +93,12 @@ def inspect_command(path: str, list_tensors: bool, as_json: bool, storage_option
 
 
 @contextlib.contextmanager
-def _open_file(target: str, fs: Any, stripped: str, shown: str) -> Iterator[tuple[IO[bytes], int]]:
+def _open_file(location: Location) -> Iterator[tuple[IO[bytes], int]]:
     """The file open for reading, and its size. A local FIFO or device (a symlink to /dev/zero) is
     refused at once with :class:`~ckpthooks.CorruptCheckpointError` instead of blocking or reading
     forever."""
-    from ckpthooks.io import paths
-    from ckpthooks.io.regular_file import open_regular
-
-    if paths.is_local(target):
-        with open_regular(paths.local_path(target), shown) as local:
-            yield local, os.fstat(local.fileno()).st_size
-        return
-    size = int(fs.size(stripped))
-    with fs.open(stripped, "rb") as handle:
-        yield handle, size
+    with location.open_read() as handle:
+        yield handle, location.stored_size()
 
 
 def _unknown(head: bytes) -> str:
@@ -117,18 +111,14 @@ def _unknown(head: bytes) -> str:
     return "neither a torch.save zip file nor a safetensors file"
 
 
-def _scan_legacy(target: str, options: dict[str, Any] | None, size: int) -> Scan:
+def _scan_legacy(handle: IO[bytes], size: int) -> Scan:
     """torch's format before 1.6 (no zip): torch's weights-only unpickler reads it, never running code."""
     import pickle
 
-    from ckpthooks.io import paths
-
-    if not paths.is_local(target):
-        raise ScanError("a torch file in the legacy (pre-1.6) format; inspect a local copy of it")
     import torch
 
     try:
-        loaded = torch.load(paths.local_path(target), map_location="cpu", weights_only=True)
+        loaded = torch.load(handle, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ScanError(f"a legacy-format pickle that torch's weights-only reader refuses ({first})") from exc

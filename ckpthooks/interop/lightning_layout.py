@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING, Any
 
 from ckpthooks.interop import LightningInteropWarning
 from ckpthooks.interop.lightning_loops import loop_record_from_lightning
-from ckpthooks.io import paths
+from ckpthooks.io.location import Location
 from ckpthooks.layout import NAMESPACE, SCALER_KEYS, namespace
 
 if TYPE_CHECKING:
@@ -112,7 +112,8 @@ def _lightning_path(path: str | None) -> str:
     """Lightning keeps local checkpoint folders and files as real absolute paths."""
     if not path:
         return ""
-    return os.path.realpath(paths.local_path(path)) if paths.is_local(path) else path
+    local = Location.of(path).os_path
+    return os.path.realpath(local) if local is not None else path
 
 
 def lightning_model_checkpoint_state(mc: ModelCheckpoint) -> dict[str, Any]:

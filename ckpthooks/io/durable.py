@@ -2,10 +2,9 @@
 
 - :func:`temp_name_for` names the temporary sibling a write goes to
   (``.<name>.ckpthooks-tmp-<pid>-<process token>-<n>``), so that a later process can tell a
-  leftover of a crashed save (:mod:`ckpthooks.leftovers`) from a write in progress;
+  leftover of a crashed save from a write in progress (:func:`is_leftover`; the commit protocol,
+  :mod:`ckpthooks.commit`, removes leftovers at the next start);
 - :func:`atomic_write` writes a local file all or nothing (fsync, rename, fsync of the folder);
-- :func:`write_durably` streams a checkpoint's bytes to a local path or any fsspec URL and reports
-  their size and checksum (the file backends' write, also for plugins);
 - :func:`storage_error` turns an ``OSError`` into a :class:`~ckpthooks.StorageError` that says what
   to do (a full disk, a folder that is not writable).
 
@@ -18,34 +17,27 @@ import contextlib
 import errno
 import logging
 import os
+import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping
-from typing import IO, Any
+from collections.abc import Iterator
+from typing import IO
 
 from ckpthooks.exceptions import StorageError
-from ckpthooks.io import multipart, paths
-from ckpthooks.io.base import SaveResult
-from ckpthooks.io.hashing import HashingWriter
-from ckpthooks.io.pipe import WritePipe
-from ckpthooks.io.retry import RetryPolicy, call_with_retry
+from ckpthooks.io import paths
 
 log = logging.getLogger(__name__)
 
 __all__ = [
     "PROCESS_TOKEN",
     "TEMP_MARKER",
-    "abandon_upload",
     "atomic_write",
     "fsync_dir",
+    "is_leftover",
     "is_temp_name",
     "storage_error",
     "temp_name_for",
     "temp_owner",
-    "write_durably",
 ]
-
-#: Buffer size of local checkpoint writes.
-_BUFFER = 8 * 1024 * 1024
 
 #: Marker in the names of temporary files; a file with it next to a checkpoint is ours.
 TEMP_MARKER = ".ckpthooks-tmp-"
@@ -85,6 +77,40 @@ def temp_owner(name: str) -> tuple[int, str] | None:
     return int(parts[0]), parts[1]
 
 
+#: A temporary file untouched this long is stale even if a process with its pid is running.
+STALE_AFTER = 15 * 60.0
+
+
+def pid_running(pid: int) -> bool:
+    """Whether a process with this pid runs on this machine."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's live process
+    return True
+
+
+def is_leftover(folder: str, name: str, now: float | None = None) -> bool:
+    """Whether ``name`` in the local ``folder`` is a temporary file (:func:`temp_name_for`) of a
+    process that is gone: its pid is not running, or it belongs to another process (a different
+    token: pids repeat across container restarts) and the file has not been written to for
+    :data:`STALE_AFTER` seconds. Never one of this process's."""
+    owner = temp_owner(name)
+    if owner is None:
+        return False
+    pid, token = owner
+    if token == PROCESS_TOKEN:
+        return False  # ours: possibly a save in flight
+    if not pid_running(pid):
+        return True
+    try:
+        age = (now or time.time()) - os.path.getmtime(os.path.join(paths.local_path(folder), name))
+    except OSError:
+        return False
+    return age > STALE_AFTER
+
 
 def fsync_dir(directory: str) -> None:
     """Make a rename inside ``directory`` durable (a no-op where directories cannot be opened)."""
@@ -123,122 +149,6 @@ def atomic_write(path: str, buffering: int = -1) -> Iterator[IO[bytes]]:
     fsync_dir(os.path.dirname(os.path.abspath(path)))
 
 
-def write_durably(
-    path: str,
-    serialize: Callable[[HashingWriter], object],
-    storage_options: Mapping[str, Any] | None = None,
-    *,
-    checksum_algorithm: str | None = None,
-    retry: RetryPolicy | None = None,
-) -> SaveResult:
-    """Write a checkpoint file to ``path`` the way ckpthooks' file backends do, and report its size
-    and checksum: ``serialize(writer)`` writes the bytes (in order, never seeking) into ``writer``,
-    which hashes them on the way.
-
-    Local paths: the folder is created, the bytes go to a temporary sibling that is fsynced and
-    renamed over ``path`` (:func:`atomic_write`). Other URLs: the bytes stream to the object
-    (several parts uploading at once on S3) while ``serialize`` goes on, a failed upload is aborted
-    rather than published, and the whole write is repeated on transient errors (``retry``, by default
-    :data:`ckpthooks.io.retry.DEFAULT_RETRY`; ``serialize`` is then called again). Storage failures
-    raise :class:`~ckpthooks.StorageError`; an exception of ``serialize`` itself passes through.
-    """
-    if paths.is_local(path):
-        return _write_local(paths.local_path(path), serialize, checksum_algorithm)
-    fs = paths.filesystem(path, storage_options)
-    target = paths.fs_path(fs, path)
-
-    def attempt() -> SaveResult:
-        paths.make_parent_folders(fs, path)
-        handle = multipart.open_for_write(fs, target)
-        recorder = _ErrorRecorder(handle)
-        pipe = WritePipe(recorder)  # uploads overlap serializing and hashing
-        writer = HashingWriter(pipe, checksum_algorithm)  # type: ignore[arg-type]
-        try:
-            serialize(writer)
-            pipe.close()
-            handle.close()  # object stores upload (the rest) here
-        except BaseException as exc:
-            pipe.abort()
-            abandon_upload(handle)
-            if recorder.error is not None and exc is not recorder.error:
-                raise recorder.error from exc  # what the storage raised, not the serializer's wrapper
-            raise
-        return SaveResult(size=writer.size, checksum=writer.hexdigest(), algorithm=writer.algorithm)
-
-    try:
-        return call_with_retry(attempt, action="write", path=path, policy=retry)
-    except StorageError:
-        raise
-    except OSError as exc:
-        raise storage_error("write", path, exc) from exc
-
-
-def _write_local(path: str, serialize: Callable[[HashingWriter], object], checksum_algorithm: str | None) -> SaveResult:
-    directory = os.path.dirname(os.path.abspath(path))
-    try:
-        os.makedirs(directory, exist_ok=True)
-    except OSError as exc:
-        raise storage_error("create the folder", directory, exc) from exc
-    writer: HashingWriter | None = None
-    try:
-        with atomic_write(path, buffering=_BUFFER) as handle:
-            writer = HashingWriter(handle, checksum_algorithm)
-            serialize(writer)
-    except BaseException as exc:
-        if isinstance(exc, OSError):
-            raise storage_error("write", path, exc) from exc
-        if writer is not None and writer.error is not None:  # torch.save reports it as a RuntimeError
-            raise storage_error("write", path, writer.error) from exc
-        raise
-    return SaveResult(size=writer.size, checksum=writer.hexdigest(), algorithm=writer.algorithm)
-
-
-class _ErrorRecorder:
-    """A file-like pass-through that remembers the exception a read or write of the storage raised
-    (``torch.save``/``torch.load`` report those as ``RuntimeError``, hiding what went wrong)."""
-
-    def __init__(self, handle: Any) -> None:
-        self._handle = handle
-        self.error: Exception | None = None
-
-    def write(self, data: Any) -> Any:
-        try:
-            return self._handle.write(data)
-        except Exception as exc:
-            self.error = exc
-            raise
-
-    def read(self, *args: Any) -> Any:
-        try:
-            return self._handle.read(*args)
-        except Exception as exc:
-            self.error = exc
-            raise
-
-    def readinto(self, buffer: Any) -> Any:
-        try:
-            return self._handle.readinto(buffer)
-        except Exception as exc:
-            self.error = exc
-            raise
-
-    def __getattr__(self, name: str) -> Any:  # seek, tell, flush, readable, ...
-        return getattr(self._handle, name)
-
-
-def abandon_upload(handle: Any) -> None:
-    """Drop a half-written remote file without publishing it (aborts an S3 multipart upload)."""
-    discard = getattr(handle, "discard", None)
-    try:
-        if callable(discard):
-            discard()
-            handle.closed = True  # nothing to flush any more, also not at garbage collection
-        else:
-            handle.close()
-    except Exception as exc:  # the storage is failing already; the original error matters
-        log.debug("could not abandon the partial upload %s: %s", getattr(handle, "path", handle), exc)
-
-
 def storage_error(action: str, path: str, exc: OSError) -> StorageError:
     hint = ""
     if isinstance(exc, PermissionError):
@@ -248,4 +158,3 @@ def storage_error(action: str, path: str, exc: OSError) -> StorageError:
     error = StorageError(f"could not {action} {path}: {exc.strerror or exc}.{hint}")
     error.errno = exc.errno
     return error
-

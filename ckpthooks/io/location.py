@@ -1,6 +1,8 @@
 """One value per path or URL: resolved once, it knows its filesystem, whether it is local, and
-its sibling names; its small-file operations (read a bounded prefix, replace atomically, remove)
-are the only place where local disk and other storage take different routes.
+its sibling names. Its operations (read a bounded prefix, replace atomically, remove, list, link,
+rename) and its capabilities (:attr:`Location.renames_atomically`, :attr:`Location.hard_links`,
+:attr:`Location.os_path`) are the only place where local disk and other storage take different
+routes: the commit protocol, the catalog and the command line ask a location, never a protocol.
 
 Local paths go through the operating system (``open_regular``: never a FIFO or a device;
 ``atomic_write``: temporary sibling, fsync, rename, folder fsync). Any other URL goes through its
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -50,6 +53,26 @@ class Location:
         return paths.local_path(self.url)
 
     @cached_property
+    def os_path(self) -> str | None:
+        """The operating-system file name of the location, for code that hands a file name to the
+        operating system or to a library (``mmap``, ``safe_open``, ``O_DIRECT``); ``None`` where the
+        bytes live elsewhere (then stream through :attr:`fs`)."""
+        return self.local if self.is_local else None
+
+    @property
+    def renames_atomically(self) -> bool:
+        """Whether data can be written under a temporary name and renamed into place all or nothing
+        (and a folder renamed as a whole). Where it cannot (object stores, most remote storage),
+        bytes land at their final name while they are written: the commit protocol then guards
+        them with a pending marker and keeps no previous version."""
+        return self.is_local
+
+    @property
+    def hard_links(self) -> bool:
+        """Whether a file can get a second name without a copy (:meth:`link_to`)."""
+        return self.is_local
+
+    @cached_property
     def fs(self) -> Any:
         """The fsspec filesystem of this location (built once, from its storage options)."""
         return paths.filesystem(self.url, self.storage_options)
@@ -70,6 +93,10 @@ class Location:
     def sibling(self, name: str) -> Location:
         """The location called ``name`` in the same folder."""
         return Location(paths.join(paths.dirname(self.url), name), self.storage_options)
+
+    def child(self, name: str) -> Location:
+        """The location called ``name`` inside this folder."""
+        return Location(paths.join(self.url, name), self.storage_options)
 
     def with_suffix(self, suffix: str) -> Location:
         """This location with ``suffix`` appended to its name (``x.ckpt`` -> ``x.ckpt<suffix>``)."""
@@ -109,10 +136,144 @@ class Location:
             return
 
         def remove() -> None:
-            if self.fs.exists(self.fs_path):
+            with contextlib.suppress(FileNotFoundError):
+                self.fs.rm_file(self.fs_path)  # one DELETE; a missing object is fine
+
+        call_with_retry(remove, action="delete", path=self.url)
+
+    def remove_tree(self) -> None:
+        """Remove the file or the folder with everything below it; a missing one is fine."""
+        if self.is_local:
+            if os.path.isdir(self.local) and not os.path.islink(self.local):
+                shutil.rmtree(self.local, ignore_errors=False)
+            else:
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(self.local)
+            return
+
+        def remove() -> None:
+            if not self.fs.exists(self.fs_path):
+                return
+            if self.fs.isdir(self.fs_path):
+                self.fs.rm(self.fs_path, recursive=True)
+            else:
                 self.fs.rm_file(self.fs_path)
 
         call_with_retry(remove, action="delete", path=self.url)
+
+    def is_folder(self) -> bool:
+        """Whether a folder (not a link to one) is at the location."""
+        if self.is_local:
+            return os.path.isdir(self.local) and not os.path.islink(self.local)
+        return bool(call_with_retry(lambda: self.fs.isdir(self.fs_path), action="look up", path=self.url))
+
+    def modified(self) -> float | None:
+        """When the file was last written (seconds since the epoch), or ``None`` when it is missing
+        or the storage does not say."""
+        if self.is_local:
+            try:
+                return os.path.getmtime(self.local)
+            except OSError:
+                return None
+        try:
+            return float(self.fs.modified(self.fs_path).timestamp())
+        except (OSError, NotImplementedError, AttributeError, ValueError):
+            return None
+
+    def names(self) -> list[str]:
+        """The names of the entries of this folder (none when it is missing). A remote listing is
+        taken fresh: a cached one may predate other writers."""
+        if self.is_local:
+            try:
+                return os.listdir(self.local)
+            except (FileNotFoundError, NotADirectoryError):
+                return []
+        base = self.fs_path.rstrip("/")
+        paths.forget_listings(self.fs, base)
+
+        def listing() -> list[str]:
+            try:
+                return [paths.basename(str(entry)) for entry in self.fs.ls(base, detail=False)]
+            except FileNotFoundError:
+                return []
+
+        names: list[str] = call_with_retry(listing, action="list", path=self.url)
+        return names
+
+    def walk(self, recursive: bool = True) -> Iterator[tuple[Location, list[str]]]:
+        """Each folder at or below this one (only this one unless ``recursive``) with the names of
+        the files in it. A remote tree is listed at once (one flat listing on object stores);
+        folders are spelled like this location, so that paths compare equal."""
+        if self.is_local:
+            if not os.path.isdir(self.local):
+                return
+            walker = os.walk(self.local) if recursive else [next(os.walk(self.local))]
+            for folder, _dirs, files in walker:
+                yield Location(folder, self.storage_options), files
+            return
+        if not recursive:
+            yield self, self.names()
+            return
+        fs, base = self.fs, self.fs_path.rstrip("/")
+        paths.forget_listings(fs, base)
+
+        def listing() -> list[str]:
+            if not fs.exists(base):
+                return []
+            return sorted(str(found) for found in fs.find(base, withdirs=False))
+
+        folders: dict[str, list[str]] = {}
+        for found in call_with_retry(listing, action="list", path=self.url):
+            parent, _, name = found.rpartition("/")
+            folders.setdefault(parent, []).append(name)
+        for parent, files in folders.items():
+            yield Location(paths.unstrip(fs, self.url, parent), self.storage_options), files
+
+    def link_to(self, target: Location) -> bool:
+        """Give this file the second name ``target`` (a hard link: no copy); ``False`` where the
+        storage has no links. An existing ``target`` is an error (``FileExistsError``)."""
+        if not (self.hard_links and target.hard_links):
+            return False
+        os.link(self.local, target.local)
+        return True
+
+    def rename_to(self, target: Location) -> bool:
+        """Rename this file or folder to ``target`` atomically, durably (folder fsync); ``False``
+        where the storage cannot rename all or nothing."""
+        if not (self.renames_atomically and target.renames_atomically):
+            return False
+        os.rename(self.local, target.local)
+        fsync_dir(os.path.dirname(target.local))
+        return True
+
+    def sync_tree(self) -> None:
+        """Make the names of every folder at and below this one durable (folder fsyncs), where the
+        storage needs it: after a tree of files was written under a temporary name."""
+        if self.is_local:
+            for folder, _dirs, _names in os.walk(self.local):
+                fsync_dir(folder)
+
+    def make_parents(self) -> None:
+        """Create the folders above the location before it is written, where the storage has
+        folders. Object stores get none: their ``makedirs`` looks the bucket up (a request per
+        save) and creates a missing bucket, which a checkpoint save must never do; fsspec has no
+        flag that says whether a filesystem has folders, so :data:`~ckpthooks.io.paths.OBJECT_STORE_PROTOCOLS`
+        names the object stores."""
+        if self.is_local:
+            os.makedirs(os.path.dirname(self.local), exist_ok=True)
+            return
+        paths.make_parent_folders(self.fs, self.url)
+
+    @contextlib.contextmanager
+    def open_read(self) -> Iterator[Any]:
+        """The file open for reading in binary. A local FIFO, device or folder raises
+        :class:`~ckpthooks.CorruptCheckpointError` at once instead of blocking or reading forever."""
+        if self.is_local:
+            with open_regular(self.local, self.url) as handle:
+                yield handle
+            return
+        with self.fs.open(self.fs_path, "rb") as handle:
+            yield handle
 
     def stored_size(self) -> int:
         """The size in bytes of the file (or, for a folder, of the files below it), as stored now;

@@ -86,7 +86,7 @@ def unstrip(fs: fsspec.AbstractFileSystem, template: str, stripped: str) -> str:
     base = fs_path(fs, template).rstrip("/")
     if base and (stripped == base or stripped.startswith(base + "/")):
         return template.rstrip("/") + stripped[len(base) :]  # spelled like the root: paths compare equal
-    return f"{protocol}://{stripped.lstrip('/')}" if protocol != "memory" else f"memory://{stripped}"
+    return str(fs.unstrip_protocol(stripped))
 
 
 def forget_listings(fs: fsspec.AbstractFileSystem, path: str) -> None:

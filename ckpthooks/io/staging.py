@@ -13,7 +13,7 @@ Where it has too little free space for the checkpoint (plus :data:`HEADROOM`), t
 remote object and then reads it, as without staging. A copy is named like the temporary files of
 a save (``.ckpthooks-staged.ckpt.ckpthooks-tmp-<pid>-<token>-<n>``): one that a killed process left
 is removed by the next staging in that folder once its process is gone (see
-:func:`ckpthooks.leftovers.is_leftover`).
+:func:`ckpthooks.io.durable.is_leftover`).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from ckpthooks.exceptions import CorruptCheckpointError
 from ckpthooks.io import paths
-from ckpthooks.io.durable import temp_name_for
+from ckpthooks.io.durable import is_leftover, temp_name_for
 from ckpthooks.io.hashing import available_algorithms, hash_local_file
 from ckpthooks.io.retry import call_with_retry
 
@@ -47,8 +47,6 @@ PREFIX = ".ckpthooks-staged.ckpt"
 
 def _remove_stale_copies(folder: str) -> None:
     """Delete the staged copies in ``folder`` whose process is gone (a kill during a load)."""
-    from ckpthooks.leftovers import is_leftover
-
     for name in os.listdir(folder):
         if name.startswith(PREFIX) and is_leftover(folder, name):
             with contextlib.suppress(FileNotFoundError):

@@ -16,15 +16,13 @@ from ckpthooks.exceptions import (
 )
 from ckpthooks.io import paths
 from ckpthooks.io.base import CheckpointIO, SaveResult
-from ckpthooks.io.durable import (
-    _ErrorRecorder,
-    storage_error,
-    write_durably,
-)
+from ckpthooks.io.durable import storage_error
 from ckpthooks.io.hashing import HashingWriter
+from ckpthooks.io.location import Location
 from ckpthooks.io.regular_file import open_regular
 from ckpthooks.io.retry import RetryPolicy, call_with_retry
 from ckpthooks.io.safety import translate_load_error
+from ckpthooks.io.writing import ErrorRecorder, write_durably
 
 log = logging.getLogger(__name__)
 
@@ -149,8 +147,8 @@ class TorchCheckpointIO(CheckpointIO):
         import torch
 
         try:
-            if paths.is_local(path):
-                local = paths.local_path(path)
+            local = Location.of(path, storage_options).os_path
+            if local is not None:
                 # a FIFO, a device (a symlink to /dev/zero) or a folder is refused at once, unread
                 with open_regular(local, path) as handle:
                     source = _pinned(local, handle)
@@ -191,9 +189,10 @@ class TorchCheckpointIO(CheckpointIO):
 
     def remove_checkpoint(self, path: str, storage_options: Mapping[str, Any] | None = None) -> None:
         try:
-            if paths.is_local(path):
+            local = Location.of(path, storage_options).os_path
+            if local is not None:
                 with contextlib.suppress(FileNotFoundError):
-                    os.remove(paths.local_path(path))
+                    os.remove(local)
                 return
             fs = paths.filesystem(path, storage_options)
             target = paths.fs_path(fs, path)
@@ -211,7 +210,7 @@ def _load_remote(
 
     fs = paths.filesystem(path, storage_options)
     with fs.open(paths.fs_path(fs, path), "rb") as handle:
-        recorder = _ErrorRecorder(handle)
+        recorder = ErrorRecorder(handle)
         try:
             return torch.load(recorder, map_location=map_location, weights_only=weights_only)
         except Exception as exc:

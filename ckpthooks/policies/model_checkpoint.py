@@ -27,6 +27,7 @@ from ckpthooks.callbacks import Callback
 from ckpthooks.catalog import iter_committed, read_manifest
 from ckpthooks.exceptions import CheckpointError, ConfigurationError, DistributedCheckpointError, StorageError
 from ckpthooks.io import paths
+from ckpthooks.io.location import Location
 from ckpthooks.manifest import CommittedCheckpoint, Manifest, previous_of
 from ckpthooks.policies.naming import EXTENSION, format_filename, with_version
 from ckpthooks.policies.schedule import SaveSchedule
@@ -536,11 +537,13 @@ class ModelCheckpoint(Callback):
         """``last`` as a hard link to the newest top-k file where the filesystem allows, else a
         full write. The writer rank decides, so every rank takes the same branch."""
         can_link = deferred = False
-        if checkpointer.is_global_zero and paths.is_local(filepath) and paths.is_local(source):
+        options = checkpointer.storage_options
+        here, there = Location.of(source, options), Location.of(filepath, options)
+        if checkpointer.is_global_zero and here.hard_links and there.hard_links:
             # with async_save the source may still be in flight: link once the worker commits it
             deferred = self._link_after_commit(source, filepath, replaces)
             can_link = deferred or (
-                not os.path.isdir(paths.local_path(source))  # a folder checkpoint is written again
+                not here.is_folder()  # a folder checkpoint is written again
                 and read_manifest(source, checkpointer.storage_options) is not None
             )
         if not distributed.broadcast_object(can_link, host=checkpointer.host):
@@ -852,7 +855,7 @@ class ModelCheckpoint(Callback):
         """What :meth:`_relative` cuts off the paths in ``dirpath``."""
         if self.dirpath is None:
             return None
-        return self.dirpath.rstrip("/") + ("/" if not paths.is_local(self.dirpath) else os.sep)
+        return paths.join(self.dirpath.rstrip("/") or "/", "")
 
     def _absolute(self, path: str) -> str:
         if not path:

@@ -68,7 +68,8 @@ from torch import nn
 from ckpthooks.exceptions import CheckpointNotFoundError, CorruptCheckpointError, UnsafeCheckpointError
 from ckpthooks.io import paths
 from ckpthooks.io.base import CheckpointIO, SaveResult
-from ckpthooks.io.hashing import available_algorithms, folder_base, hash_local_folder, hash_stream
+from ckpthooks.io.hashing import available_algorithms, folder_algorithm, folder_base, hash_stream
+from ckpthooks.io.location import Location
 from ckpthooks.plugin_host import PluginHost
 
 __all__ = [
@@ -414,8 +415,8 @@ class CheckpointIOContract:
         assert isinstance(result, SaveResult), f"save_checkpoint returned {result!r}, not a SaveResult"
         base = folder_base(result.algorithm) if result.checksum is not None and result.algorithm else None
         if base is not None:  # a folder checkpoint (sharded): its files, each hashed while written
-            assert paths.is_local(path), "folder checksums are checked on local folders only"
-            assert (result.size, result.checksum) == hash_local_folder(paths.local_path(path), base)
+            location = Location.of(path, storage_options)
+            assert (result.size, result.checksum) == (location.stored_size(), location.digest(folder_algorithm(base)))
             assert result.size > 0
             return
         stored = _read_bytes(path, storage_options)
