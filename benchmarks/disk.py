@@ -137,7 +137,7 @@ def run_fresh(task: str, state_bytes: int, work: Path, rep: int, keep: bool) -> 
 
 def measure_checksums(state: TrainingState) -> dict[str, Any]:
     """Throughput of every checksum algorithm ckpthooks has here, over the state's bytes."""
-    from ckpthooks.io.hashing import available_algorithms, default_algorithm, new_hasher
+    from ckpthooks._io.hashing import available_algorithms, default_algorithm, new_hasher
 
     views = [memoryview(t.detach().reshape(-1).view(torch.uint8).numpy()) for t in state.tensors() if t.numel()]
     total = sum(v.nbytes for v in views)

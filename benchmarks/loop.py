@@ -29,7 +29,7 @@ def plain(steps: int) -> float:
 
 def make_checkpointer(root: Path, kind: str) -> Any:
     from ckpthooks import Checkpointer, ModelCheckpoint
-    from ckpthooks.preemption import DEFAULT_SIGNALS
+    from ckpthooks._preemption import DEFAULT_SIGNALS
 
     shutil.rmtree(root, ignore_errors=True)
     model = torch.nn.Linear(4, 4)

@@ -4,7 +4,7 @@ long history.
 The checkpoints are tiny (one real checkpoint's bytes, copied) with real manifests, written by a
 ``ModelCheckpoint(monitor="val_loss", save_top_k=-1)`` writer with random scores, so that "best"
 has to rank them all, and the folder's commit index as the writer leaves it (see
-``ckpthooks/commit_index.py``). Each lookup uses ``Checkpointer.find_checkpoint`` (what
+``ckpthooks/_commit_index.py``). Each lookup uses ``Checkpointer.find_checkpoint`` (what
 ``restore("last"/"best")`` calls), with a warm page cache, then with a cold one; then again without
 the commit index (a folder written by an older ckpthooks: every manifest is read).
 
@@ -29,9 +29,10 @@ from benchmarks.common import make_cold, median, progress, section_args, write_j
 def populate(folder: Path, count: int) -> tuple[Any, Any]:
     """``count`` committed checkpoints in ``folder/checkpoints``; returns a Checkpointer on them
     and its ModelCheckpoint."""
-    from ckpthooks import Checkpointer, ModelCheckpoint, commit_index
-    from ckpthooks.catalog import read_manifest, scan_for_index
-    from ckpthooks.manifest import manifest_path
+    from ckpthooks import Checkpointer, ModelCheckpoint
+    from ckpthooks import _commit_index as commit_index
+    from ckpthooks._catalog import read_manifest, scan_for_index
+    from ckpthooks._manifest import manifest_path
 
     def make() -> tuple[Any, Any]:
         policy = ModelCheckpoint(dirpath=folder / "checkpoints", monitor="val_loss", save_top_k=-1)
@@ -117,7 +118,7 @@ def topk_updates(folder: Path, save_top_k: int, history: int, measured: int) -> 
     """Per-update time of ``ModelCheckpoint.save_due`` (writes left out) and of the bare ``TopK``
     operations after ``history`` earlier updates; every measured score is a new best, so every
     update ranks, names, and (with a finite k) displaces the worst file."""
-    from ckpthooks.policies.topk import TopK
+    from ckpthooks._policies.topk import TopK
 
     shutil.rmtree(folder, ignore_errors=True)
     ckpt, policy = policy_without_writes(folder, save_top_k)
@@ -178,7 +179,7 @@ def main() -> None:
     ckpt, _ = populate(work / "many", count)
     result: dict[str, Any] = {"reps": reps, "checkpoints": count, "populate_seconds": time.perf_counter() - start}
 
-    from ckpthooks.commit_index import INDEX_NAME
+    from ckpthooks._commit_index import INDEX_NAME
 
     progress('finding "last" and "best"')
     files = [str(p) for p in (work / "many").rglob("*") if p.is_file()]

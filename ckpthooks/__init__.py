@@ -30,43 +30,43 @@ from ckpthooks.exceptions import (
 from ckpthooks.hookspecs import hookimpl
 
 if TYPE_CHECKING:
-    from ckpthooks.callbacks import Callback
-    from ckpthooks.checkpointer import Checkpointer, FitResult, RestoreReport
-    from ckpthooks.components import StateComponent
-    from ckpthooks.distributed import rank_zero_only
-    from ckpthooks.hparams import AttributeDict, HyperparametersMixin
-    from ckpthooks.io.base import CheckpointIO, CheckpointIOSpec, SaveResult
-    from ckpthooks.io.torch_io import TorchCheckpointIO
-    from ckpthooks.manifest import CommittedCheckpoint, Manifest
-    from ckpthooks.plugin_host import PluginHost, get_plugin_host
-    from ckpthooks.policies.milestones import KeepMilestones
-    from ckpthooks.policies.model_checkpoint import ModelCheckpoint
-    from ckpthooks.retention import Pruner, RetentionRule, TopKRule
-    from ckpthooks.store import CheckpointStore
+    from ckpthooks._callbacks import Callback
+    from ckpthooks._checkpointer import Checkpointer, FitResult, RestoreReport
+    from ckpthooks._components import StateComponent
+    from ckpthooks._distributed import rank_zero_only
+    from ckpthooks._hparams import AttributeDict, HyperparametersMixin
+    from ckpthooks._io.base import CheckpointIO, CheckpointIOSpec, SaveResult
+    from ckpthooks._io.torch_io import TorchCheckpointIO
+    from ckpthooks._manifest import CommittedCheckpoint, Manifest
+    from ckpthooks._plugin_host import PluginHost, get_plugin_host
+    from ckpthooks._policies.milestones import KeepMilestones
+    from ckpthooks._policies.model_checkpoint import ModelCheckpoint
+    from ckpthooks._retention import Pruner, RetentionRule, TopKRule
+    from ckpthooks._store import CheckpointStore
 
 _LAZY = {
-    "AttributeDict": "ckpthooks.hparams",
-    "Callback": "ckpthooks.callbacks",
-    "CheckpointIO": "ckpthooks.io.base",
-    "CheckpointIOSpec": "ckpthooks.io.base",
-    "CheckpointStore": "ckpthooks.store",
-    "Checkpointer": "ckpthooks.checkpointer",
-    "CommittedCheckpoint": "ckpthooks.manifest",
-    "FitResult": "ckpthooks.checkpointer",
-    "HyperparametersMixin": "ckpthooks.hparams",
-    "KeepMilestones": "ckpthooks.policies.milestones",
-    "Manifest": "ckpthooks.manifest",
-    "ModelCheckpoint": "ckpthooks.policies.model_checkpoint",
-    "PluginHost": "ckpthooks.plugin_host",
-    "Pruner": "ckpthooks.retention",
-    "RetentionRule": "ckpthooks.retention",
-    "RestoreReport": "ckpthooks.checkpointer",
-    "SaveResult": "ckpthooks.io.base",
-    "StateComponent": "ckpthooks.components",
-    "TopKRule": "ckpthooks.retention",
-    "TorchCheckpointIO": "ckpthooks.io.torch_io",
-    "get_plugin_host": "ckpthooks.plugin_host",
-    "rank_zero_only": "ckpthooks.distributed",
+    "AttributeDict": "ckpthooks._hparams",
+    "Callback": "ckpthooks._callbacks",
+    "CheckpointIO": "ckpthooks._io.base",
+    "CheckpointIOSpec": "ckpthooks._io.base",
+    "CheckpointStore": "ckpthooks._store",
+    "Checkpointer": "ckpthooks._checkpointer",
+    "CommittedCheckpoint": "ckpthooks._manifest",
+    "FitResult": "ckpthooks._checkpointer",
+    "HyperparametersMixin": "ckpthooks._hparams",
+    "KeepMilestones": "ckpthooks._policies.milestones",
+    "Manifest": "ckpthooks._manifest",
+    "ModelCheckpoint": "ckpthooks._policies.model_checkpoint",
+    "PluginHost": "ckpthooks._plugin_host",
+    "Pruner": "ckpthooks._retention",
+    "RetentionRule": "ckpthooks._retention",
+    "RestoreReport": "ckpthooks._checkpointer",
+    "SaveResult": "ckpthooks._io.base",
+    "StateComponent": "ckpthooks._components",
+    "TopKRule": "ckpthooks._retention",
+    "TorchCheckpointIO": "ckpthooks._io.torch_io",
+    "get_plugin_host": "ckpthooks._plugin_host",
+    "rank_zero_only": "ckpthooks._distributed",
 }
 
 __all__ = [

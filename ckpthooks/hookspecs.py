@@ -35,11 +35,11 @@ import pluggy
 if TYPE_CHECKING:
     import click
 
-    from ckpthooks.callbacks import Callback
-    from ckpthooks.checkpointer import Checkpointer
-    from ckpthooks.components import StateComponent
-    from ckpthooks.distributed import DistributedContext
-    from ckpthooks.io.base import CheckpointIO, CheckpointIOSpec, SaveResult
+    from ckpthooks._callbacks import Callback
+    from ckpthooks._checkpointer import Checkpointer
+    from ckpthooks._components import StateComponent
+    from ckpthooks._distributed import DistributedContext
+    from ckpthooks._io.base import CheckpointIO, CheckpointIOSpec, SaveResult
 
 PROJECT_NAME = "ckpthooks"
 
@@ -169,7 +169,7 @@ def load_checkpoint(
 
     Called on every rank that loads (:meth:`~ckpthooks.Checkpointer.restore`: every rank, at the
     same point, after rank 0 chose the path and, for a collective backend, after every rank found
-    the checkpoint intact). During a restore :func:`ckpthooks.io.base.restoring_checkpointer`
+    the checkpoint intact). During a restore :func:`ckpthooks._io.base.restoring_checkpointer`
     returns the restoring checkpointer, whose live objects tell an in-place loader (DCP) which
     shards this rank needs. ``checkpoint_io`` is the backend chosen for ``path``,
     ``storage_options`` the fsspec options (or ``None``) and ``map_location`` is passed on to
@@ -201,11 +201,11 @@ def remove_checkpoint(
 def distributed_context() -> DistributedContext | None:
     """Supply ranks and collectives for a runtime other than ``torch.distributed``; first result wins.
 
-    Asked by :mod:`ckpthooks.distributed` on any rank that needs its rank, the world size, a
+    Asked by :mod:`ckpthooks._distributed` on any rank that needs its rank, the world size, a
     broadcast or a barrier (the rank guard of every save, the outcome every rank agrees on, policies'
     shared decisions, ``rank_zero_only``), and only while ``torch.distributed`` is not initialized:
     an initialized process group always decides. Return an object with the methods of
-    :class:`~ckpthooks.distributed.DistributedContext` (``rank()``, ``world_size()``,
+    :class:`~ckpthooks._distributed.DistributedContext` (``rank()``, ``world_size()``,
     ``broadcast_object(obj, src)``, ``barrier()``) when your runtime is in use in this process, or
     ``None`` to pass; when every implementation passes, launcher variables such as ``RANK`` decide
     the rank and the run counts as one process. Rank 0 of the context is the only one that writes.

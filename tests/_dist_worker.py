@@ -24,9 +24,9 @@ import torch
 import torch.distributed as dist
 
 from ckpthooks import Callback, Checkpointer, ModelCheckpoint, rank_zero_only
+from ckpthooks._io.durable import TEMP_MARKER
+from ckpthooks._io.torch_io import TorchCheckpointIO
 from ckpthooks.exceptions import CheckpointNotFoundError
-from ckpthooks.io.durable import TEMP_MARKER
-from ckpthooks.io.torch_io import TorchCheckpointIO
 from tests.helpers import TinyNet, make_data
 
 EPOCHS = 2
@@ -256,7 +256,7 @@ def scenario_metrics(rank: int, workdir: Path) -> dict[str, Any]:
 def scenario_time_interval(rank: int, workdir: Path) -> dict[str, Any]:
     """train_time_interval with clocks that disagree (rank 1's runs 20 times faster): rank 0's
     clock decides for every rank, so every rank saves at the same steps."""
-    from ckpthooks.policies import schedule
+    from ckpthooks._policies import schedule
 
     spy_on_saves(rank, workdir)
     if rank == 1:
@@ -310,7 +310,7 @@ def scenario_restore_views(rank: int, workdir: Path) -> dict[str, Any]:
     ckpt, model, _optimizer = make_setup(root, seed=50 + rank, callbacks=[ModelCheckpoint(save_last=True)])
     own_view = ckpt.committed_checkpoints()[0].path
     checks: list[str] = []  # every check of a checkpoint's bytes on this rank (the store makes them all)
-    import ckpthooks.store as store_module
+    import ckpthooks._store as store_module
 
     real_verify = store_module.verify_checkpoint
 
@@ -335,7 +335,7 @@ def scenario_restore_views(rank: int, workdir: Path) -> dict[str, Any]:
 
 def scenario_restore_unreadable(rank: int, workdir: Path) -> dict[str, Any]:
     """Rank 1 cannot read the checkpoint rank 0 chose: every rank raises, none trains on."""
-    from ckpthooks.store import CheckpointStore
+    from ckpthooks._store import CheckpointStore
 
     _train_and_save(rank, workdir / "shared")
     dist.barrier()

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from ckpthooks.plugin_host import PluginHost, set_plugin_host
+from ckpthooks._plugin_host import PluginHost, set_plugin_host
 
 
 @pytest.fixture(autouse=True)

@@ -15,7 +15,7 @@ module never trip them): ``os.replace``, ``os.fsync``, ``os.remove``, ``os.renam
 ``write_manifest``, ``remove_manifest``, ``record_commit`` (the commit index's update after a
 manifest is written) and ``CheckpointStore.remove``. The commit index is kept from the first commit
 on, and compared with its folder whenever it doubles, so that its updates and compactions take part
-in every run (see ``ckpthooks/commit_index.py``).
+in every run (see ``ckpthooks/_commit_index.py``).
 
 What the parent reads:
 
@@ -99,28 +99,28 @@ def install_tripwires(spec: str | None) -> None:
     for name in ("replace", "fsync", "remove", "rename", "link"):
         setattr(os, name, wrap(f"os.{name}", getattr(os, name), library_only=True))
 
-    import ckpthooks.catalog
-    import ckpthooks.commit_index
-    import ckpthooks.policies.model_checkpoint
-    import ckpthooks.store
+    import ckpthooks._catalog
+    import ckpthooks._commit_index
+    import ckpthooks._policies.model_checkpoint
+    import ckpthooks._store
 
-    ckpthooks.commit_index.MIN_CHECKPOINTS = 1
-    ckpthooks.commit_index.CHECK_AFTER_BYTES = 0
-    index = ckpthooks.commit_index
+    ckpthooks._commit_index.MIN_CHECKPOINTS = 1
+    ckpthooks._commit_index.CHECK_AFTER_BYTES = 0
+    index = ckpthooks._commit_index
     index.record_commit = wrap("record_commit", index.record_commit, library_only=False)
 
     for name in ("write_manifest", "remove_manifest"):
-        original = getattr(ckpthooks.catalog, name)
+        original = getattr(ckpthooks._catalog, name)
         wrapped = wrap(name, original, library_only=False)
         for module in list(sys.modules.values()):  # every module that imported the function by name
             if getattr(module, "__name__", "").startswith("ckpthooks") and getattr(module, name, None) is original:
                 setattr(module, name, wrapped)
-    store_cls = ckpthooks.store.CheckpointStore
+    store_cls = ckpthooks._store.CheckpointStore
     store_cls.remove = wrap("CheckpointStore.remove", store_cls.remove, library_only=False)  # type: ignore[method-assign]
 
 
 def temp_files(root: str) -> list[str]:
-    from ckpthooks.io.durable import is_temp_name
+    from ckpthooks._io.durable import is_temp_name
 
     found = []
     for folder, _dirs, files in os.walk(root):

@@ -27,7 +27,7 @@ import torch
 import torch.distributed as dist
 
 from ckpthooks import Checkpointer
-from ckpthooks.catalog import read_manifest
+from ckpthooks._catalog import read_manifest
 
 #: the collectives of torch.distributed a step could issue
 COLLECTIVES = ("all_reduce", "all_gather", "all_gather_object", "broadcast", "broadcast_object_list", "barrier")

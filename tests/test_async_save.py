@@ -13,9 +13,9 @@ import pytest
 import torch
 
 from ckpthooks import Checkpointer, ModelCheckpoint, StorageError
-from ckpthooks.async_save import BufferPool, snapshot
-from ckpthooks.catalog import read_manifest, verify_checkpoint
-from ckpthooks.store import CheckpointStore
+from ckpthooks._async_save import BufferPool, snapshot
+from ckpthooks._catalog import read_manifest, verify_checkpoint
+from ckpthooks._store import CheckpointStore
 from tests.helpers import TinyNet
 
 

@@ -12,10 +12,10 @@ import pytest
 import torch
 from torch import nn
 
-import ckpthooks.async_save as async_save
+import ckpthooks._async_save as async_save
 from ckpthooks import Checkpointer
-from ckpthooks.async_save import BufferPool, snapshot
-from ckpthooks.store import CheckpointStore
+from ckpthooks._async_save import BufferPool, snapshot
+from ckpthooks._store import CheckpointStore
 
 
 def tensors_in(value: Any) -> Iterator[torch.Tensor]:

@@ -19,10 +19,10 @@ from typing import Any
 import pytest
 from click.testing import Result
 
-import ckpthooks.catalog
+import ckpthooks._catalog
 from ckpthooks import Checkpointer
-from ckpthooks.catalog import read_manifest, verify_checkpoint, write_manifest
-from ckpthooks.manifest import Manifest, manifest_path
+from ckpthooks._catalog import read_manifest, verify_checkpoint, write_manifest
+from ckpthooks._manifest import Manifest, manifest_path
 from tests.cli_helpers import run_cli
 from tests.helpers import TinyNet
 
@@ -70,7 +70,7 @@ def test_verify_skips_a_checkpoint_pruned_between_listing_and_verification(
 ) -> None:
     kept = commit(tmp_path / "kept.ckpt")
     pruned = commit(tmp_path / "pruned.ckpt")
-    listed = ckpthooks.catalog.iter_committed
+    listed = ckpthooks._catalog.iter_committed
 
     def listing_then_pruning(*args: Any, **kwargs: Any) -> Iterator[Any]:
         yield from listed(*args, **kwargs)
@@ -78,7 +78,7 @@ def test_verify_skips_a_checkpoint_pruned_between_listing_and_verification(
         os.remove(manifest_path(str(pruned)))
         os.remove(pruned)
 
-    monkeypatch.setattr(ckpthooks.catalog, "iter_committed", listing_then_pruning)
+    monkeypatch.setattr(ckpthooks._catalog, "iter_committed", listing_then_pruning)
     result = run_cli("verify", str(tmp_path))
     assert result.exit_code == 0, result.output
     assert "missing although its manifest commits it" not in result.output
@@ -116,7 +116,7 @@ def test_convert_to_safetensors_and_back_accepts_a_file_name_that_is_not_utf8(tm
         import torch
         from safetensors.torch import load
         from ckpthooks import Checkpointer
-        from ckpthooks.catalog import verify_checkpoint
+        from ckpthooks._catalog import verify_checkpoint
         from tests.helpers import TinyNet
 
         folder = {os.fsencode(tmp_path)!r}

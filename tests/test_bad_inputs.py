@@ -35,11 +35,11 @@ from ckpthooks import (
     StorageError,
     UnsafeCheckpointError,
 )
+from ckpthooks._catalog import verify_checkpoint, write_manifest
+from ckpthooks._io.hashing import hash_stream
+from ckpthooks._manifest import MANIFEST_VERSION, Manifest, manifest_path
 from ckpthooks._version import FORMAT_VERSION
-from ckpthooks.catalog import verify_checkpoint, write_manifest
 from ckpthooks.cli import main
-from ckpthooks.io.hashing import hash_stream
-from ckpthooks.manifest import MANIFEST_VERSION, Manifest, manifest_path
 from tests.helpers import TinyNet
 
 # ---------------------------------------------------------------------- helpers

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from ckpthooks import Checkpointer, ModelCheckpoint
-from ckpthooks.manifest import MAX_MANIFEST_BYTES, Manifest, manifest_path, parse_manifest
+from ckpthooks._manifest import MAX_MANIFEST_BYTES, Manifest, manifest_path, parse_manifest
 from tests.helpers import TinyNet
 
 REPO = Path(__file__).resolve().parent.parent

@@ -15,7 +15,7 @@ import pytest
 from click.testing import CliRunner
 
 import ckpthooks
-from ckpthooks import plugin_host as plugin_host_module
+from ckpthooks import _plugin_host as plugin_host_module
 from ckpthooks.cli import main
 
 BUILTINS = ["builtin-state", "builtin-policies", "builtin-storage", "builtin-lightning"]

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from ckpthooks import Checkpointer
-from ckpthooks.catalog import read_manifest, verify_checkpoint
+from ckpthooks._catalog import read_manifest, verify_checkpoint
 from tests.cli_helpers import run_cli, run_json, train
 from tests.helpers import TinyNet
 

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from ckpthooks import CheckpointIOSpec, TorchCheckpointIO, hookimpl
-from ckpthooks.catalog import read_manifest, verify_checkpoint
+from ckpthooks._catalog import read_manifest, verify_checkpoint
 from ckpthooks.testing.storage_contract import fresh_memory_url
 from tests.cli_helpers import run_cli, run_json, train
 
@@ -102,7 +102,7 @@ def test_a_failed_overwrite_by_copy_leaves_the_destination_committed(tmp_path: P
 def test_an_overwrite_by_copy_keeps_the_old_version_committed_until_the_copy_commits(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from ckpthooks import commit as store_module
+    from ckpthooks import _commit as store_module
 
     train(tmp_path / "a", [0.5])
     train(tmp_path / "b", [0.4, 0.3])

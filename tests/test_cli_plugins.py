@@ -16,12 +16,12 @@ import click
 import pytest
 
 import ckpthooks
+from ckpthooks import _plugin_host as plugin_host_module
 from ckpthooks import hookimpl
-from ckpthooks import plugin_host as plugin_host_module
 from ckpthooks._cli.plugins import _requirements
+from ckpthooks._plugin_host import BUILTIN_PLUGINS, PluginHost, PluginInfo, set_plugin_host
 from ckpthooks.cli import main
 from ckpthooks.exceptions import PluginError
-from ckpthooks.plugin_host import BUILTIN_PLUGINS, PluginHost, PluginInfo, set_plugin_host
 from tests.cli_helpers import run_cli, run_json
 
 BUILTINS = [name for name, _ in BUILTIN_PLUGINS]

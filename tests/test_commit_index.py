@@ -1,4 +1,4 @@
-"""The commit index (ckpthooks/commit_index.py): a per-folder cache of manifests that changes how fast
+"""The commit index (ckpthooks/_commit_index.py): a per-folder cache of manifests that changes how fast
 committed checkpoints are listed, never what is listed.
 
 The reference everywhere is :func:`reference`: the listing as it was before the index, reading every
@@ -21,21 +21,22 @@ from typing import Any
 import pytest
 import torch
 
-import ckpthooks.catalog as catalog_module
-import ckpthooks.manifest as manifest_module
-from ckpthooks import Checkpointer, ModelCheckpoint, commit_index
-from ckpthooks.catalog import (
+import ckpthooks._catalog as catalog_module
+import ckpthooks._manifest as manifest_module
+from ckpthooks import Checkpointer, ModelCheckpoint
+from ckpthooks import _commit_index as commit_index
+from ckpthooks._catalog import (
     iter_committed,
     maintain_index,
     read_manifest,
     remove_manifest,
     write_manifest,
 )
-from ckpthooks.commit import clean_leftovers, drop_previous, keep_previous
-from ckpthooks.commit_index import INDEX_NAME
-from ckpthooks.io.durable import TEMP_MARKER
-from ckpthooks.manifest import MANIFEST_SUFFIX, Manifest, manifest_path, previous_of
-from ckpthooks.store import CheckpointStore
+from ckpthooks._commit import clean_leftovers, drop_previous, keep_previous
+from ckpthooks._commit_index import INDEX_NAME
+from ckpthooks._io.durable import TEMP_MARKER
+from ckpthooks._manifest import MANIFEST_SUFFIX, Manifest, manifest_path, previous_of
+from ckpthooks._store import CheckpointStore
 from ckpthooks.testing.storage_contract import fresh_memory_url
 from tests.cli_helpers import run_cli, run_json, train
 

@@ -40,11 +40,11 @@ from typing import Any
 import pytest
 
 from ckpthooks import ModelCheckpoint
-from ckpthooks.catalog import iter_committed, read_manifest, verify_checkpoint
-from ckpthooks.commit_index import INDEX_NAME
+from ckpthooks._catalog import iter_committed, read_manifest, verify_checkpoint
+from ckpthooks._commit_index import INDEX_NAME
+from ckpthooks._io.durable import is_temp_name
+from ckpthooks._manifest import MANIFEST_SUFFIX, Manifest
 from ckpthooks.exceptions import CheckpointError
-from ckpthooks.io.durable import is_temp_name
-from ckpthooks.manifest import MANIFEST_SUFFIX, Manifest
 
 WORKER = Path(__file__).resolve().parent / "crash_worker.py"
 TRIALS = int(os.environ.get("CKPTHOOKS_CRASH_TRIALS", "20"))
@@ -430,7 +430,7 @@ def test_a_kill_between_commit_and_pruning_is_finished_by_the_next_run(
     import torch
 
     from ckpthooks import Checkpointer
-    from ckpthooks.store import CheckpointStore
+    from ckpthooks._store import CheckpointStore
     from tests.helpers import TinyNet
 
     def start() -> Checkpointer:

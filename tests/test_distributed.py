@@ -15,8 +15,8 @@ import pytest
 import torch
 
 from ckpthooks import rank_zero_only
-from ckpthooks.io.durable import TEMP_MARKER
-from ckpthooks.manifest import MANIFEST_SUFFIX
+from ckpthooks._io.durable import TEMP_MARKER
+from ckpthooks._manifest import MANIFEST_SUFFIX
 
 WORKER = Path(__file__).with_name("_dist_worker.py")
 REPO = Path(__file__).resolve().parents[1]

@@ -11,10 +11,11 @@ from typing import Any
 import pytest
 import torch
 
-from ckpthooks import Checkpointer, distributed, hookimpl, rank_zero_only
-from ckpthooks.distributed import DistributedContext
+from ckpthooks import Checkpointer, hookimpl, rank_zero_only
+from ckpthooks import _distributed as distributed
+from ckpthooks._distributed import DistributedContext
+from ckpthooks._plugin_host import PluginHost, set_plugin_host
 from ckpthooks.exceptions import DistributedCheckpointError
-from ckpthooks.plugin_host import PluginHost, set_plugin_host
 
 
 class FakeContext:

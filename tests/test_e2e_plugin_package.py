@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from ckpthooks import Checkpointer, UnexpectedStateError
-from ckpthooks.plugin_host import PluginHost, PluginLoadWarning, get_plugin_host, set_plugin_host
+from ckpthooks._plugin_host import PluginHost, PluginLoadWarning, get_plugin_host, set_plugin_host
 from ckpthooks.testing.packaging import PLUGIN_ENV_VARIABLES, on_sys_path, pip_install_target, subprocess_env
 
 FIXTURES = Path(__file__).parent / "fixtures"

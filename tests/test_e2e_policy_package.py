@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from ckpthooks import Checkpointer
-from ckpthooks.catalog import read_manifest
-from ckpthooks.plugin_host import PluginHost
+from ckpthooks._catalog import read_manifest
+from ckpthooks._plugin_host import PluginHost
 from ckpthooks.testing.packaging import on_sys_path, pip_install_target
 from tests.helpers import TinyNet
 

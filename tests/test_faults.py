@@ -25,9 +25,9 @@ import pytest
 import torch
 
 from ckpthooks import Checkpointer, ModelCheckpoint, StorageError
-from ckpthooks.catalog import iter_committed, read_manifest, verify_checkpoint
-from ckpthooks.io import paths
-from ckpthooks.io.durable import TEMP_MARKER
+from ckpthooks._catalog import iter_committed, read_manifest, verify_checkpoint
+from ckpthooks._io import paths
+from ckpthooks._io.durable import TEMP_MARKER
 from ckpthooks.testing.faults import (
     Fault,
     FaultyFileSystem,
@@ -44,7 +44,7 @@ ErrorFactory = Callable[[str], BaseException]
 def _fast_retries() -> Iterator[None]:
     """Transient errors are retried without waiting (where the retry module exists)."""
     try:
-        from ckpthooks.io import retry
+        from ckpthooks._io import retry
     except ImportError:  # pragma: no cover - older tree without retries
         yield
         return

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from ckpthooks.io import hashing
-from ckpthooks.io.hashing import hash_local_file, hash_stream, mapped_chunks, read_chunks
+from ckpthooks._io import hashing
+from ckpthooks._io.hashing import hash_local_file, hash_stream, mapped_chunks, read_chunks
 
 
 def test_xxh3_is_the_default_because_xxhash_is_a_dependency() -> None:
@@ -55,7 +55,7 @@ def test_a_file_that_cannot_be_mapped_is_read(tmp_path: Path, monkeypatch: pytes
 
 
 def test_a_folder_checksum_changes_with_any_file_s_bytes_name_presence_or_place(tmp_path: Path) -> None:
-    from ckpthooks.io.hashing import folder_algorithm, folder_base, hash_local_folder
+    from ckpthooks._io.hashing import folder_algorithm, folder_base, hash_local_folder
 
     assert folder_algorithm("xxh3_64") == "xxh3_64/files"
     assert folder_base("xxh3_64/files") == "xxh3_64" and folder_base("xxh3_64") is None

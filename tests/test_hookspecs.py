@@ -97,11 +97,11 @@ def test_every_parameter_and_the_return_value_are_annotated(name: str) -> None:
 def test_annotations_resolve_to_the_real_runtime_types(name: str) -> None:
     import click
 
-    from ckpthooks.callbacks import Callback
-    from ckpthooks.checkpointer import Checkpointer
-    from ckpthooks.components import StateComponent
-    from ckpthooks.distributed import DistributedContext
-    from ckpthooks.io.base import CheckpointIO, CheckpointIOSpec, SaveResult
+    from ckpthooks._callbacks import Callback
+    from ckpthooks._checkpointer import Checkpointer
+    from ckpthooks._components import StateComponent
+    from ckpthooks._distributed import DistributedContext
+    from ckpthooks._io.base import CheckpointIO, CheckpointIOSpec, SaveResult
 
     namespace = {
         "click": click,
@@ -131,7 +131,7 @@ def test_the_module_documents_the_entry_point_group_and_the_ordering_rule() -> N
 
 
 def test_every_hook_is_known_to_a_fresh_plugin_host() -> None:
-    from ckpthooks.plugin_host import PluginHost
+    from ckpthooks._plugin_host import PluginHost
 
     host = PluginHost(load_entry_points=False)
     for name in EXPECTED_HOOKS:

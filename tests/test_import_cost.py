@@ -39,10 +39,10 @@ def test_import_ckpthooks_imports_no_torch_and_builds_no_plugin_host() -> None:
         ckpthooks.CheckpointError
         loaded = {
             "torch": "torch" in sys.modules,
-            "plugin_host": "ckpthooks.plugin_host" in sys.modules,
+            "plugin_host": "ckpthooks._plugin_host" in sys.modules,
             "builtins": sorted(m for m in sys.modules if m.startswith("ckpthooks._builtin.")),
         }
-        import ckpthooks.plugin_host as plugin_host
+        import ckpthooks._plugin_host as plugin_host
         loaded["host"] = plugin_host._host is not None
         loaded["torch_after_plugin_host"] = "torch" in sys.modules
         print(json.dumps(loaded))
@@ -65,7 +65,7 @@ def test_lazy_public_names_resolve_without_building_the_host() -> None:
         import json, sys
         import ckpthooks
         ckpthooks.PluginHost, ckpthooks.get_plugin_host, ckpthooks.CheckpointIOSpec, ckpthooks.Callback
-        import ckpthooks.plugin_host as plugin_host
+        import ckpthooks._plugin_host as plugin_host
         print(json.dumps({"torch": "torch" in sys.modules, "host": plugin_host._host is not None}))
         """,
         env=clean_env(),

@@ -1,6 +1,6 @@
 """How ``ckpt_path="last"`` resolves when the folder changes under it: a candidate that goes away
 between listing and loading, a committed file another program replaced, and the one definition of
-where "last" looks that ``ckpthooks ls`` shares (ckpthooks.last_search)."""
+where "last" looks that ``ckpthooks ls`` shares (ckpthooks._last_search)."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from ckpthooks import Checkpointer, ModelCheckpoint, TorchCheckpointIO
-from ckpthooks.catalog import read_manifest
-from ckpthooks.io import paths
+from ckpthooks._catalog import read_manifest
+from ckpthooks._io import paths
 from tests.cli_helpers import run_cli, run_json
 from tests.helpers import TinyNet
 

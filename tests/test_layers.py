@@ -52,13 +52,45 @@ def test_the_cycle_check_finds_a_cycle_through_a_function_level_import(tmp_path:
 
 @pytest.mark.parametrize(
     "runtime",
-    ["ckpthooks.checkpointer", "ckpthooks.loop_tracking", "ckpthooks.state_assembly", "ckpthooks.resolution",
-     "ckpthooks.save_strategy"],
+    ["ckpthooks._checkpointer", "ckpthooks._loop_tracking", "ckpthooks._state_assembly", "ckpthooks._resolution",
+     "ckpthooks._save_strategy"],
 )  # fmt: skip
 def test_the_runtime_imports_no_built_in_policy(runtime: str) -> None:
     graph = grimp.build_graph("ckpthooks", exclude_type_checking_imports=True)
-    policies = ("ckpthooks.policies.model_checkpoint", "ckpthooks.policies.milestones", "ckpthooks._builtin.policies")
+    policies = ("ckpthooks._policies.model_checkpoint", "ckpthooks._policies.milestones", "ckpthooks._builtin.policies")
     for policy in policies:
         assert not graph.chain_exists(importer=runtime, imported=policy), graph.find_shortest_chain(
             importer=runtime, imported=policy
         )
+
+
+#: The modules that may ask whether a path is local: the one value a path resolves to, the path
+#: helpers it is built on, and the plugin API that re-exports them for format backends.
+_DECIDES_LOCAL = {"_io/location.py", "_io/paths.py", "plugin.py"}
+
+
+def _asks_whether_local(source: str) -> list[int]:
+    """The lines of ``source`` that call ``is_local`` or name the local protocols."""
+    import ast
+
+    lines = []
+    for node in ast.walk(ast.parse(source)):
+        name = node.attr if isinstance(node, ast.Attribute) else node.id if isinstance(node, ast.Name) else None
+        if name in {"is_local", "LOCAL_PROTOCOLS"}:
+            lines.append(node.lineno)
+    return lines
+
+
+def test_no_module_but_location_branches_on_local_versus_remote() -> None:
+    package = REPO / "ckpthooks"
+    offenders = {
+        str(path.relative_to(package)): lines
+        for path in sorted(package.rglob("*.py"))
+        if str(path.relative_to(package)) not in _DECIDES_LOCAL and (lines := _asks_whether_local(path.read_text()))
+    }
+    assert offenders == {}, f"ask a Location for a capability instead: {offenders}"
+
+
+def test_the_local_check_finds_a_branch_on_is_local() -> None:
+    assert _asks_whether_local("from x import paths\nif paths.is_local(p):\n    pass\n") == [2]
+    assert _asks_whether_local("if location.renames_atomically:\n    pass\n") == []

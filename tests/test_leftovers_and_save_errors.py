@@ -13,9 +13,9 @@ import pytest
 import torch
 
 from ckpthooks import Checkpointer, ConfigurationError, ModelCheckpoint, StorageError
-from ckpthooks.catalog import read_manifest
-from ckpthooks.commit import STALE_AFTER, clean_leftovers
-from ckpthooks.io import durable, torch_io
+from ckpthooks._catalog import read_manifest
+from ckpthooks._commit import STALE_AFTER, clean_leftovers
+from ckpthooks._io import durable, torch_io
 from tests.helpers import TinyNet
 
 
@@ -164,7 +164,7 @@ def _committed_last(root: Path) -> tuple[Checkpointer, Path]:
 def test_a_save_that_fails_before_uncommitting_says_the_file_stays_committed(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from ckpthooks import commit as store_module
+    from ckpthooks import _commit as store_module
     from ckpthooks.testing.faults import disk_full
 
     ckpt, target = _committed_last(tmp_path)
@@ -190,9 +190,9 @@ def test_a_save_that_fails_before_uncommitting_says_the_file_stays_committed(
 def test_a_failed_overwrite_that_cannot_recommit_names_the_kept_previous_version(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from ckpthooks import commit as store_module
-    from ckpthooks.io.torch_io import TorchCheckpointIO
-    from ckpthooks.manifest import previous_path
+    from ckpthooks import _commit as store_module
+    from ckpthooks._io.torch_io import TorchCheckpointIO
+    from ckpthooks._manifest import previous_path
     from ckpthooks.testing.faults import disk_full
 
     ckpt, target = _committed_last(tmp_path)

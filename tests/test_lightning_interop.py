@@ -35,13 +35,13 @@ from lightning.pytorch.plugins.precision import MixedPrecision
 
 from ckpthooks import Checkpointer, HyperparametersMixin, ModelCheckpoint
 from ckpthooks.interop import LightningInteropWarning
-from ckpthooks.interop.lightning_callback import CkpthooksState
-from ckpthooks.interop.lightning_layout import (
+from ckpthooks.interop._lightning_layout import (
     STATE_CALLBACK_KEY,
     lightning_model_checkpoint_key,
     parse_lightning_model_checkpoint_key,
 )
-from ckpthooks.interop.lightning_loops import fit_loop_state, loop_record_from_lightning
+from ckpthooks.interop._lightning_loops import fit_loop_state, loop_record_from_lightning
+from ckpthooks.interop.lightning_callback import CkpthooksState
 from tests.helpers import assert_state_equal
 
 pytestmark = [

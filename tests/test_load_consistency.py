@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from ckpthooks import CorruptCheckpointError, StorageError
-from ckpthooks import store as store_module
-from ckpthooks.catalog import read_manifest
-from ckpthooks.store import READ_ATTEMPTS, CheckpointStore
+from ckpthooks import _store as store_module
+from ckpthooks._catalog import read_manifest
+from ckpthooks._store import READ_ATTEMPTS, CheckpointStore
 
 
 def checkpoint(step: int) -> dict[str, Any]:

@@ -12,8 +12,8 @@ import torch
 from fsspec.implementations.memory import MemoryFileSystem
 
 from ckpthooks import Callback, Checkpointer, ConfigurationError, ModelCheckpoint
-from ckpthooks.catalog import iter_committed, read_manifest
-from ckpthooks.manifest import MANIFEST_SUFFIX
+from ckpthooks._catalog import iter_committed, read_manifest
+from ckpthooks._manifest import MANIFEST_SUFFIX
 from tests.helpers import TinyNet, make_data, train_step
 
 BATCHES = 4

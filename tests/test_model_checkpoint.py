@@ -22,8 +22,8 @@ from ckpthooks import (
     MissingStateError,
     ModelCheckpoint,
 )
-from ckpthooks.catalog import read_manifest
-from ckpthooks.policies.naming import format_filename
+from ckpthooks._catalog import read_manifest
+from ckpthooks._policies.naming import format_filename
 from tests.helpers import TinyNet
 
 Metrics = Callable[[int, int], dict[str, float]]
@@ -196,7 +196,7 @@ def test_every_n_train_steps(tmp_path: Path) -> None:
 
 def test_train_time_interval(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     clock = iter(7.0 * i for i in range(10_000))
-    monkeypatch.setattr("ckpthooks.policies.schedule.time.monotonic", lambda: next(clock))
+    monkeypatch.setattr("ckpthooks._policies.schedule.time.monotonic", lambda: next(clock))
     mc = ModelCheckpoint(
         dirpath=tmp_path, filename="{epoch}-{step}", train_time_interval=timedelta(minutes=1), save_top_k=-1
     )

@@ -12,9 +12,9 @@ import pytest
 import torch
 
 from ckpthooks import Checkpointer, ModelCheckpoint
+from ckpthooks._manifest import Manifest
+from ckpthooks._policies.topk import TopK
 from ckpthooks.exceptions import DistributedCheckpointError, StorageError
-from ckpthooks.manifest import Manifest
-from ckpthooks.policies.topk import TopK
 from tests.helpers import TinyNet
 
 

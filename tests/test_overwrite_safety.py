@@ -11,9 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from ckpthooks import Checkpointer, ModelCheckpoint, catalog, commit
-from ckpthooks.catalog import read_manifest
-from ckpthooks.manifest import previous_path
+from ckpthooks import Checkpointer, ModelCheckpoint
+from ckpthooks import _catalog as catalog
+from ckpthooks import _commit as commit
+from ckpthooks._catalog import read_manifest
+from ckpthooks._manifest import previous_path
 from tests.helpers import TinyNet
 
 
@@ -35,7 +37,7 @@ def step(ckpt: Checkpointer) -> None:
 CRASHING_OVERWRITE = """
 import os, signal, sys, torch
 from ckpthooks import Checkpointer, ModelCheckpoint
-from ckpthooks import commit
+from ckpthooks import _commit as commit
 from tests.helpers import TinyNet
 
 root, crash_in = sys.argv[1], sys.argv[2]

@@ -15,8 +15,8 @@ import pytest
 import torch
 
 from ckpthooks import Checkpointer, StorageError, TorchCheckpointIO
-from ckpthooks.catalog import read_manifest
-from ckpthooks.commit import (
+from ckpthooks._catalog import read_manifest
+from ckpthooks._commit import (
     PENDING_FORMAT,
     PENDING_STALE_AFTER,
     PENDING_SUFFIX,
@@ -26,8 +26,8 @@ from ckpthooks.commit import (
     pending_is_stale,
     pending_marker_path,
 )
-from ckpthooks.io.durable import PROCESS_TOKEN
-from ckpthooks.manifest import MANIFEST_SUFFIX
+from ckpthooks._io.durable import PROCESS_TOKEN
+from ckpthooks._manifest import MANIFEST_SUFFIX
 from tests.test_leftovers_and_save_errors import dead_pid
 
 HOST = socket.gethostname()

@@ -77,23 +77,23 @@ def test_the_import_check_finds_imports_in_functions_type_checking_blocks_and_th
         from ckpthooks import Checkpointer, hookimpl
         from ckpthooks.plugin import write_durably
         from ckpthooks.testing.storage_contract import CheckpointIOContract
-        import ckpthooks.io.paths
-        from ckpthooks import distributed
+        import ckpthooks._io.paths
+        from ckpthooks import _distributed as distributed
 
         if TYPE_CHECKING:
-            from ckpthooks.io.base import CheckpointIO
+            from ckpthooks._io.base import CheckpointIO
 
         def f():
-            from ckpthooks.io.durable import fsync_dir
-            import ckpthooks.manifest as m
+            from ckpthooks._io.durable import fsync_dir
+            import ckpthooks._manifest as m
         """
     )
     assert forbidden_imports(source, "x.py") == [
-        "x.py:9: import ckpthooks.io.paths",
-        "x.py:10: from ckpthooks import distributed",
-        "x.py:13: from ckpthooks.io.base import ...",
-        "x.py:16: from ckpthooks.io.durable import ...",
-        "x.py:17: import ckpthooks.manifest",
+        "x.py:9: import ckpthooks._io.paths",
+        "x.py:10: from ckpthooks import _distributed",
+        "x.py:13: from ckpthooks._io.base import ...",
+        "x.py:16: from ckpthooks._io.durable import ...",
+        "x.py:17: import ckpthooks._manifest",
     ]
 
 
@@ -133,7 +133,7 @@ def test_import_ckpthooks_plugin_imports_no_torch_and_builds_no_plugin_host() ->
         api.__all__
         print(json.dumps({
             "torch": "torch" in sys.modules,
-            "plugin_host": "ckpthooks.plugin_host" in sys.modules,
+            "plugin_host": "ckpthooks._plugin_host" in sys.modules,
             "builtins": sorted(m for m in sys.modules if m.startswith("ckpthooks._builtin")),
         }))
     """
@@ -176,3 +176,32 @@ def test_the_plugin_packages_are_all_checked() -> None:
         "ckpthooks-xla",
         "ckpthooks-example-plugin",
     }
+
+
+#: The modules a user or a plugin author imports by name; every other module is internal and says
+#: so with a leading underscore somewhere in its dotted name.
+PUBLIC_MODULES = {
+    "ckpthooks",
+    "ckpthooks.cli",
+    "ckpthooks.exceptions",
+    "ckpthooks.hookspecs",
+    "ckpthooks.interop",
+    "ckpthooks.interop.lightning_callback",
+    "ckpthooks.plugin",
+    "ckpthooks.testing",
+    "ckpthooks.testing.faults",
+    "ckpthooks.testing.packaging",
+    "ckpthooks.testing.storage_contract",
+}
+
+
+def test_internal_modules_are_private_by_name() -> None:
+    import pkgutil
+
+    import ckpthooks
+
+    modules = {"ckpthooks"} | {
+        info.name for info in pkgutil.walk_packages(ckpthooks.__path__, "ckpthooks.", onerror=lambda _name: None)
+    }
+    public = {name for name in modules if not any(part.startswith("_") for part in name.split("."))}
+    assert public == PUBLIC_MODULES

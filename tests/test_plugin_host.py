@@ -28,8 +28,8 @@ from ckpthooks import (
     TorchCheckpointIO,
     hookimpl,
 )
-from ckpthooks import plugin_host as plugin_host_module
-from ckpthooks.plugin_host import PluginHost, PluginLoadWarning
+from ckpthooks import _plugin_host as plugin_host_module
+from ckpthooks._plugin_host import PluginHost, PluginLoadWarning
 
 BUILTINS = ["builtin-state", "builtin-policies", "builtin-storage", "builtin-lightning"]
 ENV_VARIABLES = (
@@ -747,7 +747,7 @@ def test_entry_points_are_loaded_in_name_order(fake_entry_points: Callable[..., 
 
 
 def test_get_plugin_host_builds_one_shared_host_and_set_plugin_host_replaces_it() -> None:
-    from ckpthooks.plugin_host import get_plugin_host, set_plugin_host
+    from ckpthooks._plugin_host import get_plugin_host, set_plugin_host
 
     mine = new_host()
     previous = set_plugin_host(mine)
@@ -762,7 +762,7 @@ def test_get_plugin_host_builds_one_shared_host_and_set_plugin_host_replaces_it(
 
 
 def test_checkpointer_uses_the_shared_host_by_default(tmp_path: Path) -> None:
-    from ckpthooks.plugin_host import get_plugin_host
+    from ckpthooks._plugin_host import get_plugin_host
 
     host = get_plugin_host()
     host.register(ComponentPlugin("shared-counter"), "shared")
@@ -773,7 +773,7 @@ def test_checkpointer_uses_the_shared_host_by_default(tmp_path: Path) -> None:
 
 def test_a_wrapper_on_a_contribution_hook_is_rejected_by_name() -> None:
     from ckpthooks import PluginError, hookimpl
-    from ckpthooks.plugin_host import PluginHost
+    from ckpthooks._plugin_host import PluginHost
 
     class Wrapping:
         @hookimpl(wrapper=True)

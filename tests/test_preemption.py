@@ -14,8 +14,8 @@ from typing import IO
 
 import pytest
 
-from ckpthooks.catalog import read_manifest, verify_checkpoint
-from ckpthooks.preemption import PreemptionWatcher
+from ckpthooks._catalog import read_manifest, verify_checkpoint
+from ckpthooks._preemption import PreemptionWatcher
 
 TESTS = Path(__file__).resolve().parent
 WORKER = TESTS / "exact_resume_worker.py"

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from ckpthooks.preemption import MAX_AGREE_STEPS
+from ckpthooks._preemption import MAX_AGREE_STEPS
 
 WORKER = Path(__file__).with_name("preempt_agreement_worker.py")
 REPO = Path(__file__).resolve().parents[1]

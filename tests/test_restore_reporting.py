@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from ckpthooks import Checkpointer, MissingStateError, ModelCheckpoint, hookimpl
-from ckpthooks.plugin_host import PluginHost
+from ckpthooks._plugin_host import PluginHost
 from tests.helpers import CountingCallback, TinyNet
 
 

@@ -23,10 +23,10 @@ from ckpthooks import (
     RetentionRule,
     TopKRule,
 )
-from ckpthooks.catalog import iter_committed, read_manifest, remove_manifest
-from ckpthooks.commit import write_pending_marker
-from ckpthooks.io.torch_io import TorchCheckpointIO
-from ckpthooks.store import CheckpointStore
+from ckpthooks._catalog import iter_committed, read_manifest, remove_manifest
+from ckpthooks._commit import write_pending_marker
+from ckpthooks._io.torch_io import TorchCheckpointIO
+from ckpthooks._store import CheckpointStore
 from ckpthooks.testing.faults import disk_full
 from tests.helpers import TinyNet
 
@@ -376,7 +376,7 @@ def test_a_top_k_save_neither_reads_nor_lists_the_kept_files_without_other_rules
     ckpt = make(tmp_path, policy)
     steps(ckpt, 3, loss=[3.0, 2.0, 1.0])
     reads: list[str] = []
-    import ckpthooks.retention as retention
+    import ckpthooks._retention as retention
 
     real = retention.read_manifest
 

@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 
 from ckpthooks import CorruptCheckpointError, StorageError
-from ckpthooks.io import retry
-from ckpthooks.io.retry import RetryPolicy, call_with_retry, is_transient
+from ckpthooks._io import retry
+from ckpthooks._io.retry import RetryPolicy, call_with_retry, is_transient
 
 botocore_exceptions = pytest.importorskip("botocore.exceptions")
 aiohttp = pytest.importorskip("aiohttp")
@@ -92,9 +92,9 @@ def test_retries_until_success_with_growing_delays(caplog: pytest.LogCaptureFixt
     for retry_number, slept in enumerate(sleeps, start=1):
         nominal = 0.1 * 2 ** (retry_number - 1)
         assert nominal * 0.5 <= slept <= nominal
-    warnings = [r.getMessage() for r in caplog.records if r.name == "ckpthooks.io.retry"]
+    warnings = [r.getMessage() for r in caplog.records if r.name == "ckpthooks._io.retry"]
     assert [w.split("(")[1].split(")")[0] for w in warnings] == ["attempt 1 of 4", "attempt 2 of 4", "attempt 3 of 4"]
-    assert all(r.levelno == logging.WARNING for r in caplog.records if r.name == "ckpthooks.io.retry")
+    assert all(r.levelno == logging.WARNING for r in caplog.records if r.name == "ckpthooks._io.retry")
     assert "write s3://b/x.ckpt" in warnings[0]
 
 

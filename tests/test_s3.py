@@ -25,14 +25,14 @@ import torch
 from click.testing import CliRunner
 
 from ckpthooks import Checkpointer, CorruptCheckpointError, ModelCheckpoint, StorageError, TorchCheckpointIO
-from ckpthooks.catalog import iter_committed, read_manifest, verify_checkpoint, write_manifest
+from ckpthooks._catalog import iter_committed, read_manifest, verify_checkpoint, write_manifest
+from ckpthooks._commit import PENDING_SUFFIX
+from ckpthooks._io import paths, retry
+from ckpthooks._io import staging as io_staging
+from ckpthooks._io.hashing import new_hasher
+from ckpthooks._io.staging import STAGING_DIR_ENV
+from ckpthooks._manifest import MANIFEST_SUFFIX, Manifest
 from ckpthooks.cli import main
-from ckpthooks.commit import PENDING_SUFFIX
-from ckpthooks.io import paths, retry
-from ckpthooks.io import staging as io_staging
-from ckpthooks.io.hashing import new_hasher
-from ckpthooks.io.staging import STAGING_DIR_ENV
-from ckpthooks.manifest import MANIFEST_SUFFIX, Manifest
 from tests.helpers import TinyNet, assert_state_equal
 from tests.s3_server import FaultProxy, MotoServer, create_bucket, running_s3, storage_options
 
@@ -148,7 +148,7 @@ def train(ckpt: Checkpointer, losses: list[float], model: torch.nn.Module, ckpt_
 
 
 def retry_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
-    return [r.getMessage() for r in caplog.records if r.name == "ckpthooks.io.retry" and r.levelno == logging.WARNING]
+    return [r.getMessage() for r in caplog.records if r.name == "ckpthooks._io.retry" and r.levelno == logging.WARNING]
 
 
 def cli_options(options: dict[str, Any]) -> list[str]:
@@ -296,7 +296,7 @@ def test_data_without_a_manifest_is_not_last(s3: S3, monkeypatch: pytest.MonkeyP
     def crash(*args: Any, **kwargs: Any) -> None:
         raise StorageError("injected: the process died before the commit")
 
-    monkeypatch.setattr("ckpthooks.commit.write_manifest", crash)
+    monkeypatch.setattr("ckpthooks._commit.write_manifest", crash)
     ckpt.progress.global_step = 10
     with pytest.raises(StorageError, match="injected"):
         ckpt.save_checkpoint(s3.url("newer.ckpt"))
@@ -318,7 +318,7 @@ CRASHING_CHILD = textwrap.dedent(
     import json, os, sys
     import torch
     from ckpthooks import Checkpointer
-    import ckpthooks.commit as commit
+    import ckpthooks._commit as commit
 
     root, options = sys.argv[1], json.loads(sys.argv[2])
     ckpt = Checkpointer(root, storage_options=options, enable_checkpointing=False)
@@ -567,7 +567,7 @@ def _counting_calls(fs: Any, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
 def test_a_large_object_uploads_several_parts_at_once_and_at_most_the_bound(
     s3: S3, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from ckpthooks.io.multipart import ConcurrentUpload
+    from ckpthooks._io.multipart import ConcurrentUpload
 
     fs = paths.filesystem(s3.root, s3.options)
     seen = _counting_calls(fs, monkeypatch)
@@ -585,7 +585,7 @@ def test_a_large_object_uploads_several_parts_at_once_and_at_most_the_bound(
 
 
 def test_an_object_smaller_than_a_part_is_one_put(s3: S3, monkeypatch: pytest.MonkeyPatch) -> None:
-    from ckpthooks.io.multipart import ConcurrentUpload
+    from ckpthooks._io.multipart import ConcurrentUpload
 
     fs = paths.filesystem(s3.root, s3.options)
     seen = _counting_calls(fs, monkeypatch)
@@ -597,7 +597,7 @@ def test_an_object_smaller_than_a_part_is_one_put(s3: S3, monkeypatch: pytest.Mo
 
 
 def test_a_discarded_upload_is_aborted_and_publishes_nothing(s3: S3) -> None:
-    from ckpthooks.io.multipart import ConcurrentUpload
+    from ckpthooks._io.multipart import ConcurrentUpload
 
     fs = paths.filesystem(s3.root, s3.options)
     upload = ConcurrentUpload(fs, paths.fs_path(fs, s3.url("gone.bin")), part_size=5 * 2**20)
@@ -699,7 +699,7 @@ def test_an_unusable_staging_folder_falls_back_to_reading_the_object(
     model = TinyNet()
     new_checkpointer(s3, model=model).save_checkpoint(s3.url("a.ckpt"))
     fresh = TinyNet()
-    with caplog.at_level(logging.WARNING, logger="ckpthooks.io.staging"):
+    with caplog.at_level(logging.WARNING, logger="ckpthooks._io.staging"):
         new_checkpointer(s3, model=fresh).restore(s3.url("a.ckpt"))
     assert_state_equal(fresh.state_dict(), model.state_dict())
     assert any("cannot write to staging folder" in r.getMessage() for r in caplog.records)

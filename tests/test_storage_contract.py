@@ -11,7 +11,7 @@ from xml.etree import ElementTree
 import pytest
 
 from ckpthooks import TorchCheckpointIO
-from ckpthooks.io.base import CheckpointIO
+from ckpthooks._io.base import CheckpointIO
 from ckpthooks.testing.storage_contract import CheckpointIOContract, fresh_memory_url
 
 
@@ -46,7 +46,7 @@ import pytest
 import torch
 
 from ckpthooks import SaveResult, TorchCheckpointIO
-from ckpthooks.io import paths
+from ckpthooks._io import paths
 from ckpthooks.testing.storage_contract import CheckpointIOContract
 
 

@@ -18,13 +18,13 @@ from fsspec.implementations.memory import MemoryFileSystem
 
 import ckpthooks
 from ckpthooks import Checkpointer, CheckpointNotFoundError, CorruptCheckpointError
-from ckpthooks.catalog import iter_committed, read_manifest, verify_checkpoint
-from ckpthooks.io.durable import TEMP_MARKER
-from ckpthooks.io.hashing import hash_stream, read_chunks
-from ckpthooks.io.torch_io import TorchCheckpointIO
-from ckpthooks.last_search import SearchFolder, committed_in
-from ckpthooks.manifest import MANIFEST_SUFFIX, Manifest, manifest_path, previous_path
-from ckpthooks.store import CheckpointStore
+from ckpthooks._catalog import iter_committed, read_manifest, verify_checkpoint
+from ckpthooks._io.durable import TEMP_MARKER
+from ckpthooks._io.hashing import hash_stream, read_chunks
+from ckpthooks._io.torch_io import TorchCheckpointIO
+from ckpthooks._last_search import SearchFolder, committed_in
+from ckpthooks._manifest import MANIFEST_SUFFIX, Manifest, manifest_path, previous_path
+from ckpthooks._store import CheckpointStore
 
 
 def _checkpoint(value: float = 1.0) -> dict[str, Any]:
@@ -89,7 +89,7 @@ def test_save_writes_data_then_manifest(
 def test_manifest_is_written_only_once_data_is_complete(
     tmp_path: Any, store: CheckpointStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import ckpthooks.commit as store_module
+    import ckpthooks._commit as store_module
 
     path = str(tmp_path / "model.ckpt")
     seen: list[int] = []

@@ -24,9 +24,9 @@ from ckpthooks import (
     StorageError,
     TorchCheckpointIO,
 )
-from ckpthooks.io import durable
-from ckpthooks.io.durable import TEMP_MARKER, is_temp_name
-from ckpthooks.io.hashing import HashingWriter, hash_stream, read_chunks
+from ckpthooks._io import durable
+from ckpthooks._io.durable import TEMP_MARKER, is_temp_name
+from ckpthooks._io.hashing import HashingWriter, hash_stream, read_chunks
 
 
 def _checkpoint(value: float = 1.0) -> dict[str, Any]:

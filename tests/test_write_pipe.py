@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from ckpthooks.io import pipe as pipe_module
-from ckpthooks.io.pipe import WritePipe
+from ckpthooks._io import pipe as pipe_module
+from ckpthooks._io.pipe import WritePipe
 
 
 class _Recording(io.RawIOBase):

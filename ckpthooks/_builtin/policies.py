@@ -3,7 +3,7 @@
 A default ``ModelCheckpoint`` saves the latest state to ``<default_root_dir>/checkpoints`` at the
 end of every epoch, keeping one file (Lightning's behaviour). It is marked ``is_default_policy``;
 the runtime keeps it only when checkpointing is enabled and no other callback saves checkpoints
-(:func:`ckpthooks.callbacks.with_default_policy`).
+(:func:`ckpthooks._callbacks.with_default_policy`).
 """
 
 from __future__ import annotations
@@ -14,13 +14,13 @@ from typing import TYPE_CHECKING
 from ckpthooks.hookspecs import hookimpl
 
 if TYPE_CHECKING:
-    from ckpthooks.callbacks import Callback
-    from ckpthooks.checkpointer import Checkpointer
+    from ckpthooks._callbacks import Callback
+    from ckpthooks._checkpointer import Checkpointer
 
 
 @hookimpl
 def register_policies(checkpointer: Checkpointer) -> Sequence[Callback]:
-    from ckpthooks.policies.model_checkpoint import ModelCheckpoint
+    from ckpthooks._policies.model_checkpoint import ModelCheckpoint
 
     default = ModelCheckpoint()
     default.is_default_policy = True

@@ -8,12 +8,12 @@ from typing import TYPE_CHECKING
 from ckpthooks.hookspecs import hookimpl
 
 if TYPE_CHECKING:
-    from ckpthooks.checkpointer import Checkpointer
-    from ckpthooks.components import StateComponent
+    from ckpthooks._checkpointer import Checkpointer
+    from ckpthooks._components import StateComponent
 
 
 @hookimpl
 def register_state_components(checkpointer: Checkpointer) -> Sequence[StateComponent]:
-    from ckpthooks.components import builtin_components
+    from ckpthooks._components import builtin_components
 
     return builtin_components()

@@ -8,18 +8,18 @@ from typing import TYPE_CHECKING, Any
 from ckpthooks.hookspecs import hookimpl
 
 if TYPE_CHECKING:
-    from ckpthooks.io.base import CheckpointIO, CheckpointIOSpec, SaveResult
+    from ckpthooks._io.base import CheckpointIO, CheckpointIOSpec, SaveResult
 
 
 def _torch_io() -> CheckpointIO:
-    from ckpthooks.io.torch_io import TorchCheckpointIO
+    from ckpthooks._io.torch_io import TorchCheckpointIO
 
     return TorchCheckpointIO()
 
 
 @hookimpl
 def register_checkpoint_io() -> Sequence[CheckpointIOSpec]:
-    from ckpthooks.io.base import CheckpointIOSpec
+    from ckpthooks._io.base import CheckpointIOSpec
 
     return [
         CheckpointIOSpec(

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import click
 
 if TYPE_CHECKING:
-    from ckpthooks.plugin_host import PluginHost
+    from ckpthooks._plugin_host import PluginHost
 
 #: The command did what was asked (also a dry run, an empty listing).
 EXIT_OK = 0
@@ -151,7 +151,7 @@ def table(headers: list[str], rows: list[list[str]]) -> str:
 def plugin_host() -> PluginHost:
     """The shared plugin host; a plugin that failed to load is reported on one stderr line, not as a
     Python warning with a source line."""
-    from ckpthooks.plugin_host import get_plugin_host
+    from ckpthooks._plugin_host import get_plugin_host
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

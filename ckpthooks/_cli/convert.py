@@ -92,8 +92,8 @@ def convert_command(
 
     Exit codes: 0 when DST was written, 1 when the conversion failed, 2 on bad usage.
     """
+    from ckpthooks._io import paths
     from ckpthooks.exceptions import CheckpointError, CorruptCheckpointError
-    from ckpthooks.io import paths
 
     source = paths.normalize(src)
     target = paths.normalize(dst)
@@ -133,8 +133,8 @@ def convert_command(
 
 
 def _sniff(path: str) -> str:
+    from ckpthooks._io.location import Location
     from ckpthooks.exceptions import CheckpointNotFoundError, ConfigurationError
-    from ckpthooks.io.location import Location
 
     try:
         if Location.of(path).is_folder():
@@ -157,7 +157,7 @@ def _sniff(path: str) -> str:
 def _open_source(path: str) -> contextlib.AbstractContextManager[IO[bytes]]:
     """``path`` open for reading; a local FIFO or device (a symlink to /dev/zero) raises
     :class:`~ckpthooks.CorruptCheckpointError` at once instead of blocking or reading forever."""
-    from ckpthooks.io.location import Location
+    from ckpthooks._io.location import Location
 
     return Location.of(path).open_read()
 
@@ -165,7 +165,7 @@ def _open_source(path: str) -> contextlib.AbstractContextManager[IO[bytes]]:
 def _load_weights_only(path: str, *, adopt: bool = False) -> dict[str, Any]:
     """Through the storage hooks (plugin formats load too), verified against a manifest if there
     is one (unless ``adopt``: the manifest is stale and the file is taken as it is now)."""
-    from ckpthooks.store import CheckpointStore
+    from ckpthooks._store import CheckpointStore
 
     return CheckpointStore(host=plugin_host()).load(
         path, map_location="cpu", weights_only=True, verify="off" if adopt else None
@@ -209,10 +209,10 @@ def _to_safetensors(
     import torch
 
     from ckpthooks._cli.copying import destination_free
-    from ckpthooks.io import paths
-    from ckpthooks.io.durable import temp_name_for
-    from ckpthooks.io.location import Location
-    from ckpthooks.io.writing import write_durably
+    from ckpthooks._io import paths
+    from ckpthooks._io.durable import temp_name_for
+    from ckpthooks._io.location import Location
+    from ckpthooks._io.writing import write_durably
 
     checkpoint = _load_weights_only(src)
     weights = _weights(checkpoint, key, src)
@@ -263,7 +263,7 @@ def _to_safetensors(
 def _from_safetensors(src: str, dst: str, overwrite: bool, progress: bool | None, as_json: bool) -> dict[str, Any]:
     from ckpthooks._cli.copying import destination_free
     from ckpthooks._cli.scan import scan_file
-    from ckpthooks.io.location import Location
+    from ckpthooks._io.location import Location
 
     source = Location.of(src)
     with _open_source(src) as handle:
@@ -333,7 +333,7 @@ def _readable_name(src: str, held: IO[bytes]) -> str:
     """A name safetensors can open for the local file ``src``, open as ``held``: safetensors takes
     only UTF-8 paths, so a name with other bytes is opened through ``/proc/self/fd``, which names
     the very file held (where the OS offers it)."""
-    from ckpthooks.io.location import Location
+    from ckpthooks._io.location import Location
 
     local = Location.of(src).local
     pinned = f"/proc/self/fd/{held.fileno()}"
@@ -358,9 +358,9 @@ def _int(text: str | None) -> int:
 
 def _save(checkpoint: dict[str, Any], dst: str, *, weights_only: bool) -> dict[str, Any]:
     """Commit ``checkpoint`` at ``dst`` through the storage hooks, with the ckpthooks namespace."""
+    from ckpthooks._components import namespace
+    from ckpthooks._store import CheckpointStore
     from ckpthooks._version import FORMAT_VERSION, __version__
-    from ckpthooks.components import namespace
-    from ckpthooks.store import CheckpointStore
 
     host = plugin_host()
     space = namespace(checkpoint)
@@ -405,12 +405,12 @@ def _count_tensors(value: Any) -> int:
 def _commit_torch_file(
     src: str, dst: str, key: str | None, overwrite: bool, progress: bool | None, as_json: bool, *, adopt: bool = False
 ) -> dict[str, Any]:
+    from ckpthooks._catalog import read_manifest
     from ckpthooks._cli.copying import destination_free, destination_store, stream
-    from ckpthooks.catalog import read_manifest
-    from ckpthooks.io import paths
-    from ckpthooks.io.base import SaveResult
-    from ckpthooks.io.location import Location
-    from ckpthooks.manifest import Manifest
+    from ckpthooks._io import paths
+    from ckpthooks._io.base import SaveResult
+    from ckpthooks._io.location import Location
+    from ckpthooks._manifest import Manifest
 
     checkpoint = _load_weights_only(src, adopt=adopt)  # refuses anything that would unpickle code
     if not isinstance(checkpoint, dict):
@@ -444,7 +444,7 @@ def _commit_torch_file(
                 raise ConvertError(f"{dst} is committed already; pass --overwrite to commit it again")
 
             def write(io: Any) -> SaveResult:  # the bytes stay where they are: hash them
-                from ckpthooks.io.hashing import hash_stream, read_chunks
+                from ckpthooks._io.hashing import hash_stream, read_chunks
 
                 with _open_source(src) as handle:
                     written, digest = hash_stream(_counting(read_chunks(handle), bar.update), _algorithm())
@@ -484,7 +484,7 @@ def _commit_torch_file(
 
 
 def _algorithm() -> str:
-    from ckpthooks.io.hashing import default_algorithm
+    from ckpthooks._io.hashing import default_algorithm
 
     return default_algorithm()
 

@@ -2,7 +2,7 @@
 
 Bytes stream from the source to the destination (local disk, ``s3://``, any fsspec filesystem),
 with the checksum computed on the way, written through the destination's backend and committed by
-:meth:`ckpthooks.store.CheckpointStore.commit_stream`, the commit protocol of every save: an
+:meth:`ckpthooks._store.CheckpointStore.commit_stream`, the commit protocol of every save: an
 overwritten checkpoint kept as its previous version until the copy is committed, remote objects
 behind a pending marker, the manifest written last.
 """
@@ -32,19 +32,19 @@ from ckpthooks._cli.common import (
 )
 
 if TYPE_CHECKING:
-    from ckpthooks.io.base import CheckpointIO, SaveResult
-    from ckpthooks.io.hashing import HashingWriter
-    from ckpthooks.manifest import Manifest
-    from ckpthooks.store import CheckpointStore
+    from ckpthooks._io.base import CheckpointIO, SaveResult
+    from ckpthooks._io.hashing import HashingWriter
+    from ckpthooks._manifest import Manifest
+    from ckpthooks._store import CheckpointStore
 
 
 def destination_free(dst: str, options: dict[str, Any] | None, overwrite: bool, *, uncommit: bool = False) -> None:
     """Refuse an existing destination unless ``overwrite``. A commit at ``dst`` keeps the old
     version until the new one is committed; a file that will not be committed (a safetensors
     weights file) passes ``uncommit`` to uncommit a checkpoint it replaces first."""
-    from ckpthooks.catalog import remove_manifest
+    from ckpthooks._catalog import remove_manifest
+    from ckpthooks._io import paths
     from ckpthooks.exceptions import ConfigurationError
-    from ckpthooks.io import paths
 
     fs = paths.filesystem(dst, options)
     if not fs.exists(paths.fs_path(fs, dst)):
@@ -58,7 +58,7 @@ def destination_free(dst: str, options: dict[str, Any] | None, overwrite: bool, 
 def destination_store(options: dict[str, Any] | None) -> CheckpointStore:
     """The store that commits at the destination, with the plugin backends and storage hooks."""
     from ckpthooks._cli.common import plugin_host
-    from ckpthooks.store import CheckpointStore
+    from ckpthooks._store import CheckpointStore
 
     return CheckpointStore(host=plugin_host(), storage_options=options)
 
@@ -79,9 +79,9 @@ def stream(
     (:meth:`CheckpointStore.write_bytes`). Bytes that do not match ``expected`` (a checksum of
     ``algorithm``) or ``expected_size`` are never published. Committing is the caller's
     (:meth:`CheckpointStore.commit_stream`)."""
+    from ckpthooks._io import paths
+    from ckpthooks._io.hashing import CHUNK
     from ckpthooks.exceptions import CorruptCheckpointError
-    from ckpthooks.io import paths
-    from ckpthooks.io.hashing import CHUNK
 
     source_fs = paths.filesystem(src, src_options)
 
@@ -118,16 +118,16 @@ def stream_folder(
     progress: Callable[[int], None] | None = None,
 ) -> SaveResult:
     """Copy a folder checkpoint (a sharded one) file by file, hashing every file on the way; a
-    folder whose checksum (see :func:`ckpthooks.io.hashing.folder_digest`) or size does not match
+    folder whose checksum (see :func:`ckpthooks._io.hashing.folder_digest`) or size does not match
     ``expected`` / ``expected_size`` is never published. A local destination is written as a
     temporary sibling folder and renamed into place; on object storage the files are written
     (behind the commit's pending marker) and deleted again when the check fails."""
+    from ckpthooks._io import paths
+    from ckpthooks._io.base import SaveResult
+    from ckpthooks._io.durable import temp_name_for
+    from ckpthooks._io.hashing import default_algorithm, folder_algorithm, folder_base, folder_digest
+    from ckpthooks._io.location import Location
     from ckpthooks.exceptions import CorruptCheckpointError
-    from ckpthooks.io import paths
-    from ckpthooks.io.base import SaveResult
-    from ckpthooks.io.durable import temp_name_for
-    from ckpthooks.io.hashing import default_algorithm, folder_algorithm, folder_base, folder_digest
-    from ckpthooks.io.location import Location
 
     dst_options = store.storage_options
     base = (folder_base(algorithm) if algorithm else None) or default_algorithm()
@@ -218,9 +218,9 @@ def copy_command(
 
     Exit codes: 0 when everything was copied, 1 when anything failed, 2 on bad usage.
     """
-    from ckpthooks.catalog import iter_committed, read_manifest
+    from ckpthooks._catalog import iter_committed, read_manifest
+    from ckpthooks._io import paths
     from ckpthooks.exceptions import CheckpointError, CheckpointNotFoundError
-    from ckpthooks.io import paths
 
     src_options = parse_storage_options(src_option_args, "--src-option")
     dst_options = parse_storage_options(dst_option_args, "--dst-option")
@@ -275,8 +275,8 @@ def copy_command(
 def check_algorithm(src: str, manifest: Manifest) -> None:
     """Raise :class:`~ckpthooks.IncompatibleFormatError` when this installation cannot compute the
     checksum algorithm ``manifest`` records (so the copy could not be checked against it)."""
+    from ckpthooks._io.hashing import available_algorithms, folder_base, new_hasher
     from ckpthooks.exceptions import IncompatibleFormatError
-    from ckpthooks.io.hashing import available_algorithms, folder_base, new_hasher
 
     if not manifest.algorithm:
         return  # committed with its size only
@@ -309,8 +309,8 @@ def copy_committed(
     """Copy the committed checkpoint ``src`` to ``dst`` and commit it there through the store's
     streaming commit (an overwritten checkpoint stays committed as its previous version until the
     copy is)."""
-    from ckpthooks.io import paths
-    from ckpthooks.io.hashing import folder_base
+    from ckpthooks._io import paths
+    from ckpthooks._io.hashing import folder_base
 
     check_algorithm(src, manifest)  # before anything at dst changes
     destination_free(dst, dst_options, overwrite)

@@ -24,7 +24,7 @@ from ckpthooks._cli.common import (
 from ckpthooks._cli.scan import DtypeRef, Opaque, Scan, ScanError, TensorInfo, scan_file, sniff
 
 if TYPE_CHECKING:
-    from ckpthooks.io.location import Location
+    from ckpthooks._io.location import Location
 
 #: Top-level keys shown in the summary itself rather than as components.
 _SCALAR_KEYS = ("epoch", "global_step", "pytorch-lightning_version", "hparams_name", "datamodule_hparams_name")
@@ -48,11 +48,11 @@ def inspect_command(path: str, list_tensors: bool, as_json: bool, storage_option
 
     Exit codes: 0 when the file was read, 1 when it is missing or not a checkpoint, 2 on bad usage.
     """
-    from ckpthooks.catalog import read_manifest
+    from ckpthooks._catalog import read_manifest
+    from ckpthooks._io import paths
+    from ckpthooks._io.location import Location
+    from ckpthooks._manifest import MANIFEST_SUFFIX
     from ckpthooks.exceptions import CheckpointError
-    from ckpthooks.io import paths
-    from ckpthooks.io.location import Location
-    from ckpthooks.manifest import MANIFEST_SUFFIX
 
     options = parse_storage_options(storage_option_args)
     target = paths.normalize(path)
@@ -132,8 +132,8 @@ def _scan_folder(target: str, options: dict[str, Any] | None) -> Scan:
     that wrote it (the ``ckpthooks-dcp`` plugin reads DCP's index with an allow-list unpickler and
     the rest with ``weights_only=True``), then described like a file's contents."""
     from ckpthooks._cli.common import plugin_host
-    from ckpthooks.io import paths
-    from ckpthooks.store import CheckpointStore
+    from ckpthooks._io import paths
+    from ckpthooks._store import CheckpointStore
 
     try:
         loaded = CheckpointStore(host=plugin_host(), storage_options=options).load(

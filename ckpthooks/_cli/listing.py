@@ -27,7 +27,7 @@ from ckpthooks._cli.common import (
 )
 
 if TYPE_CHECKING:
-    from ckpthooks.manifest import CommittedCheckpoint
+    from ckpthooks._manifest import CommittedCheckpoint
 
 
 @dataclass(frozen=True)
@@ -70,13 +70,13 @@ def score_of(item: CommittedCheckpoint, monitor: str) -> float | None:
 
 def last_of(root: str, items: list[CommittedCheckpoint], dirpaths: Sequence[str] = ()) -> CommittedCheckpoint | None:
     """What ``ckpt_path="last"`` of a run with ``default_root_dir=root`` resolves to, by the rule
-    of :mod:`ckpthooks.last_search`: the folders of the run (the root itself, ``<root>/checkpoints``
+    of :mod:`ckpthooks._last_search`: the folders of the run (the root itself, ``<root>/checkpoints``
     and the folders its policies write into: those given as ``dirpaths``, and those a policy's
     manifests name as their writer), then the highest global step, full checkpoints before
     weights-only ones. The runtime also verifies the candidate's bytes; ``ls`` reads manifests only
     (``ckpthooks verify`` checks the bytes)."""
-    from ckpthooks.io import paths
-    from ckpthooks.last_search import in_folders, last_order, search_folders
+    from ckpthooks._io import paths
+    from ckpthooks._last_search import in_folders, last_order, search_folders
 
     policy_folders = {paths.dirname(item.path) for item in items if Writer.parse(item.manifest.writer) is not None}
     policy_folders.update(paths.normalize(folder) for folder in dirpaths)
@@ -112,7 +112,7 @@ def best_per_policy(items: list[CommittedCheckpoint]) -> dict[str, tuple[str, st
 
 
 def committed_under(root: str, options: dict[str, Any] | None) -> list[CommittedCheckpoint]:
-    from ckpthooks.catalog import iter_committed
+    from ckpthooks._catalog import iter_committed
 
     return sorted(iter_committed(root, options), key=lambda item: item.sort_key)
 
@@ -159,8 +159,8 @@ def ls_command(
     Exit codes: 0 when the listing was printed (also when it is empty), 1 when ROOT cannot be
     read, 2 on bad usage.
     """
+    from ckpthooks._io import paths
     from ckpthooks.exceptions import CheckpointError
-    from ckpthooks.io import paths
 
     options = parse_storage_options(storage_option_args)
     base = paths.normalize(root)

@@ -29,8 +29,8 @@ def plugins_command(hook: str | None, requirements: bool, as_json: bool) -> None
     Exit codes: 0, also when some plugin failed to load (its error is shown); 1 in strict mode
     (CKPTHOOKS_STRICT_PLUGINS=1) when one failed; 2 on bad usage, such as an unknown --hook name.
     """
+    from ckpthooks._plugin_host import PluginHost
     from ckpthooks.exceptions import PluginLoadError
-    from ckpthooks.plugin_host import PluginHost
 
     if hook is not None:
         known = _hook_names()

@@ -9,14 +9,14 @@ folder that no running policy owns. A checkpoint may be deleted only when all of
 3. its manifest records the monitored metric as a finite number;
 4. it is not at the newest global step under the folder (``last.ckpt`` and the top-k file of the
    same step alike), not what ``ckpt_path="last"`` with the folder as ``default_root_dir`` resumes
-   from (:mod:`ckpthooks.last_search`; an older full checkpoint when the newest are weights-only),
+   from (:mod:`ckpthooks._last_search`; an older full checkpoint when the newest are weights-only),
    and not a kept previous version (``.<name>.ckpthooks-prev``);
 5. it is not among the K best of the candidates.
 
 Deleting uncommits first (the manifest goes), then removes the data through the storage hooks, as
 :meth:`ckpthooks.CheckpointStore.remove` does: a crash in between leaves orphaned bytes, never a
 manifest that points at nothing. Afterwards the commit index of each local folder that lost
-checkpoints is compacted when most of its lines are dead (see :mod:`ckpthooks.commit_index`).
+checkpoints is compacted when most of its lines are dead (see :mod:`ckpthooks._commit_index`).
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ from ckpthooks._cli.common import (
 from ckpthooks._cli.listing import Writer, committed_under, last_of, relative, score_of
 
 if TYPE_CHECKING:
-    from ckpthooks.manifest import CommittedCheckpoint
+    from ckpthooks._manifest import CommittedCheckpoint
 
 
 @click.command("prune")
@@ -76,8 +76,8 @@ def prune_command(
     Exit codes: 0 after a dry run or when every deletion succeeded, 1 when ROOT cannot be read or
     a deletion failed, 2 on bad usage.
     """
+    from ckpthooks._io import paths
     from ckpthooks.exceptions import CheckpointError
-    from ckpthooks.io import paths
 
     options = parse_storage_options(storage_option_args)
     base = paths.normalize(root)
@@ -118,10 +118,10 @@ def plan(
     items: list[CommittedCheckpoint], keep: int, monitor: str, mode: str, *, root: str | None = None
 ) -> tuple[list[CommittedCheckpoint], list[tuple[CommittedCheckpoint, str]]]:
     """What to delete, and what to keep with the reason, by the guards of the module docstring."""
-    from ckpthooks.manifest import previous_of
+    from ckpthooks._manifest import previous_of
 
     newest_step = max((item.manifest.global_step for item in items), default=None)
-    # what ckpt_path="last" of a run rooted at ``root`` resumes from (ckpthooks.last_search): an
+    # what ckpt_path="last" of a run rooted at ``root`` resumes from (ckpthooks._last_search): an
     # older full checkpoint when the newest step has weights-only files only
     last = last_of(root, items) if root is not None else None
     kept: list[tuple[CommittedCheckpoint, str]] = []
@@ -156,8 +156,8 @@ def plan(
 def _delete(
     items: list[CommittedCheckpoint], options: dict[str, Any] | None
 ) -> tuple[list[str], list[dict[str, str]]]:
-    from ckpthooks.catalog import read_manifest
-    from ckpthooks.store import CheckpointStore
+    from ckpthooks._catalog import read_manifest
+    from ckpthooks._store import CheckpointStore
 
     store = CheckpointStore(host=plugin_host(), storage_options=options)
     deleted: list[str] = []
@@ -177,8 +177,8 @@ def _delete(
 
 def _compact_indexes(deleted: list[str]) -> None:
     """Compact the commit index of each local folder that lost checkpoints, if enough of it is dead."""
-    from ckpthooks.catalog import maintain_index
-    from ckpthooks.io import paths
+    from ckpthooks._catalog import maintain_index
+    from ckpthooks._io import paths
 
     for folder in dict.fromkeys(paths.dirname(path) for path in deleted):
         maintain_index(folder)

@@ -52,10 +52,10 @@ def verify_command(
     Exit codes: 0 when everything checked is intact, 1 when anything failed (or a folder holds no
     committed checkpoint), 2 on bad usage.
     """
-    from ckpthooks.catalog import iter_committed, read_manifest, verify_checkpoint
+    from ckpthooks._catalog import iter_committed, read_manifest, verify_checkpoint
+    from ckpthooks._io import paths
+    from ckpthooks._manifest import MANIFEST_SUFFIX, Manifest
     from ckpthooks.exceptions import CheckpointError
-    from ckpthooks.io import paths
-    from ckpthooks.manifest import MANIFEST_SUFFIX, Manifest
 
     options = parse_storage_options(storage_option_args)
     root = paths.normalize(target)
@@ -104,7 +104,7 @@ def verify_command(
 def _uncommitted_meanwhile(path: str, options: dict[str, Any] | None) -> bool:
     """Whether ``path``, committed when its folder was listed, has no manifest any more: a policy
     pruned it (manifest first, then data) or is overwriting it. Its failure is then no failure."""
-    from ckpthooks.catalog import read_manifest
+    from ckpthooks._catalog import read_manifest
     from ckpthooks.exceptions import CheckpointError
 
     try:
@@ -115,7 +115,7 @@ def _uncommitted_meanwhile(path: str, options: dict[str, Any] | None) -> bool:
 
 def _deep_load(path: str, storage_options: dict[str, Any] | None = None) -> None:
     """Load through the storage hooks, so plugin formats load too; never unpickles code."""
-    from ckpthooks.store import CheckpointStore
+    from ckpthooks._store import CheckpointStore
 
     store = CheckpointStore(host=plugin_host(), storage_options=storage_options)
     store.load(path, map_location="cpu", weights_only=True, verify="off")

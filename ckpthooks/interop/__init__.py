@@ -1,6 +1,6 @@
 """Interoperability with other training frameworks' checkpoint files.
 
-:mod:`ckpthooks.interop.lightning_layout` writes the parts of Lightning's layout that ckpthooks does
+:mod:`ckpthooks.interop._lightning_layout` writes the parts of Lightning's layout that ckpthooks does
 not otherwise need (the ``loops`` progress and Lightning-keyed ``ModelCheckpoint`` state) and
 translates a file written by Lightning's ``Trainer`` into ckpthooks' layout when it is restored.
 Nothing here imports Lightning; :mod:`ckpthooks.interop.lightning_callback` (which does) is only

@@ -25,9 +25,9 @@ from typing import Any
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import Callback
 
+from ckpthooks._layout import NAMESPACE, namespace
 from ckpthooks.interop import LightningInteropWarning
-from ckpthooks.interop.lightning_layout import DOCS, STATE_CALLBACK_KEY
-from ckpthooks.layout import NAMESPACE, namespace
+from ckpthooks.interop._lightning_layout import DOCS, STATE_CALLBACK_KEY
 
 
 class CkpthooksState(Callback):
@@ -54,7 +54,7 @@ class CkpthooksState(Callback):
         components = dict(space.get("components") or {})
         rng = components.pop("rng", None)
         if rng and self.restore_rng_state:
-            from ckpthooks.rng import restore_rng_states
+            from ckpthooks._rng import restore_rng_states
 
             restore_rng_states(rng)
         elif "format_version" in space:
@@ -82,6 +82,6 @@ class CkpthooksState(Callback):
 
     def on_save_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]) -> None:
         if self.save_rng_state:
-            from ckpthooks.rng import collect_rng_states
+            from ckpthooks._rng import collect_rng_states
 
             namespace(checkpoint)["components"]["rng"] = collect_rng_states()

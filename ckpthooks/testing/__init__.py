@@ -22,13 +22,13 @@ from typing import TYPE_CHECKING
 import pytest
 
 if TYPE_CHECKING:
-    from ckpthooks.plugin_host import PluginHost
+    from ckpthooks._plugin_host import PluginHost
     from ckpthooks.testing.faults import FaultyFileSystem
 
 
 @pytest.fixture
 def ckpthooks_host() -> Iterator[PluginHost]:
-    from ckpthooks.plugin_host import PluginHost, set_plugin_host
+    from ckpthooks._plugin_host import PluginHost, set_plugin_host
 
     host = PluginHost(load_entry_points=False)
     previous = set_plugin_host(host)

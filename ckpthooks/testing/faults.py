@@ -12,7 +12,7 @@ before and after the test)::
     import pytest
     import torch
     from ckpthooks import Checkpointer, StorageError
-    from ckpthooks.catalog import read_manifest, verify_checkpoint
+    from ckpthooks._catalog import read_manifest, verify_checkpoint
     from ckpthooks.testing.faults import FaultyFileSystem, disk_full
 
     def test_a_full_disk_keeps_the_last_good_checkpoint(faulty_fs: type[FaultyFileSystem]) -> None:

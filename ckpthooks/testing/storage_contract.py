@@ -65,12 +65,12 @@ import pytest
 import torch
 from torch import nn
 
+from ckpthooks._io import paths
+from ckpthooks._io.base import CheckpointIO, SaveResult
+from ckpthooks._io.hashing import available_algorithms, folder_algorithm, folder_base, hash_stream
+from ckpthooks._io.location import Location
+from ckpthooks._plugin_host import PluginHost
 from ckpthooks.exceptions import CheckpointNotFoundError, CorruptCheckpointError, UnsafeCheckpointError
-from ckpthooks.io import paths
-from ckpthooks.io.base import CheckpointIO, SaveResult
-from ckpthooks.io.hashing import available_algorithms, folder_algorithm, folder_base, hash_stream
-from ckpthooks.io.location import Location
-from ckpthooks.plugin_host import PluginHost
 
 __all__ = [
     "UNPICKLED",
@@ -621,8 +621,8 @@ class CheckpointIOContract:
         storage_options: Mapping[str, Any] | None,
         plugin_host: PluginHost,
     ) -> None:
-        from ckpthooks.catalog import verify_checkpoint
-        from ckpthooks.checkpointer import Checkpointer
+        from ckpthooks._catalog import verify_checkpoint
+        from ckpthooks._checkpointer import Checkpointer
 
         def checkpointer(model: nn.Module, optimizer: torch.optim.Optimizer) -> Checkpointer:
             return Checkpointer(

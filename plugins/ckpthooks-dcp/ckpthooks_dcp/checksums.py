@@ -6,7 +6,7 @@ opened for writing is wrapped so that every byte written also feeds a hasher, an
 and digest are recorded when it is closed (renames, as of the ``.metadata`` index written under a
 temporary name, carry the record along). Each rank records the files it wrote; rank 0 gathers
 every rank's records and combines them into the folder's checksum
-(:func:`ckpthooks.io.hashing.folder_digest`), recorded in the commit manifest as
+(:func:`ckpthooks._io.hashing.folder_digest`), recorded in the commit manifest as
 ``<algorithm>/files``. A file written in a way the wrapper cannot follow (a seek), or by a DCP
 version that does not write through ``fs``, is hashed by reading it back instead.
 """

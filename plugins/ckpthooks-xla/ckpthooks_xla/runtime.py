@@ -156,7 +156,7 @@ _EXCHANGE = ThreadExchange()
 
 
 class XLAContext:
-    """A :class:`~ckpthooks.distributed.DistributedContext` from torch_xla's ordinals.
+    """A :class:`~ckpthooks._distributed.DistributedContext` from torch_xla's ordinals.
 
     The plugin's ``distributed_context`` hook returns one when an XLA run has more than one ordinal
     and ``torch.distributed`` is not initialized. ``rank()`` is the global ordinal, so the master

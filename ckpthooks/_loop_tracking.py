@@ -1,0 +1,255 @@
+"""Loop tracking: the training loop's events, its batches, and the loop ``fit``/``loop`` run.
+
+The events move :class:`~ckpthooks._progress.LoopProgress` and call the callbacks (policies act
+there). The ends of steps and epochs are the safe points where a preemption signal recorded by
+:mod:`ckpthooks._preemption` is acted on: every rank saves ``preempted.ckpt`` and exits.
+:meth:`LoopTracker.batches` counts steps and, after a mid-epoch resume, recreates the epoch's
+iterator under its recorded random state and skips the batches already done.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import logging
+import os
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from ckpthooks._fast_forward import skip_batches
+from ckpthooks._io import paths
+from ckpthooks._last_search import CHECKPOINT_FOLDER
+from ckpthooks._preemption import exit_code_for
+from ckpthooks._rng import collect_rng_states, restore_rng_states
+from ckpthooks.exceptions import ConfigurationError
+
+if TYPE_CHECKING:
+    from ckpthooks._checkpointer import Checkpointer
+    from ckpthooks._state_assembly import RestoreReport
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+#: The file name of the checkpoint a preemption signal saves.
+PREEMPTED_NAME = "preempted.ckpt"
+
+
+@dataclass
+class FitResult:
+    """What a loop run by :meth:`Checkpointer.loop` or :meth:`Checkpointer.fit` returns."""
+
+    start_epoch: int
+    epochs_run: int
+    global_step: int
+    restore: RestoreReport | None
+    outputs: list[Any]
+
+
+class LoopTracker:
+    """Follows one checkpointer's training loop."""
+
+    def __init__(self, checkpointer: Checkpointer) -> None:
+        self.checkpointer = checkpointer
+        self.validated_this_epoch = False
+        #: batches in the epoch ``batches()`` iterates, when its iterable has a length (Lightning's
+        #: ``loops`` mark a save after the epoch's last batch with it)
+        self.epoch_length: int | None = None
+
+    def call(self, event: str, *args: Any) -> None:
+        ckpt = self.checkpointer
+        for cb in list(ckpt.callbacks):
+            getattr(cb, event)(ckpt, *args)
+
+    # ------------------------------------------------------------------ events
+    def fit_start(self) -> None:
+        ckpt = self.checkpointer
+        ckpt.preemption.install()
+        self.call("on_fit_start")
+        ckpt.saving.warm_up()
+
+    def epoch_start(self, epoch: int | None) -> None:
+        progress = self.checkpointer.progress
+        if epoch is None:
+            epoch = progress.start_epoch
+        resuming_mid_epoch = epoch == progress.epoch and not progress.epoch_finished
+        if not resuming_mid_epoch:
+            progress.epoch = epoch
+            progress.batch_idx = 0
+        progress.epoch_finished = False
+        self.validated_this_epoch = False
+        self.call("on_train_epoch_start")
+
+    def step_end(self) -> None:
+        ckpt = self.checkpointer
+        progress = ckpt.progress
+        progress.batch_idx += 1
+        progress.global_step += 1
+        for cb in ckpt.callbacks:  # the hot path: no generic dispatch
+            cb.on_train_batch_end(ckpt)
+        signum = ckpt.preemption.at_step_end()
+        if signum is not None:
+            self.preempt(signum)
+
+    def validation_end(self) -> None:
+        self.validated_this_epoch = True
+        self.call("on_validation_end")
+
+    def epoch_end(self) -> None:
+        ckpt = self.checkpointer
+        ckpt.progress.epoch_finished = True
+        self.call("on_train_epoch_end")
+        if not self.validated_this_epoch:
+            ckpt.validation_end()
+        signum = ckpt.preemption.at_epoch_end()
+        if signum is not None:
+            self.preempt(signum)
+
+    def exception(self, exception: BaseException) -> None:
+        ckpt = self.checkpointer
+        ckpt.preemption.uninstall(synchronize=False)
+        ckpt.saving.drain_after_exception()
+        self.call("on_exception", exception)
+
+    def fit_end(self) -> None:
+        ckpt = self.checkpointer
+        ckpt.wait()
+        self.call("on_fit_end")
+        ckpt.preemption.uninstall()
+
+    # ------------------------------------------------------------------ preemption
+    def preempt(self, signum: int) -> None:
+        """At a safe point where every rank agreed on the preemption signal ``signum``: save and exit."""
+        ckpt = self.checkpointer
+        path = paths.join(self.preemption_folder(), PREEMPTED_NAME)
+        log.warning(
+            "received signal %d: saving %s at epoch %d, step %d, then exiting",
+            signum, path, ckpt.current_epoch, ckpt.global_step,
+        )  # fmt: skip
+        ckpt.save_checkpoint(path, writer="preemption")
+        ckpt.preemption.uninstall()
+        code = ckpt.preemption_exit_code if ckpt.preemption_exit_code is not None else exit_code_for(signum)
+        raise SystemExit(code)
+
+    def preemption_folder(self) -> str:
+        """The first folder a policy writes to, else ``<default_root_dir>/checkpoints``."""
+        for cb in self.checkpointer.callbacks:
+            folders = cb.checkpoint_folders()
+            if folders:
+                return str(folders[0])
+        return paths.join(self.checkpointer.default_root_dir, CHECKPOINT_FOLDER)
+
+    # ------------------------------------------------------------------ batches
+    def batches(self, iterable: Iterable[T]) -> Iterator[T]:
+        ckpt = self.checkpointer
+        progress = ckpt.progress
+        self.epoch_length = _sized_length(iterable)
+        skip = 0 if progress.epoch_finished else progress.batch_idx
+        if skip and not self._restores_itself(iterable):
+            iterator = self._resume_iterator(iterable, skip)
+        else:
+            if not skip and ckpt.save_rng_state:
+                progress.epoch_rng = collect_rng_states()
+            iterator = iter(iterable)
+        for batch in iterator:
+            yield batch
+            ckpt.step_end()
+
+    def _restores_itself(self, iterable: Any) -> bool:
+        tracked = [component.obj for component in self.checkpointer._tracked.values()]
+        candidates = [iterable, getattr(iterable, "sampler", None), getattr(iterable, "batch_sampler", None)]
+        return any(c is not None and any(c is t for t in tracked) for c in candidates)
+
+    def _resume_iterator(self, iterable: Iterable[T], skip: int) -> Iterator[T]:
+        progress = self.checkpointer.progress
+        log.info("resuming epoch %d after %d completed batches", progress.epoch, skip)
+        epoch_rng = progress.epoch_rng
+        if epoch_rng is None:
+            log.warning(
+                "the checkpoint has no record of the random state at the start of epoch %d: a "
+                "shuffled loader may repeat or skip samples in the rest of this epoch",
+                progress.epoch,
+            )
+            return skip_batches(iterable, skip)
+        current = collect_rng_states()
+        restore_rng_states(epoch_rng)
+        try:
+            return skip_batches(iterable, skip)
+        finally:
+            restore_rng_states(current)
+
+    # ------------------------------------------------------------------ the loop
+    def fit(
+        self,
+        epoch_fn: Callable[..., Any],
+        max_epochs: int,
+        ckpt_path: str | os.PathLike[str] | None,
+        args: Sequence[Any],
+        kwargs: Mapping[str, Any] | None,
+    ) -> FitResult:
+        ckpt = self.checkpointer
+        if max_epochs is None or int(max_epochs) < 0:
+            raise ConfigurationError(f"max_epochs must be a non-negative integer, not {max_epochs!r}")
+        report = ckpt.restore(ckpt_path) if ckpt_path is not None else None
+        takes_epoch = _accepts_positional(epoch_fn)
+        outputs: list[Any] = []
+        start = ckpt.progress.start_epoch
+        ckpt.fit_start()
+        try:
+            for epoch in range(start, int(max_epochs)):
+                ckpt.epoch_start(epoch)
+                if takes_epoch:
+                    outputs.append(epoch_fn(epoch, *args, **(kwargs or {})))
+                else:
+                    outputs.append(epoch_fn(*args, **(kwargs or {})))
+                ckpt.epoch_end()
+                if ckpt.should_stop:
+                    log.info("stopping after epoch %d: should_stop was set", epoch)
+                    break
+            ckpt.fit_end()
+        except BaseException as exc:
+            ckpt.exception(exc)
+            raise
+        return FitResult(
+            start_epoch=start, epochs_run=len(outputs), global_step=ckpt.global_step, restore=report, outputs=outputs
+        )
+
+    def loop(
+        self, max_epochs: int, ckpt_path: str | os.PathLike[str] | None
+    ) -> Callable[[Callable[..., Any]], Callable[..., FitResult]]:
+        def decorate(epoch_fn: Callable[..., Any]) -> Callable[..., FitResult]:
+            @functools.wraps(epoch_fn)
+            def run(*args: Any, **kwargs: Any) -> FitResult:
+                return self.checkpointer.fit(epoch_fn, max_epochs, ckpt_path, args, kwargs)
+
+            return run
+
+        return decorate
+
+
+def metric_value(name: str, value: Any) -> float:
+    """A logged metric as a float (a number or a one-element tensor); a bad one is refused."""
+    if not isinstance(name, str) or not name:
+        raise ConfigurationError(f"metric names must be non-empty strings, not {name!r}")
+    try:
+        return float(value.item() if hasattr(value, "item") else value)
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise ConfigurationError(f"metric {name!r} must be a number, not {value!r}") from exc
+
+
+def _sized_length(iterable: Any) -> int | None:
+    try:
+        return len(iterable)
+    except (TypeError, NotImplementedError):
+        return None
+
+
+def _accepts_positional(fn: Callable[..., Any]) -> bool:
+    try:
+        parameters = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return any(
+        p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.VAR_POSITIONAL) for p in parameters
+    )

@@ -1,0 +1,82 @@
+"""Loop progress: where the training loop is, saved so a resume continues from the same place."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class LoopProgress:
+    """Epoch, position inside the epoch, and global step.
+
+    ``batch_idx`` counts the batches completed in the current epoch; ``epoch_finished`` is true once
+    the epoch's end events ran. A checkpoint of a finished epoch resumes at the next epoch; one taken
+    mid-epoch resumes in the same epoch after ``batch_idx`` batches.
+    """
+
+    epoch: int = 0
+    batch_idx: int = 0
+    global_step: int = 0
+    epoch_finished: bool = False
+    #: random generator states when the current epoch's data iterator was created; a mid-epoch
+    #: resume recreates the iterator under them, so that shuffling repeats exactly
+    epoch_rng: dict[str, Any] | None = None
+
+    def state_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.epoch = int(state.get("epoch", 0))
+        self.batch_idx = int(state.get("batch_idx", 0))
+        self.global_step = int(state.get("global_step", 0))
+        self.epoch_finished = bool(state.get("epoch_finished", False))
+        self.epoch_rng = state.get("epoch_rng")
+
+    def restore(self, found: dict[str, Any]) -> None:
+        """Restore from what :class:`~ckpthooks._components.ProgressComponent` found.
+
+        Our own ``loop`` record is exact. A file without it (written by Lightning) gives only
+        ``epoch`` and ``global_step``; Lightning's fit loop tells whether that epoch was completed.
+        """
+        loop = found.get("loop")
+        if isinstance(loop, dict):
+            self.load_state_dict(loop)
+            return
+        self.epoch = int(found.get("epoch", 0))
+        self.global_step = int(found.get("global_step", 0))
+        self.batch_idx = 0
+        self.epoch_rng = None
+        completed = _lightning_completed_epochs(found.get("loops"))
+        if completed is None:
+            log.warning(
+                "the checkpoint has no ckpthooks loop position; assuming epoch %d was finished "
+                "and resuming at epoch %d",
+                self.epoch,
+                self.epoch + 1,
+            )
+            self.epoch_finished = True
+        else:
+            self.epoch_finished = completed > self.epoch
+
+    @property
+    def start_epoch(self) -> int:
+        """The epoch a resumed loop starts with."""
+        return self.epoch + 1 if self.epoch_finished else self.epoch
+
+    @property
+    def batches_to_skip(self) -> int:
+        """How many batches of :attr:`start_epoch` were already done."""
+        return 0 if self.epoch_finished else self.batch_idx
+
+
+def _lightning_completed_epochs(loops: Any) -> int | None:
+    try:
+        # "processed" is incremented when the epoch's batches are done, before the epoch-end
+        # callbacks (and so ModelCheckpoint) run
+        return int(loops["fit_loop"]["epoch_progress"]["current"]["processed"])
+    except (KeyError, TypeError, ValueError):
+        return None
