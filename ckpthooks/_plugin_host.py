@@ -54,6 +54,7 @@ if TYPE_CHECKING:
     from ckpthooks._components import StateComponent
     from ckpthooks._distributed import DistributedContext
     from ckpthooks._io.base import CheckpointIO, CheckpointIOSpec, SaveResult
+    from ckpthooks._io.hashing import HashingWriter
 
 log = logging.getLogger(__name__)
 
@@ -515,6 +516,25 @@ class PluginHost:
         )
         if result is None:
             raise PluginError(f"no storage hook loaded {path!r} (is the built-in storage plugin blocked?)")
+        return result
+
+    def write_checkpoint_bytes(
+        self,
+        path: str,
+        serialize: Callable[[HashingWriter], object],
+        storage_options: Mapping[str, Any] | None,
+        checkpoint_io: CheckpointIO,
+        checksum_algorithm: str | None = None,
+    ) -> SaveResult:
+        result: SaveResult | None = self.pm.hook.write_checkpoint_bytes(
+            path=path,
+            serialize=serialize,
+            storage_options=storage_options,
+            checkpoint_io=checkpoint_io,
+            checksum_algorithm=checksum_algorithm,
+        )
+        if result is None:
+            raise PluginError(f"no storage hook wrote {path!r} (is the built-in storage plugin blocked?)")
         return result
 
     def remove_checkpoint(

@@ -25,7 +25,6 @@ from ckpthooks._io.base import CheckpointIO, SaveResult
 from ckpthooks._io.hashing import HashingWriter
 from ckpthooks._io.location import Location
 from ckpthooks._io.safety import check_weights_only_safe
-from ckpthooks._io.writing import write_durably
 from ckpthooks._manifest import CommittedCheckpoint, Manifest, VerifyMode
 from ckpthooks._plugin_host import PluginHost, get_plugin_host
 from ckpthooks._version import FORMAT_VERSION, __version__
@@ -139,13 +138,13 @@ class CheckpointStore:
         *,
         checksum_algorithm: str | None = None,
     ) -> SaveResult:
-        """Write the bytes ``serialize(writer)`` produces to ``path`` durably, through the backend's
-        :meth:`~ckpthooks.CheckpointIO.write_bytes` when it has its own way for the path's storage,
-        else as ckpthooks writes files (:func:`~ckpthooks.plugin.write_durably`)."""
-        result = io.write_bytes(path, serialize, self.storage_options, checksum_algorithm=checksum_algorithm)
-        if result is not None:
-            return result
-        return write_durably(path, serialize, self.storage_options, checksum_algorithm=checksum_algorithm)
+        """Write the bytes ``serialize(writer)`` produces to ``path`` durably, through the
+        ``write_checkpoint_bytes`` storage hook: a plugin's implementation, else the backend's
+        :meth:`~ckpthooks.CheckpointIO.write_bytes`, else as ckpthooks writes files
+        (:func:`~ckpthooks.plugin.write_durably`)."""
+        return self.host.write_checkpoint_bytes(
+            path, serialize, self.storage_options, io, checksum_algorithm=checksum_algorithm
+        )
 
     def save_collective(
         self,

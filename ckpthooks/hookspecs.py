@@ -17,7 +17,8 @@ Rules that hold for every hook:
   their results are combined in a deterministic order (built-in plugins first, then external
   plugins ordered by name) and two contributions of the same name raise
   :class:`~ckpthooks.exceptions.DuplicateContributionError` naming both plugins.
-* Storage hooks (``save_checkpoint``, ``load_checkpoint``, ``remove_checkpoint``) stop at the first
+* Storage hooks (``save_checkpoint``, ``load_checkpoint``, ``write_checkpoint_bytes``,
+  ``remove_checkpoint``) stop at the first
   implementation that returns something other than ``None``; the built-in implementation runs last
   and hands the work to the :class:`~ckpthooks.CheckpointIO` chosen for the path.
 * ``distributed_context`` stops at the first result too; no built-in plugin implements it.
@@ -27,7 +28,7 @@ This module imports nothing heavy: ``torch`` and the runtime classes appear only
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import pluggy
@@ -40,6 +41,7 @@ if TYPE_CHECKING:
     from ckpthooks._components import StateComponent
     from ckpthooks._distributed import DistributedContext
     from ckpthooks._io.base import CheckpointIO, CheckpointIOSpec, SaveResult
+    from ckpthooks._io.hashing import HashingWriter
 
 PROJECT_NAME = "ckpthooks"
 
@@ -176,6 +178,28 @@ def load_checkpoint(
     ``torch.load``. Return the checkpoint dict when you handled the read, ``None`` to pass.
     ``weights_only`` is ``True`` unless the user explicitly opted into unpickling arbitrary
     objects; an implementation must honour it.
+    """
+
+
+@hookspec(firstresult=True)
+def write_checkpoint_bytes(
+    path: str,
+    serialize: Callable[[HashingWriter], object],
+    storage_options: Mapping[str, Any] | None,
+    checkpoint_io: CheckpointIO,
+    checksum_algorithm: str | None,
+) -> SaveResult | None:
+    """Write bytes that are already serialized to ``path``; first result wins.
+
+    ``ckpthooks copy`` and ``ckpthooks convert`` call it to put a committed file's bytes at their
+    destination, in the command's one process (the writer rank), inside the same commit as a save
+    (the manifest is written after this returns). ``serialize(writer)`` writes the bytes, in order,
+    into a :class:`~ckpthooks.plugin.HashingWriter` of ``checksum_algorithm`` that you put on top of
+    your file. ``checkpoint_io`` is the backend chosen for ``path`` and ``storage_options`` the
+    fsspec options of the destination (or ``None``). Return the :class:`~ckpthooks.SaveResult`
+    (size and checksum of the bytes written) when you handled the write, ``None`` to pass; the
+    built-in implementation, called last, asks ``checkpoint_io.write_bytes`` and else writes
+    durably (:func:`~ckpthooks.plugin.write_durably`).
     """
 
 

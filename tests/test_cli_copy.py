@@ -150,3 +150,37 @@ def test_copy_writes_through_the_destinations_backend(tmp_path: Path, register_p
         assert result.exit_code == 0, result.output
         assert RecordingIO.writes == [f"{url}/last.ckpt"]
         assert verify_checkpoint(f"{url}/last.ckpt").global_step == read_manifest(str(source)).global_step  # type: ignore[union-attr]
+
+
+def test_copy_and_convert_write_through_the_write_checkpoint_bytes_hook(tmp_path: Path, register_plugin: Any) -> None:
+    """The example of docs/hooks.md (``write_checkpoint_bytes``): a plugin that counts the bytes
+    copies and conversions write, and leaves the writing to the next implementation."""
+    import importlib.util
+
+    example = _hook_example("write_checkpoint_bytes")
+    spec = importlib.util.spec_from_loader("bytes_counter", loader=None)
+    assert spec is not None
+    module = importlib.util.module_from_spec(spec)
+    exec(compile(example, "docs/hooks.md", "exec"), module.__dict__)
+    register_plugin(module, "bytes-counter")
+    train(tmp_path / "run", [0.5])
+    source = tmp_path / "run" / "checkpoints" / "last.ckpt"
+
+    result = run_cli("copy", str(source), str(tmp_path / "copy.ckpt"))
+    assert result.exit_code == 0, result.output
+    assert {str(tmp_path / "copy.ckpt"): source.stat().st_size} == module.WRITTEN
+    verify_checkpoint(str(tmp_path / "copy.ckpt"))
+
+    result = run_cli("convert", str(source), str(tmp_path / "converted.ckpt"))
+    assert result.exit_code == 0, result.output
+    assert str(tmp_path / "converted.ckpt") in module.WRITTEN
+    verify_checkpoint(str(tmp_path / "converted.ckpt"))
+
+
+def _hook_example(hook: str) -> str:
+    """The Python example of the ``hook`` section of docs/hooks.md (its second code block)."""
+    import re
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "hooks.md").read_text()
+    section = text.split(f"## `{hook}`", 1)[1].split("\n## ", 1)[0]
+    return re.findall(r"```python\n(.*?)```", section, re.DOTALL)[1]

@@ -19,13 +19,16 @@ EXPECTED_HOOKS = {
     "save_checkpoint",
     "load_checkpoint",
     "remove_checkpoint",
+    "write_checkpoint_bytes",
     "register_state_components",
     "register_policies",
     "register_checkpoint_io",
     "register_cli_commands",
     "distributed_context",
 }
-FIRST_RESULT_HOOKS = {"save_checkpoint", "load_checkpoint", "remove_checkpoint", "distributed_context"}
+FIRST_RESULT_HOOKS = {
+    "save_checkpoint", "load_checkpoint", "remove_checkpoint", "write_checkpoint_bytes", "distributed_context",
+}
 
 
 def _hookspecs() -> dict[str, Callable[..., Any]]:
@@ -102,8 +105,10 @@ def test_annotations_resolve_to_the_real_runtime_types(name: str) -> None:
     from ckpthooks._components import StateComponent
     from ckpthooks._distributed import DistributedContext
     from ckpthooks._io.base import CheckpointIO, CheckpointIOSpec, SaveResult
+    from ckpthooks._io.hashing import HashingWriter
 
     namespace = {
+        "HashingWriter": HashingWriter,
         "click": click,
         "DistributedContext": DistributedContext,
         "Callback": Callback,

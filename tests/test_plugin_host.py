@@ -267,6 +267,7 @@ def test_builtin_plugins_are_registered_first_with_source_builtin() -> None:
         "register_checkpoint_io",
         "remove_checkpoint",
         "save_checkpoint",
+        "write_checkpoint_bytes",
     )
     assert by_name["builtin-lightning"].hooks == ("on_load_checkpoint", "on_save_checkpoint")
 

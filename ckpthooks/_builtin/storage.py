@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ckpthooks.hookspecs import hookimpl
 
 if TYPE_CHECKING:
     from ckpthooks._io.base import CheckpointIO, CheckpointIOSpec, SaveResult
+    from ckpthooks._io.hashing import HashingWriter
 
 
 def _torch_io() -> CheckpointIO:
@@ -55,6 +56,22 @@ def load_checkpoint(
     return checkpoint_io.load_checkpoint(
         path, map_location=map_location, storage_options=storage_options, weights_only=weights_only
     )
+
+
+@hookimpl(trylast=True)
+def write_checkpoint_bytes(
+    path: str,
+    serialize: Callable[[HashingWriter], object],
+    storage_options: Mapping[str, Any] | None,
+    checkpoint_io: CheckpointIO,
+    checksum_algorithm: str | None,
+) -> SaveResult:
+    result = checkpoint_io.write_bytes(path, serialize, storage_options, checksum_algorithm=checksum_algorithm)
+    if result is not None:
+        return result
+    from ckpthooks._io.writing import write_durably
+
+    return write_durably(path, serialize, storage_options, checksum_algorithm=checksum_algorithm)
 
 
 @hookimpl(trylast=True)
