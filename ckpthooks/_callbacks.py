@@ -153,15 +153,24 @@ def configured_callbacks(callbacks: Any, *, enable_checkpointing: bool) -> list[
 def with_default_policy(
     configured: Sequence[Callback], contributed: Sequence[Callback], *, enable_checkpointing: bool
 ) -> list[Callback]:
-    """The callbacks a checkpointer runs: the ``configured`` ones, then the ``contributed`` ones
-    (plugins' policies), with every default policy left out when checkpointing is disabled or
-    another callback saves checkpoints. The one place that decides about the default policy."""
+    """The callbacks a checkpointer runs, in the order they run: the ``configured`` ones, then the
+    ``contributed`` ones (plugins' policies), with every default policy left out when checkpointing
+    is disabled or another callback saves checkpoints (the one place that decides about the
+    default policy), and the policies after every other callback (:func:`policies_last`)."""
     callbacks = [*configured, *contributed]
     others_save = any(cb.saves_checkpoints and not cb.is_default_policy for cb in callbacks)
     if others_save or not enable_checkpointing:
         callbacks = [cb for cb in callbacks if not cb.is_default_policy]
     _check_state_keys(callbacks)
-    return callbacks
+    return policies_last(callbacks)
+
+
+def policies_last(callbacks: Sequence[Callback]) -> list[Callback]:
+    """``callbacks`` with every policy (a callback that saves checkpoints) moved to the end, each
+    group in its own order, as Lightning's ``_reorder_callbacks`` orders its ``Checkpoint``
+    callbacks: a policy then sees, and saves, the state the other callbacks reached at the same
+    event, whatever order they were listed in."""
+    return [cb for cb in callbacks if not cb.saves_checkpoints] + [cb for cb in callbacks if cb.saves_checkpoints]
 
 
 def _check_state_keys(callbacks: Sequence[Callback]) -> None:

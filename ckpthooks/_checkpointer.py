@@ -380,6 +380,7 @@ class Checkpointer:
         are waited for, and a failed one is raised. Preemption signal handlers still installed (a
         hand-written loop that never called :meth:`fit_end`) are removed."""
         self.preemption.uninstall(synchronize=False)
+        self.loop_tracker.unwatch_optimizers()
         self.saving.close()
         errors: list[BaseException] = []
         for cb in self.callbacks:

@@ -311,7 +311,7 @@ class ProgressComponent(StateComponent):
         checkpoint["global_step"] = checkpointer.global_step
         namespace(checkpoint)["loop"] = checkpointer.progress.state_dict()
         if "loops" not in checkpoint:  # Lightning's Trainer.fit(ckpt_path=...) resumes from these
-            checkpoint["loops"] = loops_state(checkpointer.progress, checkpointer._epoch_length)
+            checkpoint["loops"] = loops_state(checkpointer.progress.saved(), checkpointer._epoch_length)
 
     def find(self, checkpointer: Checkpointer, checkpoint: dict[str, Any]) -> Found:
         if "epoch" not in checkpoint and "global_step" not in checkpoint:

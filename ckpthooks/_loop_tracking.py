@@ -13,6 +13,7 @@ import functools
 import inspect
 import logging
 import os
+import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -56,6 +57,40 @@ class LoopTracker:
         #: batches in the epoch ``batches()`` iterates, when its iterable has a length (Lightning's
         #: ``loops`` mark a save after the epoch's last batch with it)
         self.epoch_length: int | None = None
+        #: the tracked optimizers whose steps count ``global_step``: id -> (optimizer, hook handle)
+        self._watched: dict[int, tuple[Any, Any]] = {}
+
+    # ------------------------------------------------------------------ optimizer steps
+    def watch_optimizers(self) -> None:
+        """Hear every step of the tracked optimizers (``torch.optim.Optimizer.register_step_post_hook``),
+        so that ``global_step`` counts a batch once its optimizer stepped, and a save from inside
+        the batch after that step records the step as done. Optimizers tracked since are added;
+        ones no longer tracked are let go."""
+        current = {id(opt): opt for opt in self.checkpointer.optimizers if hasattr(opt, "register_step_post_hook")}
+        for key in [key for key in self._watched if key not in current]:
+            self._watched.pop(key)[1].remove()
+        owner = weakref.ref(self.checkpointer)  # an optimizer's hook must not keep the checkpointer alive
+
+        def stepped(_optimizer: Any, _args: Any, _kwargs: Any) -> None:
+            checkpointer = owner()
+            if checkpointer is not None and not checkpointer.progress.stepped:
+                checkpointer.progress.stepped = True
+                checkpointer.progress.global_step += 1
+
+        for key, optimizer in current.items():
+            if key not in self._watched:
+                inner = _innermost(optimizer)
+                try:
+                    handle = inner.register_step_post_hook(stepped)
+                except (AttributeError, TypeError, RuntimeError) as exc:  # not a torch optimizer inside
+                    log.debug("cannot hear the steps of %s (%s): its batches count at step_end", type(optimizer), exc)
+                    continue
+                self._watched[key] = (optimizer, handle)
+
+    def unwatch_optimizers(self) -> None:
+        for _optimizer, handle in self._watched.values():
+            handle.remove()
+        self._watched.clear()
 
     def call(self, event: str, *args: Any) -> None:
         ckpt = self.checkpointer
@@ -66,6 +101,7 @@ class LoopTracker:
     def fit_start(self) -> None:
         ckpt = self.checkpointer
         ckpt.preemption.install()
+        self.watch_optimizers()
         self.call("on_fit_start")
         ckpt.saving.warm_up()
 
@@ -78,14 +114,19 @@ class LoopTracker:
             progress.epoch = epoch
             progress.batch_idx = 0
         progress.epoch_finished = False
+        progress.stepped = False
         self.validated_this_epoch = False
+        self.watch_optimizers()
         self.call("on_train_epoch_start")
 
     def step_end(self) -> None:
         ckpt = self.checkpointer
         progress = ckpt.progress
         progress.batch_idx += 1
-        progress.global_step += 1
+        if progress.stepped:  # counted when its optimizer stepped
+            progress.stepped = False
+        else:
+            progress.global_step += 1
         for cb in ckpt.callbacks:  # the hot path: no generic dispatch
             cb.on_train_batch_end(ckpt)
         signum = ckpt.preemption.at_step_end()
@@ -145,6 +186,7 @@ class LoopTracker:
         ckpt = self.checkpointer
         progress = ckpt.progress
         self.epoch_length = _sized_length(iterable)
+        self.watch_optimizers()
         skip = 0 if progress.epoch_finished else progress.batch_idx
         if skip and not self._restores_itself(iterable):
             iterator = self._resume_iterator(iterable, skip)
@@ -236,6 +278,18 @@ def metric_value(name: str, value: Any) -> float:
         return float(value.item() if hasattr(value, "item") else value)
     except (TypeError, ValueError, RuntimeError) as exc:
         raise ConfigurationError(f"metric {name!r} must be a number, not {value!r}") from exc
+
+
+def _innermost(optimizer: Any) -> Any:
+    """The optimizer a wrapper (accelerate's ``AcceleratedOptimizer``, ...) steps in the end: its
+    ``optimizer`` attribute, followed while it is one."""
+    seen = {id(optimizer)}
+    while hasattr(getattr(optimizer, "optimizer", None), "register_step_post_hook"):
+        optimizer = optimizer.optimizer
+        if id(optimizer) in seen:
+            break
+        seen.add(id(optimizer))
+    return optimizer
 
 
 def _sized_length(iterable: Any) -> int | None:

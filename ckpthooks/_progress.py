@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -16,6 +16,11 @@ class LoopProgress:
     ``batch_idx`` counts the batches completed in the current epoch; ``epoch_finished`` is true once
     the epoch's end events ran. A checkpoint of a finished epoch resumes at the next epoch; one taken
     mid-epoch resumes in the same epoch after ``batch_idx`` batches.
+
+    ``global_step`` counts the batches that made their optimizer step: it goes up when a tracked
+    optimizer steps (:attr:`stepped` then marks the batch), or at the batch's end when none did.
+    A save from inside the batch, after its optimizer step, records the batch as done
+    (:meth:`saved`), as Lightning's validation inside the epoch runs after the batch.
     """
 
     epoch: int = 0
@@ -25,9 +30,19 @@ class LoopProgress:
     #: random generator states when the current epoch's data iterator was created; a mid-epoch
     #: resume recreates the iterator under them, so that shuffling repeats exactly
     epoch_rng: dict[str, Any] | None = None
+    #: the current batch made its optimizer step already (``global_step`` counts it); not saved
+    stepped: bool = field(default=False, compare=False)
+
+    def saved(self) -> LoopProgress:
+        """The position a checkpoint taken now records: a batch that made its optimizer step is done."""
+        if not self.stepped:
+            return self
+        return replace(self, batch_idx=self.batch_idx + 1, stepped=False)
 
     def state_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        state = asdict(self.saved())
+        del state["stepped"]
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.epoch = int(state.get("epoch", 0))
@@ -35,6 +50,7 @@ class LoopProgress:
         self.global_step = int(state.get("global_step", 0))
         self.epoch_finished = bool(state.get("epoch_finished", False))
         self.epoch_rng = state.get("epoch_rng")
+        self.stepped = False
 
     def restore(self, found: dict[str, Any]) -> None:
         """Restore from what :class:`~ckpthooks._components.ProgressComponent` found.
@@ -50,6 +66,7 @@ class LoopProgress:
         self.global_step = int(found.get("global_step", 0))
         self.batch_idx = 0
         self.epoch_rng = None
+        self.stepped = False
         completed = _lightning_completed_epochs(found.get("loops"))
         if completed is None:
             log.warning(

@@ -30,12 +30,21 @@ from ckpthooks import Callback, Checkpointer, ModelCheckpoint
 
 
 class Killer(Callback):
-    def __init__(self, step: int | None, at_epoch_end: int | None) -> None:
+    """Dies right after step ``step``'s events: at its batch end, or, when the step saves (a
+    multiple of ``every``), once that checkpoint is committed (policies run after every other
+    callback, as in Lightning, so the batch end comes before the save)."""
+
+    def __init__(self, step: int | None, at_epoch_end: int | None, every: int) -> None:
         self.step = step
         self.at_epoch_end = at_epoch_end
+        self.every = every
 
     def on_train_batch_end(self, checkpointer: Any) -> None:
-        if checkpointer.global_step == self.step:
+        if checkpointer.global_step == self.step and self.step % self.every:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    def on_checkpoint_committed(self, checkpointer: Any, path: str, manifest: Any) -> None:
+        if manifest.global_step == self.step:
             os.kill(os.getpid(), signal.SIGKILL)
 
     def on_validation_end(self, checkpointer: Any) -> None:
@@ -89,7 +98,7 @@ def main() -> int:
     policy = ModelCheckpoint(filename="{step}", every_n_train_steps=args.every)
     ckpt = Checkpointer(
         args.root,
-        callbacks=[policy, Killer(args.kill_at_step, args.kill_at_epoch_end)],
+        callbacks=[policy, Killer(args.kill_at_step, args.kill_at_epoch_end, args.every)],
         preemption_signals=signals,
     )
     ckpt.track(model=model, optimizers=optimizer, lr_schedulers=scheduler)
@@ -103,7 +112,7 @@ def main() -> int:
             loss.backward()
             optimizer.step()
             scheduler.step()
-            print(f"step {ckpt.global_step + 1}", flush=True)
+            print(f"step {ckpt.global_step}", flush=True)  # counts this batch once its optimizer stepped
             if args.step_delay:
                 time.sleep(args.step_delay)
 

@@ -459,7 +459,10 @@ def test_builtin_default_policy_comes_before_plugin_policies(tmp_path: Path) -> 
     host = new_host()
     host.register(PolicyPlugin("AAA-first-by-name"), "aaa")
     ckpt = Checkpointer(tmp_path, plugin_host=host)
-    assert [type(cb).__name__ for cb in ckpt.callbacks] == ["ModelCheckpoint", "Policy"]
+    # contributed in plugin order (built-ins first); the plugin's callback saves nothing, so it
+    # runs before the default ModelCheckpoint: every policy runs after the other callbacks
+    assert [type(cb).__name__ for _plugin, cb in host.policies(ckpt)] == ["ModelCheckpoint", "Policy"]
+    assert [type(cb).__name__ for cb in ckpt.callbacks] == ["Policy", "ModelCheckpoint"]
 
 
 # --------------------------------------------------------------------------- storage backends

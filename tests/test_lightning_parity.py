@@ -1,0 +1,160 @@
+"""Lightning's checkpointing semantics in a plain loop, case by case.
+
+Each test names the Lightning test it is ported from (in the Lightning-AI/pytorch-lightning
+repository, ``tests/tests_pytorch/...``). Where ckpthooks differs on purpose, the test asserts the
+documented behaviour (docs/model-checkpoint.md, "Deliberate differences").
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ckpthooks import Callback, Checkpointer, ModelCheckpoint
+from tests.helpers import TinyNet
+
+
+class Counter(Callback):
+    """A stateful callback: counts the training steps it saw."""
+
+    def __init__(self, name: str = "counter") -> None:
+        self.name, self.seen = name, 0
+
+    @property
+    def state_key(self) -> str:
+        return f"Counter[{self.name}]"
+
+    def on_train_batch_end(self, checkpointer: Checkpointer) -> None:
+        self.seen += 1
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"seen": self.seen}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.seen = int(state_dict["seen"])
+
+
+class Watcher(Callback):
+    """A stateless callback (saves nothing)."""
+
+
+def run(root: Path, callbacks: list[Callback], steps: int) -> Checkpointer:
+    ckpt = Checkpointer(root, callbacks=callbacks, preemption_signals=None)
+    ckpt.track(model=TinyNet())
+    ckpt.fit_start()
+    ckpt.epoch_start(0)
+    for _ in ckpt.batches(range(steps)):
+        pass
+    return ckpt
+
+
+# --------------------------------------------------------------------------- callback order
+
+
+def test_checkpoint_callbacks_are_last(tmp_path: Path) -> None:
+    """From trainer/connectors/test_callback_connector.py::test_checkpoint_callbacks_are_last:
+    policies move to the end of the callbacks, each group in its given order."""
+    first, second = ModelCheckpoint(dirpath=tmp_path, filename="a"), ModelCheckpoint(dirpath=tmp_path, monitor="m")
+    counter, watcher = Counter(), Watcher()
+    ckpt = Checkpointer(tmp_path, callbacks=[first, counter, watcher, second], preemption_signals=None)
+    assert ckpt.callbacks == [counter, watcher, first, second]
+
+
+def test_a_callback_listed_after_a_model_checkpoint_is_saved_with_the_step_it_reached(tmp_path: Path) -> None:
+    """The order Lightning users write (``callbacks=[ModelCheckpoint(...), MyCallback()]``): at the
+    step's save the callback has already counted that step (Lightning's ``_reorder_callbacks``)."""
+    policy = ModelCheckpoint(dirpath=tmp_path, filename="{step}", every_n_train_steps=1, save_top_k=-1)
+    run(tmp_path, [policy, Counter()], steps=3)
+    for step in (1, 2, 3):
+        saved = torch.load(tmp_path / f"step={step}.ckpt", weights_only=True)
+        assert saved["callbacks"]["Counter[counter]"] == {"seen": step}, step
+
+
+# --------------------------------------------------------------------------- saves inside the batch loop
+
+
+def _data() -> torch.utils.data.DataLoader[Any]:
+    generator = torch.Generator().manual_seed(3)
+    x = torch.randn(24, 4, generator=generator)
+    y = torch.randn(24, 1, generator=generator)
+    return torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=4, shuffle=True)
+
+
+def _trainer(root: Path, callbacks: list[Callback] | None = None) -> tuple[Checkpointer, torch.nn.Module, Any]:
+    torch.manual_seed(0)
+    model = TinyNet(dropout=0.25)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.01)
+    ckpt = Checkpointer(root, callbacks=callbacks or [], preemption_signals=None, enable_checkpointing=bool(callbacks))
+    ckpt.track(model=model, optimizers=optimizer)
+    return ckpt, model, optimizer
+
+
+def _epoch(ckpt: Checkpointer, model: torch.nn.Module, optimizer: Any, *, every: int = 0, save: str | None = None,
+           stop_after: int | None = None) -> None:  # fmt: skip
+    """One epoch of the common loop: a step per batch; every ``every`` batches a "validation"
+    inside the loop that logs ``val_loss`` and, with ``save``, a manual save after it."""
+    for i, (x, y) in enumerate(ckpt.batches(_data())):
+        optimizer.zero_grad()
+        torch.nn.functional.mse_loss(model(x), y).backward()
+        optimizer.step()
+        if every and (i + 1) % every == 0:
+            with torch.no_grad():
+                ckpt.log("val_loss", float(torch.nn.functional.mse_loss(model(x), y)))
+            ckpt.validation_end()
+            if save is not None:
+                ckpt.save_checkpoint(save.format(step=ckpt.global_step))
+        if stop_after is not None and i + 1 == stop_after:
+            return
+
+
+def test_a_save_inside_the_batch_records_the_steps_done(tmp_path: Path) -> None:
+    """From checkpointing/test_model_checkpoint.py::test_model_checkpoint_every_n_train_steps and
+    the val_check_interval cases: a checkpoint taken inside the batch loop, after the batch's
+    optimizer step, records that step (Lightning saves it as step=2, 4, ...)."""
+    ckpt, model, optimizer = _trainer(tmp_path)
+    ckpt.fit_start()
+    ckpt.epoch_start(0)
+    _epoch(ckpt, model, optimizer, every=2, save=str(tmp_path / "mid-{step}.ckpt"))
+    for step in (2, 4, 6):
+        saved = torch.load(tmp_path / f"mid-{step}.ckpt", weights_only=True)
+        assert saved["global_step"] == step
+        assert saved["ckpthooks"]["loop"]["batch_idx"] == step
+    assert ckpt.global_step == 6  # each batch counted once, at its optimizer step
+
+
+def test_a_model_checkpoint_triggered_by_validation_inside_the_epoch_names_the_steps_done(tmp_path: Path) -> None:
+    """From checkpointing/test_model_checkpoint.py::test_model_checkpoint_save_last_none_monitor
+    with val_check_interval: a validation inside the epoch saves at step=2, 4, 6."""
+    policy = ModelCheckpoint(dirpath=tmp_path, filename="{step}", save_top_k=-1, save_on_train_epoch_end=False)
+    ckpt, model, optimizer = _trainer(tmp_path, [policy])
+    ckpt.fit_start()
+    ckpt.epoch_start(0)
+    _epoch(ckpt, model, optimizer, every=2)
+    assert sorted(p.name for p in tmp_path.glob("step=*.ckpt")) == ["step=2.ckpt", "step=4.ckpt", "step=6.ckpt"]
+
+
+def test_a_run_resumed_from_a_save_inside_the_batch_is_bit_identical(tmp_path: Path) -> None:
+    """A checkpoint taken after the optimizer step of batch 3 resumes with batch 4: the rest of
+    the epoch (shuffled loader, dropout) ends with the same parameters as an uninterrupted run."""
+    ckpt, model, optimizer = _trainer(tmp_path / "whole")
+    ckpt.fit_start()
+    ckpt.epoch_start(0)
+    _epoch(ckpt, model, optimizer, every=3)  # validations draw from the generator too (dropout)
+    expected = {k: v.clone() for k, v in model.state_dict().items()}
+
+    first, model, optimizer = _trainer(tmp_path / "cut")
+    first.fit_start()
+    first.epoch_start(0)
+    _epoch(first, model, optimizer, every=3, save=str(tmp_path / "cut" / "mid.ckpt"), stop_after=3)
+
+    resumed, model, optimizer = _trainer(tmp_path / "cut")
+    resumed.restore(str(tmp_path / "cut" / "mid.ckpt"))
+    assert (resumed.global_step, resumed.batch_idx) == (3, 3)
+    resumed.fit_start()
+    resumed.epoch_start(None)
+    _epoch(resumed, model, optimizer, every=3)
+    assert resumed.global_step == 6
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, expected[key]), key
