@@ -26,7 +26,7 @@ from ckpthooks._commit import clean_leftovers
 from ckpthooks._components import StateComponent, TrackedComponent
 from ckpthooks._io import paths
 from ckpthooks._io.base import CheckpointIO
-from ckpthooks._loop_tracking import FitResult, LoopTracker, metric_value
+from ckpthooks._loop_tracking import FitResult, LoopTracker
 from ckpthooks._manifest import CommittedCheckpoint, Manifest, VerifyMode
 from ckpthooks._plugin_host import PluginHost, get_plugin_host
 from ckpthooks._preemption import DEFAULT_SIGNALS, PreemptionWatcher
@@ -220,7 +220,7 @@ class Checkpointer:
 
     def log(self, name: str, value: Any) -> None:
         """Record a metric for monitors and filename templates (a number or one-element tensor)."""
-        self.callback_metrics[name] = metric_value(name, value)
+        self.loop_tracker.log(name, value)
 
     def log_dict(self, metrics: Mapping[str, Any]) -> None:
         for name, value in metrics.items():

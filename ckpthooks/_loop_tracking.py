@@ -59,6 +59,17 @@ class LoopTracker:
         self.epoch_length: int | None = None
         #: the tracked optimizers whose steps count ``global_step``: id -> (optimizer, hook handle)
         self._watched: dict[int, tuple[Any, Any]] = {}
+        #: how many values were logged so far, and the count at each metric's latest value: a policy
+        #: compares them with its own last save to tell a fresh value from a stale one
+        self.log_count = 0
+        self.logged_at: dict[str, int] = {}
+        #: while ``epoch_end`` stands in for a validation the loop did not report
+        self.implicit_validation = False
+
+    def log(self, name: str, value: Any) -> None:
+        self.checkpointer.callback_metrics[name] = metric_value(name, value)
+        self.log_count += 1
+        self.logged_at[name] = self.log_count
 
     # ------------------------------------------------------------------ optimizer steps
     def watch_optimizers(self) -> None:
@@ -134,15 +145,21 @@ class LoopTracker:
             self.preempt(signum)
 
     def validation_end(self) -> None:
-        self.validated_this_epoch = True
+        # a validation before the epoch's first batch (a sanity check) does not stand for the epoch's
+        if self.checkpointer.progress.batch_idx > 0:
+            self.validated_this_epoch = True
         self.call("on_validation_end")
 
     def epoch_end(self) -> None:
         ckpt = self.checkpointer
         ckpt.progress.epoch_finished = True
         self.call("on_train_epoch_end")
-        if not self.validated_this_epoch:
-            ckpt.validation_end()
+        if not self.validated_this_epoch:  # stands in for a validation, so that epoch policies act
+            self.implicit_validation = True
+            try:
+                ckpt.validation_end()
+            finally:
+                self.implicit_validation = False
         signum = ckpt.preemption.at_epoch_end()
         if signum is not None:
             self.preempt(signum)

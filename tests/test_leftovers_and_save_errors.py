@@ -114,7 +114,7 @@ def test_configuration_errors_are_never_swallowed(tmp_path: Path) -> None:
     mc = ModelCheckpoint(dirpath=tmp_path, filename="{nope}")
     ckpt = Checkpointer(tmp_path, callbacks=[mc], on_save_error="log").track(model=TinyNet())
     with pytest.raises(ConfigurationError, match="nope"):
-        ckpt.fit(lambda epoch: None, max_epochs=1)
+        ckpt.fit(lambda epoch: list(ckpt.batches(range(1))), max_epochs=1)  # one step, so a save is due
     with pytest.raises(ConfigurationError, match="on_save_error"):
         Checkpointer(tmp_path, on_save_error="ignore")  # type: ignore[arg-type]
 

@@ -10,9 +10,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pytest
 import torch
 
-from ckpthooks import Callback, Checkpointer, ModelCheckpoint
+from ckpthooks import Callback, Checkpointer, ConfigurationError, ModelCheckpoint
 from tests.helpers import TinyNet
 
 
@@ -158,3 +159,100 @@ def test_a_run_resumed_from_a_save_inside_the_batch_is_bit_identical(tmp_path: P
     assert resumed.global_step == 6
     for key, value in model.state_dict().items():
         assert torch.equal(value, expected[key]), key
+
+
+# --------------------------------------------------------------------------- validation-driven triggers
+
+
+def _explicit(root: Path, policy: ModelCheckpoint, epochs: int, steps: int, validate: Any) -> Checkpointer:
+    """``epochs`` epochs of ``steps`` steps each; ``validate(ckpt, epoch)`` runs at every epoch's end
+    and returns whether it validated (then ``validation_end()`` is called, as a Lightning
+    validation loop would end)."""
+    ckpt = Checkpointer(root, callbacks=[policy], preemption_signals=None, save_rng_state=False)
+    ckpt.track(model=TinyNet())
+    ckpt.fit_start()
+    for epoch in range(epochs):
+        ckpt.epoch_start(epoch)
+        for _ in range(steps):
+            ckpt.step_end()
+        if validate(ckpt, epoch):
+            ckpt.validation_end()
+        ckpt.epoch_end()
+    ckpt.fit_end()
+    return ckpt
+
+
+def test_a_step_trigger_with_a_validation_monitor_waits_for_the_validation(tmp_path: Path) -> None:
+    """Lightning's ``_defer_save_until_validation`` (lightning/pytorch/callbacks/model_checkpoint.py,
+    ``on_train_batch_end``): ``every_n_train_steps`` with a monitor logged only at validation saves
+    at the validation that follows, with its fresh value; a value from an earlier validation never
+    ranks the new checkpoint."""
+    policy = ModelCheckpoint(dirpath=tmp_path, monitor="val_acc", mode="max", every_n_train_steps=5,
+                             filename="{step}-{val_acc:.2f}", save_top_k=-1)  # fmt: skip
+    scores = [0.5, 1.0]
+
+    def validate(ckpt: Checkpointer, epoch: int) -> bool:
+        ckpt.log("val_acc", scores[epoch])
+        return True
+
+    _explicit(tmp_path, policy, epochs=2, steps=5, validate=validate)
+    assert policy.best_model_score == 1.0
+    assert sorted(p.name for p in tmp_path.glob("*.ckpt")) == ["step=10-val_acc=1.00.ckpt", "step=5-val_acc=0.50.ckpt"]
+
+
+def test_check_val_every_n_epochs_top_k_integration(tmp_path: Path) -> None:
+    """From checkpointing/test_model_checkpoint.py::test_check_val_every_n_epochs_top_k_integration:
+    with validation every 2 epochs, only the epochs that validated save and rank by the monitor;
+    no stale duplicate such as ``epoch=2-val_loss=0.50.ckpt`` appears."""
+    policy = ModelCheckpoint(dirpath=tmp_path, monitor="val_loss", filename="{epoch}-{val_loss:.2f}", save_top_k=-1)
+
+    def validate(ckpt: Checkpointer, epoch: int) -> bool:
+        if epoch % 2 == 1:
+            ckpt.log("val_loss", 1.0 / (epoch + 1))
+            return True
+        return False
+
+    _explicit(tmp_path, policy, epochs=4, steps=2, validate=validate)
+    saved = sorted(p.name for p in tmp_path.glob("*.ckpt"))
+    assert saved == ["epoch=1-val_loss=0.50.ckpt", "epoch=3-val_loss=0.25.ckpt"]
+
+
+def test_a_monitor_never_logged_raises_once_validation_ran(tmp_path: Path) -> None:
+    """Lightning's ``ModelCheckpoint._save_topk_checkpoint`` raises ``MisconfigurationException``
+    ("could not find the monitored key") once the validation loop has run: a ``ConfigurationError``
+    here, naming the metrics that were logged."""
+    policy = ModelCheckpoint(dirpath=tmp_path, monitor="val_acc")
+
+    def validate(ckpt: Checkpointer, epoch: int) -> bool:
+        ckpt.log("val_loss", 0.5)
+        return True
+
+    with pytest.raises(ConfigurationError, match=r"val_acc.*\['val_loss'\]"):
+        _explicit(tmp_path, policy, epochs=1, steps=2, validate=validate)
+
+
+@pytest.mark.parametrize("every_n_epochs", [0, 5])
+def test_save_last_writes_last_at_the_end_of_training_without_other_triggers(
+    tmp_path: Path, every_n_epochs: int
+) -> None:
+    """Lightning's ``ModelCheckpoint.on_train_end`` ("Ensure save_last=True is applied when training
+    ends"): with ``every_n_epochs=0``, or more than the epochs run, ``last`` is written at the end."""
+    policy = ModelCheckpoint(dirpath=tmp_path, save_last=True, every_n_epochs=every_n_epochs)
+    _explicit(tmp_path, policy, epochs=2, steps=3, validate=lambda ckpt, epoch: False)
+    assert policy.last_model_path == str(tmp_path / "last.ckpt")
+    assert torch.load(tmp_path / "last.ckpt", weights_only=True)["global_step"] == 6
+    assert sorted(p.name for p in tmp_path.glob("*.ckpt")) == ["last.ckpt"]
+
+
+def test_no_checkpoint_at_step_zero_from_a_validation_before_training(tmp_path: Path) -> None:
+    """Lightning's ``ModelCheckpoint._last_global_step_saved = 0`` ("no need to save when no steps
+    were taken"): a validation before any training step (a sanity check) saves nothing."""
+    policy = ModelCheckpoint(dirpath=tmp_path, save_last=True)
+    ckpt = Checkpointer(tmp_path, callbacks=[policy], preemption_signals=None).track(model=TinyNet())
+    ckpt.fit_start()
+    ckpt.epoch_start(0)
+    ckpt.validation_end()
+    assert list(tmp_path.glob("*.ckpt")) == []
+    ckpt.step_end()
+    ckpt.epoch_end()
+    assert sorted(p.name for p in tmp_path.glob("*.ckpt")) == ["epoch=0-step=1.ckpt", "last.ckpt"]

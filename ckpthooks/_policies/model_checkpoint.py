@@ -167,7 +167,11 @@ class ModelCheckpoint(Callback):
         self.current_score: float | None = None
         self.last_model_path = ""
         self._latest_path = ""  # newest file this policy wrote (for save_top_k=1 without monitor)
-        self._last_global_step_saved = -1
+        self._last_global_step_saved = 0  # no save before the first training step (Lightning's rule)
+        self._saved_at_log_count = 0  # the loop's log count at this policy's latest save
+        self._deferred = False  # a step or time trigger waits for a fresh monitor value (validation)
+        self._saved_this_run = False
+        self._fit_start_step = 0
         #: set on the ModelCheckpoint added because none was configured (``enable_checkpointing``)
         self.is_default_policy = False
         # files displaced but not deleted yet; saved with the state, so that a run resuming after a
@@ -244,6 +248,8 @@ class ModelCheckpoint(Callback):
 
     def on_fit_start(self, checkpointer: Checkpointer) -> None:
         self.schedule.start()
+        self._saved_this_run, self._deferred = False, False
+        self._fit_start_step = checkpointer.global_step
         self._adopt_resumed_last(checkpointer)
         self._finish_pending_removals(checkpointer)
 
@@ -285,6 +291,12 @@ class ModelCheckpoint(Callback):
 
     def on_fit_end(self, checkpointer: Checkpointer) -> None:
         self._apply_background_failures(checkpointer)
+        if self.save_last and not self._saved_this_run and checkpointer.global_step > self._fit_start_step:
+            # no trigger fired in this run (every_n_epochs=0, or more than the epochs run): Lightning's
+            # on_train_end writes ``last`` all the same
+            candidates = self.monitor_candidates(checkpointer)
+            self._note_save(checkpointer)
+            self._transaction(checkpointer, lambda: self._save_last(checkpointer, candidates, None))
 
     def teardown(self, checkpointer: Checkpointer) -> None:
         self._apply_background_failures(checkpointer)
@@ -295,22 +307,69 @@ class ModelCheckpoint(Callback):
         due = self.schedule.due_after_step(checkpointer.global_step)
         if self.schedule.train_time_interval is not None:  # clocks differ: rank 0's decides
             due = bool(distributed.broadcast_object(due, host=checkpointer.host))
-        if due:
-            self.save_due(checkpointer)
+        if not due:
+            return
+        if self.monitor is not None and self._monitor_freshness(checkpointer) != "fresh":
+            # the monitor is logged at validation: wait for it (Lightning's _defer_save_until_validation)
+            self._deferred = True
+            return
+        self.save_due(checkpointer)
 
     def on_train_epoch_end(self, checkpointer: Checkpointer) -> None:
         if self.schedule.saves_on_train_epoch_end():
             self._epoch_save(checkpointer)
 
     def on_validation_end(self, checkpointer: Checkpointer) -> None:
-        if not self.schedule.saves_on_train_epoch_end():
-            self._epoch_save(checkpointer)
+        epoch_save = not self.schedule.saves_on_train_epoch_end()
+        if self._already_saved(checkpointer) or not (self._deferred or epoch_save):
+            return
+        freshness = self._monitor_freshness(checkpointer)
+        if freshness == "missing" and not checkpointer.loop_tracker.implicit_validation and self.save_top_k != 0:
+            due = self._deferred or self.schedule.due_at_epoch_end(checkpointer.current_epoch)
+            if due:
+                raise ConfigurationError(
+                    f"ModelCheckpoint(monitor={self.monitor!r}) found no metric {self.monitor!r} after "
+                    f"validation; the metrics logged are {sorted(checkpointer.callback_metrics)}. Log it "
+                    f"with Checkpointer.log({self.monitor!r}, value) before validation_end()"
+                )
+        if self._deferred:
+            if freshness in (None, "fresh"):
+                self._deferred = False
+                self.save_due(checkpointer)
+            return
+        self._epoch_save(checkpointer)
 
     def _epoch_save(self, checkpointer: Checkpointer) -> None:
         if self._already_saved(checkpointer):
             return
-        if self.schedule.due_at_epoch_end(checkpointer.current_epoch):
-            self.save_due(checkpointer)
+        if not self.schedule.due_at_epoch_end(checkpointer.current_epoch):
+            return
+        if self.monitor is not None and self._monitor_freshness(checkpointer) == "stale":
+            if self.verbose:
+                log.info(
+                    "epoch %d: no save by %s, not logged since the last save (no validation this epoch)",
+                    checkpointer.current_epoch, self.monitor,
+                )  # fmt: skip
+            return  # a stale value never ranks a new checkpoint: this epoch had no validation
+        self.save_due(checkpointer)
+
+    def _monitor_freshness(self, checkpointer: Checkpointer) -> str | None:
+        """``None`` without a monitor; else ``"fresh"`` (logged since this policy's latest save),
+        ``"stale"`` (logged only before it) or ``"missing"`` (never logged)."""
+        if self.monitor is None:
+            return None
+        logged_at = checkpointer.loop_tracker.logged_at.get(self.monitor)
+        if logged_at is None or self.monitor not in checkpointer.callback_metrics:
+            freshness = "missing"
+        else:
+            freshness = "fresh" if logged_at > self._saved_at_log_count else "stale"
+        # every rank decides alike: rank 0's answer (one broadcast, only when a save is due)
+        return str(distributed.broadcast_object(freshness, host=checkpointer.host))
+
+    def _note_save(self, checkpointer: Checkpointer) -> None:
+        self._last_global_step_saved = checkpointer.global_step
+        self._saved_at_log_count = checkpointer.loop_tracker.log_count
+        self._saved_this_run = True
 
     def _already_saved(self, checkpointer: Checkpointer) -> bool:
         return self._last_global_step_saved == checkpointer.global_step
@@ -335,7 +394,7 @@ class ModelCheckpoint(Callback):
         checkpointer.settle_background_saves()  # decide knowing whether earlier saves failed
         self._apply_background_failures(checkpointer)
         candidates = self.monitor_candidates(checkpointer)
-        self._last_global_step_saved = checkpointer.global_step
+        self._note_save(checkpointer)
         saved = self._transaction(checkpointer, lambda: self._save_topk(checkpointer, candidates))
         self._transaction(checkpointer, lambda: self._save_last(checkpointer, candidates, saved))
 
@@ -835,7 +894,7 @@ class ModelCheckpoint(Callback):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.current_score = state_dict.get("current_score")
-        self._last_global_step_saved = int(state_dict.get("last_global_step_saved", -1))
+        self._last_global_step_saved = int(state_dict.get("last_global_step_saved", 0))
         scores = state_dict.get("best_k_models") or {}
         self.topk.scores = {self._absolute(p): float(s) for p, s in scores.items()}
         self.last_model_path = self._absolute(state_dict.get("last_model_path") or "")
