@@ -65,6 +65,8 @@ class LoopTracker:
         self.logged_at: dict[str, int] = {}
         #: while ``epoch_end`` stands in for a validation the loop did not report
         self.implicit_validation = False
+        #: while the body of a ``batches()`` loop runs (``batches`` ends each batch itself)
+        self._in_batches_body = False
 
     def log(self, name: str, value: Any) -> None:
         self.checkpointer.callback_metrics[name] = metric_value(name, value)
@@ -131,6 +133,12 @@ class LoopTracker:
         self.call("on_train_epoch_start")
 
     def step_end(self) -> None:
+        if self._in_batches_body:
+            raise ConfigurationError(
+                "step_end() was called inside a `for batch in ckpt.batches(...)` loop, which ends every "
+                "batch itself: each step would count twice. Remove the step_end() call, or iterate the "
+                "data without ckpt.batches()"
+            )
         ckpt = self.checkpointer
         progress = ckpt.progress
         progress.batch_idx += 1
@@ -212,7 +220,11 @@ class LoopTracker:
                 progress.epoch_rng = collect_rng_states()
             iterator = iter(iterable)
         for batch in iterator:
-            yield batch
+            self._in_batches_body = True
+            try:
+                yield batch
+            finally:
+                self._in_batches_body = False
             ckpt.step_end()
 
     def _restores_itself(self, iterable: Any) -> bool:

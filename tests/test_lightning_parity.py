@@ -256,3 +256,140 @@ def test_no_checkpoint_at_step_zero_from_a_validation_before_training(tmp_path: 
     ckpt.step_end()
     ckpt.epoch_end()
     assert sorted(p.name for p in tmp_path.glob("*.ckpt")) == ["epoch=0-step=1.ckpt", "last.ckpt"]
+
+
+# --------------------------------------------------------------------------- naming
+
+
+@pytest.mark.parametrize(
+    "template, metrics, kwargs, expected",
+    [
+        ("", {"epoch": 3, "step": 2}, {}, "epoch=3-step=2"),  # empty filename
+        (None, {"epoch": 3, "step": 2}, {"prefix": "test"}, "test-epoch=3-step=2"),
+        ("ckpt", {}, {"prefix": "test"}, "test-ckpt"),  # no groups
+        ("{epoch:03d}-{acc}", {"epoch": 3, "acc": 0.03}, {}, "epoch=003-acc=0.03"),  # no prefix
+        ("epoch={epoch:03d}-val_acc={val/acc}", {"epoch": 3, "val/acc": 0.03}, {"auto_insert_metric_name": False},
+         "epoch=003-val_acc=0.03"),
+        ("mAP@0.50={val/mAP@0.50:.4f}", {"val/mAP@0.50": 0.2}, {"auto_insert_metric_name": False}, "mAP@0.50=0.2000"),
+    ],
+    ids=["empty", "prefix", "no-groups", "no-prefix", "no-auto-insert", "dots-in-name"],
+)  # fmt: skip
+def test_format_checkpoint_name_classmethod(template: str | None, metrics: dict[str, float], kwargs: Any,
+                                            expected: str) -> None:  # fmt: skip
+    """From checkpointing/test_model_checkpoint.py::test_model_checkpoint_format_checkpoint_name."""
+    assert ModelCheckpoint._format_checkpoint_name(template, metrics, **kwargs) == expected
+
+
+def test_checkpoint_join_and_equals_chars_can_be_overridden_on_the_class(tmp_path: Path) -> None:
+    """From test_model_checkpoint_format_checkpoint_name (``CHECKPOINT_JOIN_CHAR = "@"``): the
+    characters are class attributes a subclass sets, used in names, prefixes and versions."""
+
+    class At(ModelCheckpoint):
+        CHECKPOINT_JOIN_CHAR = "@"
+        CHECKPOINT_EQUALS_CHAR = "_"
+
+    name = At._format_checkpoint_name("{epoch},{acc:.5f}", {"epoch": 3, "acc": 0.03}, prefix="test")
+    assert name == "test@epoch_3,acc_0.03000"
+    policy = At(dirpath=tmp_path, filename="name")
+    assert policy.format_checkpoint_name({}, ver=3) == str(tmp_path / "name@v3.ckpt")
+    assert At._format_checkpoint_name(None, {"epoch": 1, "step": 2}) == "epoch_1@step_2"
+
+
+def test_format_checkpoint_name_takes_lightnings_arguments(tmp_path: Path) -> None:
+    """From test_model_checkpoint_format_checkpoint_name: ``format_checkpoint_name(metrics,
+    filename=None, ver=None, prefix="")``; without a dirpath the bare name, with "." the current
+    folder resolved."""
+    bare = ModelCheckpoint(monitor="m", dirpath=None).format_checkpoint_name({"epoch": 3, "step": 2})
+    assert bare == "epoch=3-step=2.ckpt"
+    policy = ModelCheckpoint(monitor="m", dirpath=tmp_path, filename="name")
+    assert policy.format_checkpoint_name({}, ver=3) == str(tmp_path / "name-v3.ckpt")
+    named = policy.format_checkpoint_name({"epoch": 1}, filename="{epoch}", prefix="p")
+    assert named == str(tmp_path / "p-epoch=1.ckpt")
+    here = ModelCheckpoint(monitor="m", dirpath=".").format_checkpoint_name({"epoch": 3, "step": 4})
+    assert here == str(Path(".").resolve() / "epoch=3-step=4.ckpt")
+
+
+def test_an_empty_dirpath_writes_into_the_current_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """From test_model_checkpoint_format_checkpoint_name (``dirpath=""``): Lightning writes into the
+    current folder; so does ckpthooks (the folder is resolved when the policy is made, so the name
+    is absolute: a deliberate difference, docs/model-checkpoint.md)."""
+    monkeypatch.chdir(tmp_path)
+    policy = ModelCheckpoint(monitor="m", dirpath="")
+    assert policy.format_checkpoint_name({"epoch": 5, "step": 4}) == str(tmp_path / "epoch=5-step=4.ckpt")
+    ckpt = Checkpointer(tmp_path / "root", callbacks=[ModelCheckpoint(dirpath="")], preemption_signals=None)
+    ckpt.track(model=TinyNet()).fit(lambda epoch: list(ckpt.batches(range(2))), max_epochs=1)
+    assert (tmp_path / "epoch=0-step=2.ckpt").is_file()
+
+
+def test_slashes_in_metric_names_never_create_folders() -> None:
+    """From test_model_checkpoint_format_checkpoint_name ("using slashes"): Lightning writes
+    ``epoch=4_val/loss=0.03000.ckpt`` (a folder ``epoch=4_val``); ckpthooks replaces the separator,
+    a deliberate difference (docs/model-checkpoint.md)."""
+    policy = ModelCheckpoint(monitor="m", dirpath=None, filename="{epoch}_{val/loss:.5f}")
+    assert policy.format_checkpoint_name({"epoch": 4, "val/loss": 0.03}) == "epoch=4_val_loss=0.03000.ckpt"
+
+
+def test_model_checkpoint_file_extension(tmp_path: Path) -> None:
+    """From test_model_checkpoint.py::test_model_checkpoint_file_extension."""
+
+    class Tpkc(ModelCheckpoint):
+        FILE_EXTENSION = ".tpkc"
+
+    policy = Tpkc(dirpath=tmp_path, save_top_k=1, save_last=True)
+    ckpt = Checkpointer(tmp_path, callbacks=[policy], preemption_signals=None)
+    ckpt.track(model=TinyNet()).fit(lambda epoch: list(ckpt.batches(range(1))), max_epochs=1)
+    written = sorted(p.name for p in tmp_path.iterdir() if not p.name.endswith(".json") and not p.name.startswith("."))
+    assert written == ["epoch=0-step=1.tpkc", "last.tpkc"]
+
+
+# --------------------------------------------------------------------------- the explicit-calls form
+
+
+def test_step_end_inside_a_batches_loop_raises_instead_of_counting_twice(tmp_path: Path) -> None:
+    ckpt = Checkpointer(tmp_path, enable_checkpointing=False, preemption_signals=None).track(model=TinyNet())
+    ckpt.fit_start()
+    ckpt.epoch_start(0)
+    with pytest.raises(ConfigurationError, match="count twice"):
+        for _ in ckpt.batches(range(3)):
+            ckpt.step_end()
+    assert ckpt.global_step == 0
+    for _ in ckpt.batches(range(3)):  # the loop is usable again
+        pass
+    assert ckpt.global_step == 3
+
+
+def test_the_explicit_example_of_the_getting_started_page_resumes_exactly(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """docs/getting-started.md's explicit-calls example, run whole, then cut after a mid-epoch
+    checkpoint and resumed: the same parameters at the end (a shuffled loader)."""
+    import re
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "getting-started.md").read_text()
+    section = text.split("## The explicit-call form", 1)[1]
+    example = re.findall(r"```python\n(.*?)```", section, re.DOTALL)[0]
+    steps = "ModelCheckpoint(every_n_train_steps=3, save_top_k=-1, dirpath='runs/explicit/steps', filename='{step}')"
+    example = example.replace("callbacks=[best]", f"callbacks=[best, {steps}]")
+    resumed_from: list[str | None] = []
+
+    def run(folder: str, stop_at: int | None) -> dict[str, torch.Tensor]:
+        monkeypatch.chdir(tmp_path)
+        code = example.replace("runs/explicit", folder)
+        if stop_at is not None:  # a kill after step ``stop_at``: the loop stops right there
+            stop = f"optimizer.step()\n        if ckpt.global_step == {stop_at}: raise SystemExit"
+            code = code.replace("optimizer.step()", stop)
+        torch.manual_seed(0)
+        namespace: dict[str, Any] = {}
+        try:
+            exec(compile(code, "getting-started.md", "exec"), namespace)
+        except SystemExit:
+            namespace["ckpt"].close()
+        resumed_from.append(namespace["ckpt"].resumed_from)
+        return {k: v.clone() for k, v in namespace["model"].state_dict().items()}
+
+    whole = run("runs/whole", None)
+    run("runs/cut", 13)  # epoch 1, batch 3: after the step-12 checkpoint
+    resumed = run("runs/cut", None)
+    assert resumed_from[-1] == str(tmp_path / "runs" / "cut" / "steps" / "step=12.ckpt")
+    for key, value in whole.items():
+        assert torch.equal(value, resumed[key]), key

@@ -17,7 +17,7 @@ import os
 import re
 import threading
 from collections import deque
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple
@@ -105,6 +105,10 @@ class ModelCheckpoint(Callback):
     taken is rank 0's view of the storage.
     """
 
+    #: joins the parts of the default file name, a prefix, and a version (``name-v1``)
+    CHECKPOINT_JOIN_CHAR = "-"
+    #: follows a metric name inserted into a file name (``epoch=3``)
+    CHECKPOINT_EQUALS_CHAR = "="
     #: name (a template) of the ``save_last`` file, without extension
     CHECKPOINT_NAME_LAST = "last"
     #: extension of every file this policy writes
@@ -536,7 +540,7 @@ class ModelCheckpoint(Callback):
     def _save_last(self, checkpointer: Checkpointer, candidates: dict[str, float], saved: str | None) -> str | None:
         if not self.save_last:
             return None
-        last_name = format_filename(
+        last_name = self._format_checkpoint_name(
             self.CHECKPOINT_NAME_LAST, candidates, auto_insert_metric_name=self.auto_insert_metric_name
         )
         filepath = self._filepath(last_name)
@@ -649,11 +653,27 @@ class ModelCheckpoint(Callback):
             return name + self.FILE_EXTENSION
         return paths.join(self.dirpath, name + self.FILE_EXTENSION)
 
-    def format_checkpoint_name(self, metrics: dict[str, float], ver: int | None = None) -> str:
-        """The path a save with ``metrics`` would use (Lightning's method of the same name)."""
-        name = format_filename(self.filename, metrics, auto_insert_metric_name=self.auto_insert_metric_name)
+    @classmethod
+    def _format_checkpoint_name(
+        cls, filename: str | None, metrics: Mapping[str, float], prefix: str = "", auto_insert_metric_name: bool = True
+    ) -> str:
+        """``filename`` (a template) rendered with ``metrics``, without folder or extension, with
+        the class's join and equals characters (Lightning's classmethod of the same name)."""
+        return format_filename(
+            filename, metrics, auto_insert_metric_name=auto_insert_metric_name, prefix=prefix,
+            join_char=cls.CHECKPOINT_JOIN_CHAR, equals_char=cls.CHECKPOINT_EQUALS_CHAR,
+        )  # fmt: skip
+
+    def format_checkpoint_name(
+        self, metrics: Mapping[str, float], filename: str | None = None, ver: int | None = None, prefix: str = ""
+    ) -> str:
+        """The path a save with ``metrics`` would use (Lightning's method, with its arguments):
+        ``filename`` replaces the policy's template, ``ver`` appends a version, ``prefix`` leads."""
+        name = self._format_checkpoint_name(
+            filename or self.filename, metrics, prefix, auto_insert_metric_name=self.auto_insert_metric_name
+        )
         if ver is not None:
-            name = with_version(name, ver)
+            name = with_version(name, ver, self.CHECKPOINT_JOIN_CHAR)
         return self._filepath(name)
 
     def _new_filepath(self, candidates: dict[str, float], reuse: str | None) -> str:
@@ -676,7 +696,7 @@ class ModelCheckpoint(Callback):
             if fixed is None:
                 filepath = self.format_checkpoint_name(candidates, ver=version)
             else:
-                filepath = self._filepath(with_version(fixed, version))
+                filepath = self._filepath(with_version(fixed, version, self.CHECKPOINT_JOIN_CHAR))
             version += 1
         return filepath
 

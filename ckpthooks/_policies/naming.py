@@ -27,13 +27,17 @@ def format_filename(
     *,
     auto_insert_metric_name: bool = True,
     prefix: str = "",
+    join_char: str = JOIN_CHAR,
+    equals_char: str = EQUALS_CHAR,
 ) -> str:
     """Render ``template`` (Lightning's syntax) with ``metrics``; no extension, no folder.
+    ``join_char`` joins the default template's parts and the ``prefix``; ``equals_char`` follows an
+    inserted metric name (``ModelCheckpoint.CHECKPOINT_JOIN_CHAR`` / ``CHECKPOINT_EQUALS_CHAR``).
 
     Raises :class:`ConfigurationError` when the template names a metric that was not logged
     (Lightning silently writes 0 there).
     """
-    filename = template or DEFAULT_TEMPLATE
+    filename = template or "{epoch}" + join_char + "{step}"
     groups = sorted(_GROUP.findall(filename), key=len, reverse=True)
     values: dict[str, float | int] = {}
     for index, group in enumerate(groups):
@@ -47,7 +51,7 @@ def format_filename(
             )
         slot = f"m{index}"
         shown = safe_metric_name(name)
-        replacement = (shown + EQUALS_CHAR if auto_insert_metric_name else "") + "{" + slot
+        replacement = (shown + equals_char if auto_insert_metric_name else "") + "{" + slot
         filename = filename.replace(group, replacement)
         value = metrics[name]
         values[slot] = int(value) if _is_integral(name, value) else value
@@ -56,7 +60,7 @@ def format_filename(
     except (ValueError, KeyError, IndexError) as exc:
         raise ConfigurationError(f"bad checkpoint filename template {template!r}: {exc}") from exc
     if prefix:
-        rendered = prefix + JOIN_CHAR + rendered
+        rendered = prefix + join_char + rendered
     return rendered
 
 
@@ -64,5 +68,5 @@ def _is_integral(name: str, value: float) -> bool:
     return name in ("epoch", "step", "global_step") and math.isfinite(value) and float(value).is_integer()
 
 
-def with_version(filename: str, version: int) -> str:
-    return f"{filename}{JOIN_CHAR}v{version}"
+def with_version(filename: str, version: int, join_char: str = JOIN_CHAR) -> str:
+    return f"{filename}{join_char}v{version}"
