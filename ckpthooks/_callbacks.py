@@ -60,6 +60,12 @@ class Callback:
         """The key of this callback's state in ``checkpoint["callbacks"]``; unique per checkpointer."""
         return type(self).__qualname__
 
+    def state_key_aliases(self) -> Sequence[str]:
+        """Earlier keys of this callback's state (a key that changed between versions): a restore
+        reads the state from the first one present when :attr:`state_key` is absent and no other
+        callback has that key. Default: none."""
+        return ()
+
     def _generate_state_key(self, **kwargs: Any) -> str:
         """A state key that embeds ``kwargs``, for callbacks that may be used several times."""
         return f"{type(self).__qualname__}{kwargs!r}"

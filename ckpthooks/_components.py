@@ -12,6 +12,7 @@ unexpected state is reported at once, before anything changes), then *loads* it.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -258,6 +259,22 @@ def _callback_has_state(cb: Callback) -> bool:
     return bool(cb.state_dict())
 
 
+def _with_current_keys(callbacks: Sequence[Callback], saved: dict[str, Any]) -> dict[str, Any]:
+    """``saved`` callback states with each state kept under an earlier key of a callback
+    (:meth:`~ckpthooks.Callback.state_key_aliases`) moved to that callback's current key."""
+    moved = dict(saved)
+    current = {cb.state_key for cb in callbacks}
+    for cb in callbacks:
+        if cb.state_key in moved:
+            continue
+        for alias in cb.state_key_aliases():
+            if alias in moved and alias not in current:
+                moved[cb.state_key] = moved.pop(alias)
+                log.info("reading the state of %s from its earlier key %s", cb.state_key, alias)
+                break
+    return moved
+
+
 class CallbacksComponent(StateComponent):
     """Every stateful callback's state, keyed by its ``state_key``."""
 
@@ -279,6 +296,9 @@ class CallbacksComponent(StateComponent):
 
     def find(self, checkpointer: Checkpointer, checkpoint: dict[str, Any]) -> Found:
         found = super().find(checkpointer, checkpoint)
+        if found.present and isinstance(found.value, dict):
+            found = Found(_with_current_keys(checkpointer.callbacks, found.value), found.missing, found.unexpected,
+                          found.incompatible)  # fmt: skip
         saved = found.value if found.present else {}
         stateful = {cb.state_key for cb in checkpointer.callbacks if _callback_has_state(cb)}
         # the default policy (added because no ModelCheckpoint was configured) may start fresh

@@ -63,7 +63,7 @@ OPERATIONS = (
 
 
 def state_key() -> str:
-    return ModelCheckpoint(monitor="loss").state_key
+    return ModelCheckpoint(monitor="loss", every_n_train_steps=1).state_key  # the worker's policy: a step trigger
 
 
 # ---------------------------------------------------------------------------------------- processes

@@ -393,3 +393,47 @@ def test_the_explicit_example_of_the_getting_started_page_resumes_exactly(
     assert resumed_from[-1] == str(tmp_path / "runs" / "cut" / "steps" / "step=12.ckpt")
     for key, value in whole.items():
         assert torch.equal(value, resumed[key]), key
+
+
+# --------------------------------------------------------------------------- several policies
+
+
+def test_model_checkpoints_that_differ_by_trigger_work_side_by_side(tmp_path: Path) -> None:
+    """Lightning documents several ModelCheckpoints, one per trigger (its ``state_key`` embeds the
+    triggers; from checkpointing/test_model_checkpoint.py::test_model_checkpoint_state_key): an
+    every-N-steps and an every-epoch policy into the same folder keep their own state."""
+    steps = ModelCheckpoint(dirpath=tmp_path, filename="s-{step}", every_n_train_steps=2, save_top_k=-1)
+    epochs = ModelCheckpoint(dirpath=tmp_path, filename="e-{epoch}", save_top_k=-1)
+    assert steps.state_key != epochs.state_key
+    ckpt = Checkpointer(tmp_path, callbacks=[steps, epochs], preemption_signals=None).track(model=TinyNet())
+    ckpt.fit(lambda epoch: list(ckpt.batches(range(3))), max_epochs=2)
+    names = sorted(p.name for p in tmp_path.glob("*.ckpt"))
+    assert names == ["e-epoch=0.ckpt", "e-epoch=1.ckpt", "s-step=2.ckpt", "s-step=4.ckpt", "s-step=6.ckpt"]
+    saved = torch.load(tmp_path / "e-epoch=1.ckpt", weights_only=True)["callbacks"]
+    assert {steps.state_key, epochs.state_key} <= set(saved)
+
+
+def test_the_state_key_stays_when_an_interval_changes_and_old_keys_are_read(tmp_path: Path) -> None:
+    """The key holds the trigger's kind, not its interval: changing ``every_n_train_steps``
+    between runs keeps the policy's state; a step policy's state saved under the key without the
+    trigger (the layout before) is read into it."""
+    assert (ModelCheckpoint(monitor="m", every_n_train_steps=5).state_key
+            == ModelCheckpoint(monitor="m", every_n_train_steps=50, save_top_k=3).state_key)  # fmt: skip
+    policy = ModelCheckpoint(dirpath=tmp_path, monitor="loss", every_n_train_steps=1, save_top_k=2)
+    ckpt = Checkpointer(tmp_path, callbacks=[policy], preemption_signals=None).track(model=TinyNet())
+    ckpt.fit_start()
+    ckpt.epoch_start(0)
+    for loss in (3.0, 1.0):
+        ckpt.log("loss", loss)
+        ckpt.step_end()
+    ckpt.close()
+    path = Path(policy.best_model_path)
+    checkpoint = torch.load(path, weights_only=True)
+    old_key = policy.state_key_aliases()[0]
+    checkpoint["callbacks"][old_key] = checkpoint["callbacks"].pop(policy.state_key)
+    torch.save(checkpoint, tmp_path / "old-layout.ckpt")
+
+    again = ModelCheckpoint(dirpath=tmp_path, monitor="loss", every_n_train_steps=1, save_top_k=2)
+    resumed = Checkpointer(tmp_path, callbacks=[again], preemption_signals=None).track(model=TinyNet())
+    resumed.restore(str(tmp_path / "old-layout.ckpt"))
+    assert again.best_model_score == 1.0 and again.best_model_path == str(path)

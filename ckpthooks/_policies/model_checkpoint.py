@@ -233,11 +233,33 @@ class ModelCheckpoint(Callback):
 
     @property
     def state_key(self) -> str:
-        """Stable across options that do not change the ranking (unlike Lightning's)."""
+        """What ranks (``monitor``, ``mode``, an explicit ``dirpath``) and the kind of trigger
+        (steps or time; none is named for the default, epochs): stable when ``every_n_epochs``,
+        ``save_top_k``, ``filename`` or an interval change between runs (Lightning's key embeds
+        them, so that a change orphans the files), and apart for policies that differ by trigger."""
+        key = self._ranking_key()
+        trigger = self._trigger_kind()
+        if trigger is not None:
+            key["trigger"] = trigger
+        return self._generate_state_key(**key)
+
+    def state_key_aliases(self) -> Sequence[str]:
+        """The key of a step- or time-triggered policy's state before the trigger kind was part of
+        it (ckpthooks 0.1.0.dev0): its state is read from there when the current key is absent."""
+        return () if self._trigger_kind() is None else (self._generate_state_key(**self._ranking_key()),)
+
+    def _ranking_key(self) -> dict[str, Any]:
         key: dict[str, Any] = {"monitor": self.monitor, "mode": self.mode}
         if self._dirpath_arg is not None:
             key["dirpath"] = self._dirpath_arg
-        return self._generate_state_key(**key)
+        return key
+
+    def _trigger_kind(self) -> str | None:
+        if self.schedule.every_n_train_steps:
+            return "steps"
+        if self.schedule.train_time_interval is not None:
+            return "time"
+        return None
 
     # ------------------------------------------------------------------ events
     def setup(self, checkpointer: Checkpointer) -> None:
