@@ -12,6 +12,7 @@ import copy
 import inspect
 import os
 import types
+import warnings
 from argparse import Namespace
 from collections.abc import Mapping, MutableMapping, Sequence
 from typing import Any, TypeVar
@@ -117,6 +118,11 @@ class HyperparametersMixin:
 
         The file is verified against its commit manifest when it has one, and loaded with
         ``weights_only=True`` unless you pass ``weights_only=False`` for a file you trust.
+
+        On a class that is not a ``torch.nn.Module`` (a datamodule, as Lightning's
+        ``LightningDataModule.load_from_checkpoint``), the datamodule's hyperparameters are used
+        (``datamodule_hyper_parameters``) and its own state (saved under its class name) is loaded
+        with its ``load_state_dict``; no model weights are involved.
         """
         from ckpthooks._io import paths  # the storage layer, imported when a checkpoint is read
         from ckpthooks._store import CheckpointStore
@@ -124,28 +130,54 @@ class HyperparametersMixin:
         store = CheckpointStore(storage_options=storage_options, verify=verify)  # type: ignore[arg-type]
         path = paths.normalize(checkpoint_path)
         checkpoint = store.load(path, map_location=map_location, weights_only=weights_only)
-        init_kwargs = init_kwargs_from_checkpoint(cls, checkpoint, kwargs)
+        module = _is_module_class(cls)
+        init_kwargs = init_kwargs_from_checkpoint(cls, checkpoint, kwargs, prefix="" if module else "datamodule_")
         obj = cls(**init_kwargs)
         hook = getattr(obj, "on_load_checkpoint", None)
         if callable(hook):
             hook(checkpoint)
+        if not module:  # a datamodule: its own state, under its class name (Lightning's layout)
+            state = checkpoint.get(cls.__qualname__)
+            load_state = getattr(obj, "load_state_dict", None)
+            if state is not None and callable(load_state):
+                load_state(state)
+            return obj
         if "state_dict" not in checkpoint:
             raise MissingStateError(f"{path} holds no model weights (no 'state_dict' key)", ["state_dict"])
         load_model_state(obj, checkpoint["state_dict"], strict=strict)
         return obj
 
 
+def _is_module_class(cls: type) -> bool:
+    try:
+        import torch
+    except ImportError:  # pragma: no cover - torch is a dependency
+        return True
+    return issubclass(cls, torch.nn.Module)
+
+
 def init_kwargs_from_checkpoint(
-    cls: type, checkpoint: Mapping[str, Any], overrides: Mapping[str, Any]
+    cls: type, checkpoint: Mapping[str, Any], overrides: Mapping[str, Any], *, prefix: str = ""
 ) -> dict[str, Any]:
-    """The keyword arguments Lightning would pass to ``cls(...)``: saved hyperparameters, then
-    ``overrides``, filtered to what ``__init__`` accepts unless it takes ``**kwargs``."""
+    """The keyword arguments Lightning would pass to ``cls(...)``: saved hyperparameters (the
+    model's; a datamodule's with ``prefix="datamodule_"``), then ``overrides``, filtered to what
+    ``__init__`` accepts unless it takes ``**kwargs``. An override that names no argument of
+    ``__init__`` is ignored with a warning."""
     signature = inspect.signature(cls.__init__)  # type: ignore[misc]
     parameters = list(signature.parameters.values())[1:]
     names = [p.name for p in parameters if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
     takes_any = any(p.kind is p.VAR_KEYWORD for p in parameters)
-    loaded = dict(checkpoint.get(HPARAMS_KEY) or {})
-    args_name = checkpoint.get(HPARAMS_NAME_KEY)
+    unknown = sorted(k for k in overrides if k not in names)
+    if unknown and not takes_any:
+        warnings.warn(
+            f"load_from_checkpoint: {', '.join(map(repr, unknown))} "
+            f"{'is not an argument' if len(unknown) == 1 else 'are not arguments'} of "
+            f"{cls.__qualname__}.__init__ ({', '.join(names) or 'none'}); ignored",
+            UserWarning,
+            stacklevel=3,
+        )
+    loaded = dict(checkpoint.get(prefix + HPARAMS_KEY) or {})
+    args_name = checkpoint.get(prefix + HPARAMS_NAME_KEY)
     if args_name and args_name != "kwargs" and args_name in names:
         loaded = {args_name: AttributeDict(loaded)}  # attribute access, as a Namespace had
     merged = {**loaded, **overrides}

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import torch
 
-from ckpthooks import Callback, Checkpointer, ConfigurationError, ModelCheckpoint
+from ckpthooks import Callback, Checkpointer, ConfigurationError, HyperparametersMixin, ModelCheckpoint
 from tests.helpers import TinyNet
 
 
@@ -437,3 +437,50 @@ def test_the_state_key_stays_when_an_interval_changes_and_old_keys_are_read(tmp_
     resumed = Checkpointer(tmp_path, callbacks=[again], preemption_signals=None).track(model=TinyNet())
     resumed.restore(str(tmp_path / "old-layout.ckpt"))
     assert again.best_model_score == 1.0 and again.best_model_path == str(path)
+
+
+# --------------------------------------------------------------------------- load_from_checkpoint
+
+
+class DataModule(HyperparametersMixin):
+    """A datamodule with saved init arguments and a state of its own."""
+
+    def __init__(self, batch_size: int = 8, root: str = "data") -> None:
+        self.save_hyperparameters()
+        self.batches_served = 0
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"batches_served": self.batches_served}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.batches_served = int(state_dict["batches_served"])
+
+
+def _saved_with_datamodule(tmp_path: Path) -> Path:
+    dm = DataModule(batch_size=32, root="elsewhere")
+    dm.batches_served = 7
+    ckpt = Checkpointer(tmp_path, enable_checkpointing=False, preemption_signals=None)
+    ckpt.track(model=TinyNet(hidden=16), datamodule=dm)
+    ckpt.save_checkpoint(tmp_path / "dm.ckpt")
+    return tmp_path / "dm.ckpt"
+
+
+def test_a_datamodule_loads_its_own_hyperparameters_and_state(tmp_path: Path) -> None:
+    """From core/test_datamodules.py::test_dm_checkpoint_save_and_load and
+    models/test_hparams.py's datamodule cases: ``DataModule.load_from_checkpoint`` reads
+    ``datamodule_hyper_parameters`` and the datamodule's state (under its class name), not the
+    model's hyperparameters and weights."""
+    path = _saved_with_datamodule(tmp_path)
+    saved = torch.load(path, weights_only=True)
+    assert saved["datamodule_hyper_parameters"] == {"batch_size": 32, "root": "elsewhere"}
+    dm = DataModule.load_from_checkpoint(path)
+    assert (dm.hparams.batch_size, dm.hparams.root, dm.batches_served) == (32, "elsewhere", 7)
+    assert DataModule.load_from_checkpoint(path, batch_size=64).hparams.batch_size == 64
+    assert TinyNet.load_from_checkpoint(path).hparams.hidden == 16  # the model's, as before
+
+
+def test_an_override_naming_no_init_argument_warns(tmp_path: Path) -> None:
+    path = _saved_with_datamodule(tmp_path)
+    with pytest.warns(UserWarning, match=r"'batchsize' is not an argument of DataModule.__init__"):
+        dm = DataModule.load_from_checkpoint(path, batchsize=64)
+    assert dm.hparams.batch_size == 32
