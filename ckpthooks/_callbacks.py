@@ -7,7 +7,7 @@ the :class:`~ckpthooks.Checkpointer` where Lightning passes ``trainer``.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ckpthooks.exceptions import ConfigurationError
@@ -65,6 +65,13 @@ class Callback:
         reads the state from the first one present when :attr:`state_key` is absent and no other
         callback has that key. Default: none."""
         return ()
+
+    def earlier_state_key(self, unclaimed: Collection[str]) -> str | None:
+        """The key among ``unclaimed`` (saved states no current callback has) that holds this
+        callback's state when :attr:`state_key` is absent. Default: the first of
+        :meth:`state_key_aliases` present. Override for keys that embed a value that may change
+        between runs (``ModelCheckpoint`` recognises its key with another ``dirpath``)."""
+        return next((alias for alias in self.state_key_aliases() if alias in unclaimed), None)
 
     def _generate_state_key(self, **kwargs: Any) -> str:
         """A state key that embeds ``kwargs``, for callbacks that may be used several times."""

@@ -261,17 +261,16 @@ def _callback_has_state(cb: Callback) -> bool:
 
 def _with_current_keys(callbacks: Sequence[Callback], saved: dict[str, Any]) -> dict[str, Any]:
     """``saved`` callback states with each state kept under an earlier key of a callback
-    (:meth:`~ckpthooks.Callback.state_key_aliases`) moved to that callback's current key."""
+    (:meth:`~ckpthooks.Callback.earlier_state_key`) moved to that callback's current key."""
     moved = dict(saved)
     current = {cb.state_key for cb in callbacks}
     for cb in callbacks:
         if cb.state_key in moved:
             continue
-        for alias in cb.state_key_aliases():
-            if alias in moved and alias not in current:
-                moved[cb.state_key] = moved.pop(alias)
-                log.info("reading the state of %s from its earlier key %s", cb.state_key, alias)
-                break
+        earlier = cb.earlier_state_key(set(moved) - current)
+        if earlier is not None and earlier in moved and earlier not in current:
+            moved[cb.state_key] = moved.pop(earlier)
+            log.info("reading the state of %s from its earlier key %s", cb.state_key, earlier)
     return moved
 
 

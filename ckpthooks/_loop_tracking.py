@@ -53,7 +53,6 @@ class LoopTracker:
 
     def __init__(self, checkpointer: Checkpointer) -> None:
         self.checkpointer = checkpointer
-        self.validated_this_epoch = False
         #: batches in the epoch ``batches()`` iterates, when its iterable has a length (Lightning's
         #: ``loops`` mark a save after the epoch's last batch with it)
         self.epoch_length: int | None = None
@@ -126,11 +125,18 @@ class LoopTracker:
         if not resuming_mid_epoch:
             progress.epoch = epoch
             progress.batch_idx = 0
+            progress.validated = False
+            progress.batch_end_pending = False
         progress.epoch_finished = False
         progress.stepped = False
-        self.validated_this_epoch = False
         self.watch_optimizers()
         self.call("on_train_epoch_start")
+        if progress.batch_end_pending:
+            # resumed from a checkpoint taken inside a batch's body: that batch is done, its end
+            # events are not (the uninterrupted run ran them after the save)
+            progress.batch_end_pending = False
+            for cb in self.checkpointer.callbacks:
+                cb.on_train_batch_end(self.checkpointer)
 
     def step_end(self) -> None:
         if self._in_batches_body:
@@ -142,6 +148,7 @@ class LoopTracker:
         ckpt = self.checkpointer
         progress = ckpt.progress
         progress.batch_idx += 1
+        progress.batch_end_pending = False
         if progress.stepped:  # counted when its optimizer stepped
             progress.stepped = False
         else:
@@ -154,15 +161,16 @@ class LoopTracker:
 
     def validation_end(self) -> None:
         # a validation before the epoch's first batch (a sanity check) does not stand for the epoch's
-        if self.checkpointer.progress.batch_idx > 0:
-            self.validated_this_epoch = True
+        progress = self.checkpointer.progress
+        if progress.batch_idx > 0 or progress.stepped:
+            progress.validated = True
         self.call("on_validation_end")
 
     def epoch_end(self) -> None:
         ckpt = self.checkpointer
         ckpt.progress.epoch_finished = True
         self.call("on_train_epoch_end")
-        if not self.validated_this_epoch:  # stands in for a validation, so that epoch policies act
+        if not ckpt.progress.validated:  # stands in for a validation, so that epoch policies act
             self.implicit_validation = True
             try:
                 ckpt.validation_end()

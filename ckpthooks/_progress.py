@@ -20,7 +20,8 @@ class LoopProgress:
     ``global_step`` counts the batches that made their optimizer step: it goes up when a tracked
     optimizer steps (:attr:`stepped` then marks the batch), or at the batch's end when none did.
     A save from inside the batch, after its optimizer step, records the batch as done
-    (:meth:`saved`), as Lightning's validation inside the epoch runs after the batch.
+    (:meth:`saved`), as Lightning's validation inside the epoch runs after the batch; its end
+    events have not run yet (:attr:`batch_end_pending`): a resumed epoch runs them first.
     """
 
     epoch: int = 0
@@ -30,14 +31,21 @@ class LoopProgress:
     #: random generator states when the current epoch's data iterator was created; a mid-epoch
     #: resume recreates the iterator under them, so that shuffling repeats exactly
     epoch_rng: dict[str, Any] | None = None
+    #: a validation ran in the current epoch (after its first batch): ``epoch_end()`` then does not
+    #: stand in for one, also in a run resumed after that validation
+    validated: bool = False
+    #: the last batch counted in :attr:`batch_idx` has not had its end events (``on_train_batch_end``)
+    #: yet: the checkpoint was taken inside its body
+    batch_end_pending: bool = False
     #: the current batch made its optimizer step already (``global_step`` counts it); not saved
     stepped: bool = field(default=False, compare=False)
 
     def saved(self) -> LoopProgress:
-        """The position a checkpoint taken now records: a batch that made its optimizer step is done."""
+        """The position a checkpoint taken now records: a batch that made its optimizer step is
+        done, with its end events pending."""
         if not self.stepped:
             return self
-        return replace(self, batch_idx=self.batch_idx + 1, stepped=False)
+        return replace(self, batch_idx=self.batch_idx + 1, stepped=False, batch_end_pending=True)
 
     def state_dict(self) -> dict[str, Any]:
         state = asdict(self.saved())
@@ -50,6 +58,8 @@ class LoopProgress:
         self.global_step = int(state.get("global_step", 0))
         self.epoch_finished = bool(state.get("epoch_finished", False))
         self.epoch_rng = state.get("epoch_rng")
+        self.validated = bool(state.get("validated", False))
+        self.batch_end_pending = bool(state.get("batch_end_pending", False))
         self.stepped = False
 
     def restore(self, found: dict[str, Any]) -> None:
@@ -66,6 +76,7 @@ class LoopProgress:
         self.global_step = int(found.get("global_step", 0))
         self.batch_idx = 0
         self.epoch_rng = None
+        self.validated = self.batch_end_pending = False
         self.stepped = False
         completed = _lightning_completed_epochs(found.get("loops"))
         if completed is None:

@@ -7,6 +7,7 @@ documented behaviour (docs/model-checkpoint.md, "Deliberate differences").
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -111,8 +112,8 @@ def _epoch(ckpt: Checkpointer, model: torch.nn.Module, optimizer: Any, *, every:
 
 
 def test_a_save_inside_the_batch_records_the_steps_done(tmp_path: Path) -> None:
-    """From checkpointing/test_model_checkpoint.py::test_model_checkpoint_every_n_train_steps and
-    the val_check_interval cases: a checkpoint taken inside the batch loop, after the batch's
+    """From checkpointing/test_model_checkpoint.py::test_ckpt_every_n_train_steps and
+    test_val_check_interval_checkpoint_files: a checkpoint taken inside the batch loop, after the batch's
     optimizer step, records that step (Lightning saves it as step=2, 4, ...)."""
     ckpt, model, optimizer = _trainer(tmp_path)
     ckpt.fit_start()
@@ -126,8 +127,8 @@ def test_a_save_inside_the_batch_records_the_steps_done(tmp_path: Path) -> None:
 
 
 def test_a_model_checkpoint_triggered_by_validation_inside_the_epoch_names_the_steps_done(tmp_path: Path) -> None:
-    """From checkpointing/test_model_checkpoint.py::test_model_checkpoint_save_last_none_monitor
-    with val_check_interval: a validation inside the epoch saves at step=2, 4, 6."""
+    """From checkpointing/test_model_checkpoint.py::test_val_check_interval_checkpoint_files: a
+    validation inside the epoch saves at step=2, 4, 6."""
     policy = ModelCheckpoint(dirpath=tmp_path, filename="{step}", save_top_k=-1, save_on_train_epoch_end=False)
     ckpt, model, optimizer = _trainer(tmp_path, [policy])
     ckpt.fit_start()
@@ -159,6 +160,73 @@ def test_a_run_resumed_from_a_save_inside_the_batch_is_bit_identical(tmp_path: P
     assert resumed.global_step == 6
     for key, value in model.state_dict().items():
         assert torch.equal(value, expected[key]), key
+
+
+class Events(Callback):
+    """A stateful record of the loop events it saw (batch ends by step, validation ends)."""
+
+    def __init__(self) -> None:
+        self.seen: list[str] = []
+
+    def on_train_batch_end(self, checkpointer: Checkpointer) -> None:
+        self.seen.append(f"batch_end {checkpointer.global_step}")
+
+    def on_validation_end(self, checkpointer: Checkpointer) -> None:
+        self.seen.append(f"validation_end {checkpointer.global_step}")
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"seen": list(self.seen)}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.seen = list(state_dict["seen"])
+
+
+def _events_run(root: Path, stop_after: int | None = None, ckpt_path: str | None = None) -> tuple[Events, set[str]]:
+    """One epoch of 6 batches with a validation after batch 2 (a monitor policy saves there, inside
+    the batch) and a step policy every 2 steps; ``stop_after`` batches, then the process "dies"."""
+    events = Events()
+    best = ModelCheckpoint(dirpath=root / "best", monitor="val_loss", filename="{step}", save_last=True)
+    steps = ModelCheckpoint(dirpath=root / "steps", filename="{step}", every_n_train_steps=2, save_top_k=-1)
+    ckpt, model, optimizer = _trainer(root, [events, best, steps])
+    ckpt.restore(ckpt_path)
+    ckpt.fit_start()
+    ckpt.epoch_start(None)
+    for i, (x, y) in enumerate(ckpt.batches(_data()), start=ckpt.batch_idx):
+        optimizer.zero_grad()
+        torch.nn.functional.mse_loss(model(x), y).backward()
+        optimizer.step()
+        if i == 1:
+            ckpt.log("val_loss", 0.5)
+            ckpt.validation_end()
+        if stop_after is not None and i + 1 == stop_after:
+            return events, set()
+    ckpt.epoch_end()
+    ckpt.fit_end()
+    return events, {p.name for p in (root / "steps").glob("*.ckpt")}
+
+
+def test_a_resume_from_a_save_inside_the_batch_runs_that_batch_end_events(tmp_path: Path) -> None:
+    """Regression: a checkpoint taken inside batch 2's body (the validation save) holds the batch
+    as done, its end events not yet run: the resumed run runs them first, so a stateful callback
+    sees every batch end once and the step policy's save at step 2 happens, as uninterrupted."""
+    expected, expected_files = _events_run(tmp_path / "whole")
+    assert expected_files == {"step=2.ckpt", "step=4.ckpt", "step=6.ckpt"}
+    _events_run(tmp_path / "cut", stop_after=2)  # dies inside batch 2, after the validation's save
+    got, files = _events_run(tmp_path / "cut", ckpt_path=str(tmp_path / "cut" / "best" / "step=2.ckpt"))
+    assert got.seen == expected.seen
+    assert files == expected_files
+
+
+def test_a_resume_after_the_epochs_validation_does_not_validate_the_epoch_again(tmp_path: Path) -> None:
+    """Regression: resumed after the epoch's validation (from the step-4 file), ``epoch_end()`` does
+    not stand in for a validation that already ran: no second validation end, no extra ``last``."""
+    expected, _ = _events_run(tmp_path / "whole")
+    assert [e for e in expected.seen if e.startswith("validation_end")] == ["validation_end 2"]
+    _events_run(tmp_path / "cut", stop_after=5)
+    got, _ = _events_run(tmp_path / "cut", ckpt_path=str(tmp_path / "cut" / "steps" / "step=4.ckpt"))
+    assert got.seen == expected.seen
+    last = torch.load(tmp_path / "cut" / "best" / "last.ckpt", weights_only=True)
+    assert last["global_step"] == 2
 
 
 # --------------------------------------------------------------------------- validation-driven triggers
@@ -200,6 +268,38 @@ def test_a_step_trigger_with_a_validation_monitor_waits_for_the_validation(tmp_p
     assert sorted(p.name for p in tmp_path.glob("*.ckpt")) == ["step=10-val_acc=1.00.ckpt", "step=5-val_acc=0.50.ckpt"]
 
 
+def test_a_save_deferred_until_validation_survives_a_resume(tmp_path: Path) -> None:
+    """Regression: a step-triggered save waiting for the validation's monitor value (step 2) still
+    happens at that validation (step 3) in a run resumed in between, as uninterrupted; and ``last``
+    is not written again at the end of a resumed run when the uninterrupted one would not."""
+
+    def run(root: Path, ckpt_path: str | None = None, stop_at: int | None = None) -> set[str]:
+        waiting = ModelCheckpoint(dirpath=root / "val", monitor="val_loss", every_n_train_steps=2,
+                                  filename="{step}", save_top_k=-1, save_last=True)  # fmt: skip
+        steps = ModelCheckpoint(dirpath=root / "steps", filename="{step}", every_n_train_steps=2, save_top_k=-1)
+        ckpt = Checkpointer(root, callbacks=[waiting, steps], preemption_signals=None).track(model=TinyNet())
+        ckpt.restore(ckpt_path)
+        ckpt.fit_start()
+        ckpt.epoch_start(None)
+        for _ in range(ckpt.batch_idx, 3):
+            ckpt.step_end()
+            if ckpt.global_step == stop_at:
+                return set()
+        ckpt.log("val_loss", 0.5)
+        ckpt.validation_end()
+        ckpt.epoch_end()
+        ckpt.fit_end()
+        return {p.name for p in (root / "val").glob("*.ckpt")}
+
+    assert run(tmp_path / "whole") == {"step=3.ckpt", "last.ckpt"}
+    run(tmp_path / "cut", stop_at=2)
+    assert run(tmp_path / "cut", ckpt_path=str(tmp_path / "cut" / "steps" / "step=2.ckpt")) == {
+        "step=3.ckpt", "last.ckpt"
+    }
+    for root in ("whole", "cut"):
+        assert torch.load(tmp_path / root / "val" / "last.ckpt", weights_only=True)["global_step"] == 3
+
+
 def test_check_val_every_n_epochs_top_k_integration(tmp_path: Path) -> None:
     """From checkpointing/test_model_checkpoint.py::test_check_val_every_n_epochs_top_k_integration:
     with validation every 2 epochs, only the epochs that validated save and rank by the monitor;
@@ -235,8 +335,9 @@ def test_a_monitor_never_logged_raises_once_validation_ran(tmp_path: Path) -> No
 def test_save_last_writes_last_at_the_end_of_training_without_other_triggers(
     tmp_path: Path, every_n_epochs: int
 ) -> None:
-    """Lightning's ``ModelCheckpoint.on_train_end`` ("Ensure save_last=True is applied when training
-    ends"): with ``every_n_epochs=0``, or more than the epochs run, ``last`` is written at the end."""
+    """test_save_last_every_n_epochs_interaction, and Lightning's ``ModelCheckpoint.on_train_end``
+    ("Ensure save_last=True is applied when training ends"): with ``every_n_epochs=0``, or more
+    than the epochs run, ``last`` is written at the end."""
     policy = ModelCheckpoint(dirpath=tmp_path, save_last=True, every_n_epochs=every_n_epochs)
     _explicit(tmp_path, policy, epochs=2, steps=3, validate=lambda ckpt, epoch: False)
     assert policy.last_model_path == str(tmp_path / "last.ckpt")
@@ -484,3 +585,458 @@ def test_an_override_naming_no_init_argument_warns(tmp_path: Path) -> None:
     with pytest.warns(UserWarning, match=r"'batchsize' is not an argument of DataModule.__init__"):
         dm = DataModule.load_from_checkpoint(path, batchsize=64)
     assert dm.hparams.batch_size == 32
+
+
+# --------------------------------------------------------------------------- more of test_model_checkpoint.py
+#
+# Each test below names the case of Lightning's tests/tests_pytorch/checkpointing/
+# test_model_checkpoint.py it ports. ``_fit`` stands in for ``Trainer.fit`` with ``limit_train_batches``:
+# ``epochs`` epochs of ``batches`` steps, metrics logged per step by ``log`` (as ``self.log`` in
+# ``training_step``), and, where ``validate`` says so, a validation at the epoch's end.
+
+
+def _policy_files(folder: Path) -> set[str]:
+    return {p.name for p in folder.iterdir() if p.suffix == ".ckpt"} if folder.exists() else set()
+
+
+def _fit(root: Path, callbacks: list[Callback], epochs: int, batches: int, *, ckpt_path: str | None = None,
+         log: Any = None, validate: Any = None) -> Checkpointer:  # fmt: skip
+    torch.manual_seed(0)
+    model = TinyNet()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    ckpt = Checkpointer(root, callbacks=callbacks, preemption_signals=None)
+    ckpt.track(model=model, optimizers=optimizer)
+
+    @ckpt.loop(max_epochs=epochs, ckpt_path=ckpt_path)
+    def epoch(epoch: int) -> None:
+        for _ in ckpt.batches(range(batches)):
+            if log is not None:
+                ckpt.log_dict(log(ckpt))
+        if validate is not None and validate(ckpt):
+            ckpt.validation_end()
+
+    epoch()
+    return ckpt
+
+
+@pytest.mark.parametrize("same_resume_folder", [True, False])
+def test_resume_and_old_checkpoint_files_remain(tmp_path: Path, same_resume_folder: bool) -> None:
+    """test_resume_and_old_checkpoint_files_remain: resumed in the same folder, the file the run
+    resumed from survives top-k pruning; resumed into another folder, the first folder is not
+    touched and the new one holds the new files only. Also a regression test for a monitor on
+    ``step``, which waited for a validation that never logs it."""
+    first, second = tmp_path / "first", tmp_path / "second"
+
+    def policy(folder: Path) -> ModelCheckpoint:
+        return ModelCheckpoint(dirpath=folder, monitor="step", mode="max", save_top_k=2, every_n_train_steps=2)
+
+    # Lightning's max_steps=5, then 8, in an epoch of 10: epochs of 5, then 8 batches here
+    _fit(tmp_path, [policy(first)], epochs=1, batches=5)
+    assert _policy_files(first) == {"epoch=0-step=2.ckpt", "epoch=0-step=4.ckpt"}
+    new = first if same_resume_folder else second
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        _fit(tmp_path, [policy(new)], epochs=1, batches=8, ckpt_path=str(first / "epoch=0-step=4.ckpt"))
+    if same_resume_folder:
+        assert _policy_files(first) == {"epoch=0-step=4.ckpt", "epoch=0-step=6.ckpt", "epoch=0-step=8.ckpt"}
+        assert not [w for w in record if "dirpath has changed" in str(w.message)]
+    else:
+        assert _policy_files(first) == {"epoch=0-step=2.ckpt", "epoch=0-step=4.ckpt"}
+        assert _policy_files(second) == {"epoch=0-step=6.ckpt", "epoch=0-step=8.ckpt"}
+        assert [w for w in record if "dirpath has changed" in str(w.message)]
+
+
+def test_resume_training_preserves_old_ckpt_last(tmp_path: Path) -> None:
+    """test_resume_training_preserves_old_ckpt_last: resumed into a new folder, the old folder's
+    ``last`` file stays, through two more epochs."""
+    options: dict[str, Any] = {"filename": "{step}", "monitor": "step", "mode": "max", "save_last": True,
+                               "save_top_k": 2, "every_n_train_steps": 1}  # fmt: skip
+    _fit(tmp_path, [ModelCheckpoint(**options)], epochs=1, batches=3)
+    assert _policy_files(tmp_path / "checkpoints") == {"last.ckpt", "step=2.ckpt", "step=3.ckpt"}
+    resumed = ModelCheckpoint(dirpath=tmp_path / "new", **options)
+    with pytest.warns(UserWarning, match="dirpath has changed"):
+        _fit(tmp_path, [resumed], epochs=2, batches=3, ckpt_path=str(tmp_path / "checkpoints" / "step=2.ckpt"))
+    assert (tmp_path / "checkpoints" / "last.ckpt").is_file()
+    assert _policy_files(tmp_path / "new") == {"last.ckpt", "step=5.ckpt", "step=6.ckpt"}
+
+
+def test_model_checkpoint_saveload_ckpt(tmp_path: Path) -> None:
+    """test_model_checkpoint_saveload_ckpt: ``state_dict`` holds Lightning's keys; loaded by a
+    policy with another ``dirpath``, it warns and reloads only ``best_model_path`` (the old
+    folder's file), not ``best_model_score``, ``kth_*``, ``best_k_models`` or ``last_model_path``.
+    ckpthooks keeps the paths relative to ``dirpath`` in the state (a moved run folder resumes)."""
+    writer = ModelCheckpoint(dirpath=tmp_path / "run", monitor="loss", save_top_k=-1, save_last=True)
+    _fit(tmp_path, [writer], epochs=2, batches=1, log=lambda ckpt: {"loss": 10.0 - ckpt.global_step})
+    written = writer.state_dict()
+    assert {"best_model_path", "best_model_score", "best_k_models", "kth_best_model_path", "kth_value",
+            "last_model_path", "dirpath", "monitor", "current_score"} <= set(written)  # fmt: skip
+    # logged inside the batch, before it counts: 10 - 0, then 10 - 1
+    assert written["best_model_path"] == "epoch=1-step=2.ckpt" and written["best_model_score"] == 9.0
+    restored = ModelCheckpoint(dirpath=tmp_path / "restore", monitor="loss", save_top_k=-1, save_last=True)
+    with pytest.warns(UserWarning, match="The dirpath has changed from"):
+        restored.load_state_dict(written)
+    assert restored.best_model_path == writer.best_model_path == str(tmp_path / "run" / "epoch=1-step=2.ckpt")
+    assert restored.best_model_score is None and restored.best_k_models == {}
+    assert restored.kth_best_model_path == "" and restored.kth_value is None
+    assert restored.last_model_path == "" and restored.current_score is None
+    same = ModelCheckpoint(dirpath=tmp_path / "run", monitor="loss", save_top_k=-1, save_last=True)
+    same.load_state_dict(written)
+    assert same.best_k_models == writer.best_k_models and same.last_model_path == writer.last_model_path
+
+
+def test_a_moved_run_folder_keeps_its_model_checkpoint_state(tmp_path: Path) -> None:
+    """The ckpthooks side of test_model_checkpoint_saveload_ckpt: a run folder moved (or copied with
+    ``ckpthooks copy``) as a whole still holds the files the state names, so the state applies."""
+    writer = ModelCheckpoint(monitor="loss", save_top_k=2)
+    _fit(tmp_path / "a", [writer], epochs=3, batches=1, log=lambda ckpt: {"loss": 10.0 - ckpt.global_step})
+    (tmp_path / "a").rename(tmp_path / "b")
+    moved = ModelCheckpoint(monitor="loss", save_top_k=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _fit(tmp_path / "b", [moved], epochs=3, batches=1, ckpt_path="last")
+    assert set(moved.best_k_models) == {str(tmp_path / "b" / "checkpoints" / f"epoch={e}-step={e + 1}.ckpt")
+                                        for e in (1, 2)}  # fmt: skip
+
+
+def test_pickling(tmp_path: Path) -> None:
+    """test_pickling: a ModelCheckpoint pickles and unpickles to the same attributes (its lock is
+    new; a policy attached to a checkpointer unpickles detached)."""
+    import pickle
+
+    policy = ModelCheckpoint(dirpath=tmp_path)
+    copy = pickle.loads(pickle.dumps(policy))
+    assert {k: v for k, v in vars(copy).items() if k != "_lock"} == {
+        k: v for k, v in vars(policy).items() if k != "_lock"
+    }
+    attached = ModelCheckpoint(monitor="loss")
+    _fit(tmp_path / "run", [attached], epochs=1, batches=2, log=lambda ckpt: {"loss": 1.0})
+    detached = pickle.loads(pickle.dumps(attached))
+    assert detached.best_k_models == attached.best_k_models and detached._checkpointer is None
+
+
+@pytest.mark.parametrize("save_top_k", [-1, 0, 1, 2])
+def test_model_checkpoint_to_yaml(tmp_path: Path, save_top_k: int) -> None:
+    """test_model_checkpoint_to_yaml: ``to_yaml()`` writes ``best_k_models`` to
+    ``best_k_models.yaml`` in ``dirpath``; a YAML reader loads the same mapping."""
+    yaml = pytest.importorskip("yaml")
+    policy = ModelCheckpoint(dirpath=tmp_path, monitor="early_stop_on", save_top_k=save_top_k)
+    _fit(tmp_path, [policy], epochs=2, batches=2,
+         log=lambda ckpt: {"early_stop_on": [0.5, 1.5e-7, 3.0, 2.0][ckpt.global_step - 1]})  # fmt: skip
+    policy.to_yaml()
+    loaded = yaml.safe_load((tmp_path / "best_k_models.yaml").read_text())
+    assert loaded == policy.best_k_models
+    assert len(loaded) == {-1: 2, 0: 0, 1: 1, 2: 2}[save_top_k]
+    policy.to_yaml(tmp_path / "elsewhere" / "k.yaml")
+    assert yaml.safe_load((tmp_path / "elsewhere" / "k.yaml").read_text()) == loaded
+
+
+def test_save_last_saves_correct_last_model_path(tmp_path: Path) -> None:
+    """test_save_last_saves_correct_last_model_path: ``CHECKPOINT_NAME_LAST = "{foo}-last"`` names
+    ``last`` with a logged metric; the file's own state names it (relative to ``dirpath`` in
+    ckpthooks)."""
+
+    class FooLast(ModelCheckpoint):
+        CHECKPOINT_NAME_LAST = "{foo}-last"
+
+    policy = FooLast(dirpath=tmp_path, save_last=True, save_top_k=0)
+    # logged values are floats, as Lightning's ``self.log`` makes them (its test passes an int tensor)
+    _fit(tmp_path, [policy], epochs=1, batches=1, log=lambda ckpt: {"foo": 1})
+    assert _policy_files(tmp_path) == {"foo=1.0-last.ckpt"}
+    assert policy.last_model_path == str(tmp_path / "foo=1.0-last.ckpt")
+    saved = torch.load(tmp_path / "foo=1.0-last.ckpt", weights_only=True)
+    assert saved["callbacks"][policy.state_key]["last_model_path"] == "foo=1.0-last.ckpt"
+
+
+def test_save_last_versioning(tmp_path: Path) -> None:
+    """test_save_last_versioning: a second run into the same folder writes ``last-v1``; no file is
+    a link (``save_top_k=0`` saved nothing to link to)."""
+    for _ in range(2):
+        _fit(tmp_path, [ModelCheckpoint(dirpath=tmp_path, save_top_k=0, save_last=True)], epochs=2, batches=1)
+    assert _policy_files(tmp_path) == {"last.ckpt", "last-v1.ckpt"}
+    assert not any((tmp_path / name).is_symlink() for name in _policy_files(tmp_path))
+
+
+def test_none_monitor_saves_correct_best_model_path(tmp_path: Path) -> None:
+    """test_none_monitor_saves_correct_best_model_path: without a monitor, the file saved is
+    ``best_model_path``, and its own state says so."""
+    policy = ModelCheckpoint(dirpath=tmp_path, monitor=None)
+    _fit(tmp_path, [policy], epochs=1, batches=1)
+    assert _policy_files(tmp_path) == {"epoch=0-step=1.ckpt"}
+    assert policy.best_model_path == str(tmp_path / "epoch=0-step=1.ckpt")
+    saved = torch.load(tmp_path / "epoch=0-step=1.ckpt", weights_only=True)
+    assert saved["callbacks"][policy.state_key]["best_model_path"] == "epoch=0-step=1.ckpt"
+
+
+def test_last_global_step_saved(tmp_path: Path) -> None:
+    """test_last_global_step_saved: ``save_top_k=0`` and ``save_last=False`` save nothing (the
+    Lightning test checks the private counter of saves; here, what a user sees: no file)."""
+    policy = ModelCheckpoint(dirpath=tmp_path, save_top_k=0, save_last=False, monitor="foo")
+    _fit(tmp_path, [policy], epochs=2, batches=2, log=lambda ckpt: {"foo": 123.0})
+    assert _policy_files(tmp_path) == set()
+    assert policy.best_model_path == "" and policy.last_model_path == ""
+
+
+def test_ckpt_version_counter_disabled_after_rerun_new_trainer(tmp_path: Path) -> None:
+    """test_ckpt_version_counter_disabled_after_rerun_new_trainer: with
+    ``enable_version_counter=False`` a second run overwrites the first run's files, ``last``
+    included, and adds no suffix. (Regression: the files of an earlier run raised.)"""
+    for _ in range(2):
+        policy = ModelCheckpoint(dirpath=tmp_path, save_top_k=-1, save_last=True, monitor="epoch", mode="max",
+                                 filename="{epoch}", enable_version_counter=False)  # fmt: skip
+        ckpt = _fit(tmp_path, [policy], epochs=2, batches=1)
+        assert {Path(p).name for p in policy.best_k_models} == {"epoch=0.ckpt", "epoch=1.ckpt"}
+        assert Path(policy.last_model_path).name == "last.ckpt"
+        assert ckpt.resumed_from is None
+    assert _policy_files(tmp_path) == {"epoch=0.ckpt", "epoch=1.ckpt", "last.ckpt"}
+
+
+def test_expand_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """test_expand_home: ``~`` in ``dirpath`` is the home folder; ``./~`` is a folder named ``~``."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    assert ModelCheckpoint(dirpath="~/checkpoints").dirpath == str(tmp_path / "home" / "checkpoints")
+    assert ModelCheckpoint(dirpath=Path("~/checkpoints")).dirpath == str(tmp_path / "home" / "checkpoints")
+    assert ModelCheckpoint(dirpath="./~/checkpoints").dirpath == str(tmp_path / "~" / "checkpoints")
+
+
+def test_checkpoint_repeated_strategy(tmp_path: Path) -> None:
+    """test_checkpoint_repeated_strategy: fitting again from the best checkpoint of a finished run
+    (nothing left to train) writes no new file, however often."""
+    policy = ModelCheckpoint(monitor="val_loss", dirpath=tmp_path, filename="{epoch:02d}")
+
+    def validate(ckpt: Checkpointer) -> bool:
+        ckpt.log("val_loss", 0.5)
+        return True
+
+    _fit(tmp_path, [policy], epochs=1, batches=2, validate=validate)
+    assert _policy_files(tmp_path) == {"epoch=00.ckpt"}
+    for _ in range(4):
+        again = ModelCheckpoint(monitor="val_loss", dirpath=tmp_path, filename="{epoch:02d}")
+        ckpt = _fit(tmp_path, [again], epochs=1, batches=2, validate=validate, ckpt_path=policy.best_model_path)
+        assert ckpt.global_step == 2
+        assert _policy_files(tmp_path) == {"epoch=00.ckpt"}
+
+
+def test_ckpt_metric_names(tmp_path: Path) -> None:
+    """test_ckpt_metric_names: a metric in ``filename`` puts its name and value in the file name."""
+    policy = ModelCheckpoint(monitor="early_stop_on", dirpath=tmp_path, filename="{val_loss:.2f}")
+    _fit(tmp_path, [policy], epochs=1, batches=2, log=lambda ckpt: {"early_stop_on": 1.0, "val_loss": 0.123})
+    names = [n for n in _policy_files(tmp_path) if "val_loss" in n]
+    assert names == ["val_loss=0.12.ckpt"]
+
+
+@pytest.mark.parametrize("save_top_k", [-1, 0, 1, 2])
+def test_model_checkpoint_with_non_string_input(tmp_path: Path, save_top_k: int) -> None:
+    """test_model_checkpoint_with_non_string_input: ``dirpath=None`` is valid; the folder is under
+    the run's root (Lightning: the logger's version folder; ckpthooks has no logger, so
+    ``default_root_dir/checkpoints``)."""
+    policy = ModelCheckpoint(monitor="early_stop_on", dirpath=None, filename="{epoch}", save_top_k=save_top_k)
+    _fit(tmp_path, [policy], epochs=2, batches=1, log=lambda ckpt: {"early_stop_on": 3.0 - ckpt.global_step})
+    assert policy.dirpath == str(tmp_path / "checkpoints")
+    if save_top_k == -1:
+        assert _policy_files(tmp_path / "checkpoints") == {"epoch=0.ckpt", "epoch=1.ckpt"}
+
+
+def test_model_checkpoint_score_and_ckpt_val_check_interval(tmp_path: Path) -> None:
+    """test_model_checkpoint_score_and_ckpt_val_check_interval (``val_check_interval=0.25``, 12
+    batches, 3 epochs): a validation every 3 batches saves a file named by its score, holding the
+    steps done, the epoch, and the score as ``current_score``; the LR scheduler's state is the one
+    at the save (stepped at each epoch's end, after the epoch's last validation)."""
+    torch.manual_seed(0)
+    val_logs = torch.randn(12).tolist()
+    policy = ModelCheckpoint(dirpath=tmp_path, filename="{val_log:.4f}-{epoch}", monitor="val_log", save_top_k=-1)
+    ckpt = Checkpointer(tmp_path, callbacks=[policy], preemption_signals=None)
+    model = TinyNet()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=2)
+    ckpt.track(model=model, optimizers=optimizer, lr_schedulers=scheduler)
+    validations = 0
+
+    @ckpt.loop(max_epochs=3)
+    def epoch(epoch: int) -> None:
+        nonlocal validations
+        for i, _ in enumerate(ckpt.batches(range(12))):
+            optimizer.step()
+            if (i + 1) % 3 == 0:
+                ckpt.log("val_log", val_logs[validations])
+                validations += 1
+                ckpt.validation_end()
+        scheduler.step()
+
+    epoch()
+    assert len(_policy_files(tmp_path)) == 12
+    for index, score in enumerate(val_logs):
+        epoch_index = index // 4
+        saved = torch.load(tmp_path / f"val_log={score:.4f}-epoch={epoch_index}.ckpt", weights_only=True)
+        assert saved["epoch"] == epoch_index
+        assert saved["global_step"] == 3 * (index + 1)
+        state = saved["callbacks"][policy.state_key]
+        assert state["monitor"] == "val_log" and state["current_score"] == pytest.approx(score)
+        assert saved["lr_schedulers"][0]["_step_count"] == epoch_index + 1
+        assert saved["lr_schedulers"][0]["_last_lr"][0] == pytest.approx(0.1 * 2**epoch_index)
+
+
+def test_model_checkpoint_score_and_ckpt_with_a_scheduler(tmp_path: Path) -> None:
+    """test_model_checkpoint_score_and_ckpt (StepLR): an epoch-end checkpoint holds the scheduler
+    state after that epoch's step (``_step_count == epoch + 2``, ``lr * gamma ** (epoch + 1)``)."""
+    policy = ModelCheckpoint(dirpath=tmp_path, filename="{train_log:.4f}-{epoch}", monitor="train_log", save_top_k=-1)
+    ckpt = Checkpointer(tmp_path, callbacks=[policy], preemption_signals=None)
+    model = TinyNet()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=2)
+    ckpt.track(model=model, optimizers=optimizer, lr_schedulers=scheduler)
+    scores = [0.3, 0.1, 0.2]
+
+    @ckpt.loop(max_epochs=3)
+    def epoch(epoch: int) -> None:
+        for _ in ckpt.batches(range(5)):
+            optimizer.step()
+        ckpt.log("train_log", scores[epoch])
+        scheduler.step()
+
+    epoch()
+    for index, score in enumerate(scores):
+        saved = torch.load(tmp_path / f"train_log={score:.4f}-epoch={index}.ckpt", weights_only=True)
+        assert (saved["epoch"], saved["global_step"]) == (index, 5 * (index + 1))
+        assert saved["lr_schedulers"][0]["_step_count"] == index + 2
+        assert saved["lr_schedulers"][0]["_last_lr"][0] == pytest.approx(0.1 * 2 ** (index + 1))
+
+
+# --------------------------------------------------------------------------- save_on_exception
+
+
+class Trouble(Callback):
+    """Raises ``RuntimeError("Trouble!")`` at one event (Lightning's ``TroubledCallback*`` classes)."""
+
+    def __init__(self, event: str) -> None:
+        self.event = event
+
+    def _maybe(self, checkpointer: Checkpointer, event: str) -> None:
+        if event == self.event and (event == "on_fit_end" or checkpointer.current_epoch == 1):
+            raise RuntimeError("Trouble!")
+
+    def on_train_epoch_start(self, checkpointer: Checkpointer) -> None:
+        self._maybe(checkpointer, "on_train_epoch_start")
+
+    def on_train_batch_end(self, checkpointer: Checkpointer) -> None:
+        self._maybe(checkpointer, "on_train_batch_end")
+
+    def on_train_epoch_end(self, checkpointer: Checkpointer) -> None:
+        self._maybe(checkpointer, "on_train_epoch_end")
+
+    def on_validation_end(self, checkpointer: Checkpointer) -> None:
+        self._maybe(checkpointer, "on_validation_end")
+
+    def on_fit_end(self, checkpointer: Checkpointer) -> None:
+        self._maybe(checkpointer, "on_fit_end")
+
+
+def _troubled_fit(root: Path, callbacks: list[Callback], *, in_step: bool = False) -> None:
+    torch.manual_seed(0)
+    model = TinyNet()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    ckpt = Checkpointer(root, callbacks=callbacks, preemption_signals=None).track(model=model, optimizers=optimizer)
+
+    @ckpt.loop(max_epochs=4)
+    def epoch(epoch: int) -> None:
+        for i, _ in enumerate(ckpt.batches(range(2))):
+            if in_step and epoch == 1 and i == 1:
+                raise RuntimeError("Trouble!")  # Lightning's TroubledModelInTrainingStep
+            optimizer.zero_grad()
+            model(torch.ones(1, 4)).sum().backward()
+            optimizer.step()
+        ckpt.log("val_loss", 1.0)
+        ckpt.validation_end()
+
+    with pytest.raises(RuntimeError, match="Trouble!"):
+        epoch()
+
+
+@pytest.mark.parametrize(
+    "event", ["training_step", "on_train_epoch_start", "on_train_batch_end", "on_train_epoch_end",
+              "on_validation_end", "on_fit_end"],
+)  # fmt: skip
+def test_model_checkpoint_on_exception_parametrized(tmp_path: Path, event: str) -> None:
+    """test_model_checkpoint_on_exception_parametrized and
+    test_model_checkpoint_on_exception_in_other_callbacks: with ``save_on_exception=True`` an
+    exception in the loop body or in another callback leaves
+    ``exception.ckpt`` with the model's state and the steps done, and the exception goes on."""
+    policy = ModelCheckpoint(dirpath=tmp_path, filename="exception", save_on_exception=True, every_n_epochs=7)
+    callbacks: list[Callback] = [policy] if event == "training_step" else [policy, Trouble(event)]
+    _troubled_fit(tmp_path, callbacks, in_step=event == "training_step")
+    saved = torch.load(tmp_path / "exception.ckpt", weights_only=True)
+    assert saved["state_dict"]
+    done = {"training_step": 3, "on_train_epoch_start": 2, "on_train_batch_end": 3, "on_train_epoch_end": 4,
+            "on_validation_end": 4, "on_fit_end": 8}  # fmt: skip
+    assert saved["global_step"] == done[event]
+
+
+def test_model_checkpoint_on_exception_run_condition_on_train_batch_start(tmp_path: Path) -> None:
+    """test_model_checkpoint_on_exception_run_condition_on_train_batch_start: a step already saved
+    is not saved again when the exception comes."""
+    policy = ModelCheckpoint(dirpath=tmp_path, filename="already_saved", save_on_exception=True,
+                             every_n_train_steps=1)  # fmt: skip
+    _troubled_fit(tmp_path, [policy, Trouble("on_train_epoch_start")])
+    assert _policy_files(tmp_path) == {"already_saved.ckpt"}
+
+
+def test_model_checkpoint_on_exception_run_condition_on_validation_start(tmp_path: Path) -> None:
+    """test_model_checkpoint_on_exception_run_condition_on_validation_start: an exception before
+    any training step (Lightning: in the sanity check) saves nothing."""
+
+    class EarlyTrouble(Callback):
+        def on_train_epoch_start(self, checkpointer: Checkpointer) -> None:
+            raise RuntimeError("Trouble!")
+
+    policy = ModelCheckpoint(dirpath=tmp_path, filename="sanity_check", save_on_exception=True)
+    _troubled_fit(tmp_path, [policy, EarlyTrouble()])
+    assert _policy_files(tmp_path) == set()
+
+
+def test_save_on_exception_never_hides_the_exception(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """ckpthooks: when the exception checkpoint cannot be written, the loop's exception still
+    propagates and the failure is logged."""
+    (tmp_path / "blocked").write_text("a file where the folder should be")
+    policy = ModelCheckpoint(dirpath=tmp_path / "blocked", filename="exception", save_on_exception=True,
+                             every_n_epochs=7)  # fmt: skip
+    _troubled_fit(tmp_path, [policy], in_step=True)
+    assert "save_on_exception" in caplog.text
+
+
+def test_save_last_only_when_checkpoint_saved(tmp_path: Path) -> None:
+    """test_save_last_only_when_checkpoint_saved: top-1 by a validation loss that goes down and up
+    leaves two files, the best and ``last``."""
+
+    def validate(ckpt: Checkpointer) -> bool:
+        epoch = ckpt.current_epoch
+        ckpt.log("val_loss", 1.0 - epoch * 0.1 if epoch % 2 == 0 else 1.0 + epoch * 0.1)
+        return True
+
+    policy = ModelCheckpoint(dirpath=tmp_path, filename="best-{epoch}-{val_loss:.2f}", monitor="val_loss",
+                             save_last=True, save_top_k=1, save_on_train_epoch_end=False)  # fmt: skip
+    _fit(tmp_path, [policy], epochs=4, batches=2, validate=validate)
+    assert _policy_files(tmp_path) == {"best-epoch=2-val_loss=0.80.ckpt", "last.ckpt"}
+
+
+def test_save_last_without_save_on_train_epoch_and_without_val(tmp_path: Path) -> None:
+    """test_save_last_without_save_on_train_epoch_and_without_val: ``save_last=True`` with
+    ``save_on_train_epoch_end=False`` and no validation at all still writes ``last``."""
+    policy = ModelCheckpoint(dirpath=tmp_path, save_last=True, save_on_train_epoch_end=False)
+    _fit(tmp_path, [policy], epochs=2, batches=2)
+    assert (tmp_path / "last.ckpt").exists()
+
+
+def test_none_monitor_not_alternating(tmp_path: Path) -> None:
+    """test_none_monitor_not_alternating: top-1 without a monitor and a fixed name rewrites
+    ``model.ckpt``; it never alternates with ``model-v1.ckpt``."""
+    seen: list[set[str]] = []
+
+    class ListDir(Callback):
+        def on_train_epoch_start(self, checkpointer: Checkpointer) -> None:
+            if checkpointer.current_epoch > 0:
+                seen.append(_policy_files(tmp_path))
+
+    policy = ModelCheckpoint(dirpath=tmp_path, monitor=None, save_top_k=1, filename="model")
+    _fit(tmp_path, [policy, ListDir()], epochs=3, batches=1)
+    assert seen == [{"model.ckpt"}, {"model.ckpt"}]
+    assert _policy_files(tmp_path) == {"model.ckpt"}

@@ -1,6 +1,8 @@
 """ModelCheckpoint: Lightning's options with Lightning's meaning, and its known faults fixed.
 
-The scenarios follow Lightning's own ModelCheckpoint tests, driven through a plain loop.
+The scenarios follow Lightning's own ModelCheckpoint tests, driven through a plain loop; a test
+ported from one names it (Lightning-AI/pytorch-lightning, tests/tests_pytorch/checkpointing/
+test_model_checkpoint.py). The others test ckpthooks' own guarantees.
 """
 
 from __future__ import annotations
@@ -73,6 +75,7 @@ def loaded(path: str | Path) -> dict[str, Any]:
 
 
 def test_format_checkpoint_name_follows_lightning() -> None:
+    """From checkpointing/test_model_checkpoint.py::test_model_checkpoint_format_checkpoint_name."""
     assert format_filename("", {"epoch": 3, "step": 2}) == "epoch=3-step=2"
     assert format_filename(None, {"epoch": 3, "step": 2}, prefix="test") == "test-epoch=3-step=2"
     assert format_filename("ckpt", {}, prefix="test") == "test-ckpt"
@@ -91,12 +94,16 @@ def test_format_checkpoint_name_follows_lightning() -> None:
 
 
 def test_format_checkpoint_name_without_folder_and_with_version(tmp_path: Path) -> None:
+    """From checkpointing/test_model_checkpoint.py::test_model_checkpoint_format_checkpoint_name
+    (no dirpath set; with version)."""
     assert ModelCheckpoint(monitor="x").format_checkpoint_name({"epoch": 3, "step": 2}) == "epoch=3-step=2.ckpt"
     mc = ModelCheckpoint(monitor="x", dirpath=tmp_path, filename="name")
     assert mc.format_checkpoint_name({}, ver=3) == str(tmp_path / "name-v3.ckpt")
 
 
 def test_metric_names_with_path_separators_never_create_folders(tmp_path: Path) -> None:
+    """From checkpointing/test_model_checkpoint.py::test_model_checkpoint_format_checkpoint_name
+    (using slashes; a deliberate difference)."""
     mc = ModelCheckpoint(dirpath=tmp_path, filename="{epoch}_{val/loss:.5f}", monitor="val/loss", save_top_k=-1)
     ckpt, _ = make_checkpointer(tmp_path, [mc])
     drive(ckpt, 2, 1, epoch_metrics=lambda e: {"val/loss": 0.03 + e})
@@ -138,11 +145,16 @@ def test_filename_extension_is_not_doubled(tmp_path: Path) -> None:
     ],
 )
 def test_invalid_options_raise(kwargs: dict[str, Any], match: str) -> None:
+    """From checkpointing/test_model_checkpoint.py::test_invalid_top_k, test_none_monitor_top_k,
+    test_invalid_every_n_epochs, test_invalid_every_n_train_steps, test_invalid_trigger_combination
+    and test_model_checkpoint_mode_options (ckpthooks' messages differ)."""
     with pytest.raises(ConfigurationError, match=match):
         ModelCheckpoint(**kwargs)
 
 
 def test_valid_option_combinations_and_defaults() -> None:
+    """From checkpointing/test_model_checkpoint.py::test_none_monitor_top_k and
+    test_invalid_trigger_combination (the valid combinations), test_none_every_n_train_steps_val_epochs."""
     for top_k in (-1, 0, 1):
         ModelCheckpoint(save_top_k=top_k)
     ModelCheckpoint(every_n_train_steps=0, every_n_epochs=3)
@@ -154,6 +166,7 @@ def test_valid_option_combinations_and_defaults() -> None:
 
 
 def test_enable_checkpointing_false_with_a_model_checkpoint_raises(tmp_path: Path) -> None:
+    """From checkpointing/test_model_checkpoint.py::test_configure_model_checkpoint."""
     with pytest.raises(ConfigurationError, match="enable_checkpointing=False"):
         Checkpointer(tmp_path, callbacks=[ModelCheckpoint()], enable_checkpointing=False)
 
@@ -162,6 +175,7 @@ def test_enable_checkpointing_false_with_a_model_checkpoint_raises(tmp_path: Pat
 
 
 def test_score_and_checkpoint_contents(tmp_path: Path) -> None:
+    """From checkpointing/test_model_checkpoint.py::test_model_checkpoint_score_and_ckpt."""
     scores = [0.7, 0.2, 0.5]
     mc = ModelCheckpoint(dirpath=tmp_path, filename="{val_log:.4f}-{epoch}", monitor="val_log", save_top_k=-1)
     ckpt, _ = make_checkpointer(tmp_path, [mc])
@@ -180,6 +194,7 @@ def test_score_and_checkpoint_contents(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("every_n_epochs", [0, 1, 2, 3])
 def test_every_n_epochs(tmp_path: Path, every_n_epochs: int) -> None:
+    """From checkpointing/test_model_checkpoint.py::test_model_checkpoint_every_n_epochs."""
     mc = ModelCheckpoint(dirpath=tmp_path, filename="{epoch}", save_top_k=-1, every_n_epochs=every_n_epochs)
     ckpt, _ = make_checkpointer(tmp_path, [mc])
     drive(ckpt, 5, 1)
@@ -188,6 +203,7 @@ def test_every_n_epochs(tmp_path: Path, every_n_epochs: int) -> None:
 
 
 def test_every_n_train_steps(tmp_path: Path) -> None:
+    """From checkpointing/test_model_checkpoint.py::test_ckpt_every_n_train_steps."""
     mc = ModelCheckpoint(dirpath=tmp_path, filename="{step}", every_n_train_steps=16, save_top_k=-1)
     ckpt, _ = make_checkpointer(tmp_path, [mc])
     drive(ckpt, 2, 64)
@@ -195,6 +211,7 @@ def test_every_n_train_steps(tmp_path: Path) -> None:
 
 
 def test_train_time_interval(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """From checkpointing/test_model_checkpoint.py::test_model_checkpoint_train_time_interval."""
     clock = iter(7.0 * i for i in range(10_000))
     monkeypatch.setattr("ckpthooks._policies.schedule.time.monotonic", lambda: next(clock))
     mc = ModelCheckpoint(
@@ -207,6 +224,7 @@ def test_train_time_interval(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
 
 
 def test_several_validations_per_epoch_each_save(tmp_path: Path) -> None:
+    """From checkpointing/test_model_checkpoint.py::test_val_check_interval_checkpoint_files."""
     mc = ModelCheckpoint(dirpath=tmp_path, monitor="val_acc", mode="max", save_top_k=-1)
     ckpt, _ = make_checkpointer(tmp_path, [mc])
     ckpt.fit_start()
@@ -245,12 +263,14 @@ def test_save_on_train_epoch_end_saves_before_validation(tmp_path: Path) -> None
 
 
 def test_default_policy_keeps_only_the_newest_epoch(tmp_path: Path) -> None:
+    """From checkpointing/test_model_checkpoint.py::test_default_checkpoint_behavior."""
     ckpt, _ = make_checkpointer(tmp_path, [])
     drive(ckpt, 3, 5)
     assert ckpt_files(tmp_path / "checkpoints") == {"epoch=2-step=15.ckpt"}
 
 
 def test_top_k_zero_saves_only_last(tmp_path: Path) -> None:
+    """From checkpointing/test_model_checkpoint.py::test_model_checkpoint_topk_zero."""
     mc = ModelCheckpoint(dirpath=tmp_path, save_top_k=0, save_last=True)
     ckpt, _ = make_checkpointer(tmp_path, [mc])
     drive(ckpt, 2, 2)
@@ -261,6 +281,7 @@ def test_top_k_zero_saves_only_last(tmp_path: Path) -> None:
 
 
 def test_top_k_all_with_monitor(tmp_path: Path) -> None:
+    """From checkpointing/test_model_checkpoint.py::test_model_checkpoint_topk_all."""
     mc = ModelCheckpoint(dirpath=tmp_path, filename="{epoch}", monitor="epoch", mode="max", save_top_k=-1)
     ckpt, _ = make_checkpointer(tmp_path, [mc])
     drive(ckpt, 3, 1)
@@ -299,6 +320,8 @@ def test_ties_do_not_displace_the_earlier_checkpoint(tmp_path: Path) -> None:
 def test_non_finite_scores_are_never_ranked(
     tmp_path: Path, mode: str, bad: float, caplog: pytest.LogCaptureFixture
 ) -> None:
+    """From checkpointing/test_model_checkpoint.py::test_checkpointing_with_nan_as_first and
+    test_current_score_when_nan (a deliberate difference)."""
     values = [bad, *([5, 7, 8] if mode == "max" else [8, 7, 5])]
     mc = ModelCheckpoint(dirpath=tmp_path, filename="{epoch}", monitor="abc", mode=mode, save_top_k=1)
     ckpt, _ = make_checkpointer(tmp_path, [mc])
@@ -313,6 +336,7 @@ def test_non_finite_scores_are_never_ranked(
 
 
 def test_current_score_is_saved(tmp_path: Path) -> None:
+    """From checkpointing/test_model_checkpoint.py::test_current_score."""
     mc = ModelCheckpoint(dirpath=tmp_path, save_top_k=3, monitor="foo")
     ckpt, _ = make_checkpointer(tmp_path, [mc])
     drive(ckpt, 3, 1, epoch_metrics=lambda e: {"foo": (e + 1) / 10})
@@ -334,6 +358,7 @@ def test_last_k_by_monitoring_global_step(tmp_path: Path) -> None:
 
 
 def test_save_last_with_a_name_template_keeps_one_last_file(tmp_path: Path) -> None:
+    """From checkpointing/test_model_checkpoint.py::test_model_checkpoint_save_last."""
     class NamedLast(ModelCheckpoint):
         CHECKPOINT_NAME_LAST = "last-{epoch}"
 
@@ -346,6 +371,7 @@ def test_save_last_with_a_name_template_keeps_one_last_file(tmp_path: Path) -> N
 
 
 def test_save_last_without_monitor_keeps_all_and_last(tmp_path: Path) -> None:
+    """From checkpointing/test_model_checkpoint.py::test_model_checkpoint_save_last_none_monitor."""
     mc = ModelCheckpoint(dirpath=tmp_path, save_top_k=-1, save_last=True)
     ckpt, _ = make_checkpointer(tmp_path, [mc])
     drive(ckpt, 2, 10)
@@ -357,6 +383,7 @@ def test_save_last_without_monitor_keeps_all_and_last(tmp_path: Path) -> None:
 
 
 def test_last_holds_the_latest_state_even_when_the_monitor_gets_worse(tmp_path: Path) -> None:
+    """From checkpointing/test_model_checkpoint.py::test_model_checkpoint_save_last_checkpoint_contents."""
     mc = ModelCheckpoint(dirpath=tmp_path, filename="{epoch}", monitor="loss", save_top_k=1, save_last=True)
     ckpt, _ = make_checkpointer(tmp_path, [mc])
     drive(ckpt, 3, 2, epoch_metrics=lambda e: {"loss": [1.0, 2.0, 3.0][e]})
@@ -382,6 +409,7 @@ def test_save_last_link_shares_the_newest_file(tmp_path: Path) -> None:
 
 
 def test_version_counter_after_a_rerun_in_the_same_folder(tmp_path: Path) -> None:
+    """From checkpointing/test_model_checkpoint.py::test_ckpt_version_after_rerun_new_trainer."""
     for run in range(2):
         mc = ModelCheckpoint(dirpath=tmp_path, save_top_k=-1, monitor="epoch", mode="max", filename="{epoch}")
         ckpt, _ = make_checkpointer(tmp_path, [mc])
@@ -392,6 +420,7 @@ def test_version_counter_after_a_rerun_in_the_same_folder(tmp_path: Path) -> Non
 
 
 def test_version_counter_starts_at_starting_version(tmp_path: Path) -> None:
+    """From checkpointing/test_model_checkpoint.py::test_ckpt_version_after_rerun_same_trainer."""
     class Nine(ModelCheckpoint):
         STARTING_VERSION = 9
 
@@ -452,6 +481,7 @@ def test_two_policies_with_the_same_state_key_are_rejected(tmp_path: Path) -> No
 
 
 def test_state_key_is_stable_across_options_that_do_not_change_the_ranking() -> None:
+    """From checkpointing/test_model_checkpoint.py::test_model_checkpoint_state_key (a deliberate difference)."""
     a = ModelCheckpoint(monitor="val_loss", every_n_epochs=1, save_top_k=2)
     b = ModelCheckpoint(monitor="val_loss", every_n_epochs=3, save_top_k=5, filename="{epoch}", save_last=True)
     assert a.state_key == b.state_key
@@ -522,6 +552,7 @@ def test_best_without_a_monitor_or_without_files(tmp_path: Path) -> None:
 
 
 def test_never_deletes_the_file_the_run_resumed_from(tmp_path: Path) -> None:
+    """From checkpointing/test_model_checkpoint.py::test_resume_and_old_checkpoint_files_remain (same folder)."""
     run_policy(tmp_path, 2, None, save_top_k=1)  # keeps epoch=1 (loss 3.0)
     resumed_from = tmp_path / "ckpts" / "epoch=1.ckpt"
     _, mc = run_policy(tmp_path, 4, str(resumed_from), save_top_k=1)

@@ -383,6 +383,8 @@ def test_loop_progress_stored_in_ckpthooks_namespace(on_disk: dict[str, Any]) ->
         "global_step": SAVED_STEP,
         "epoch_finished": False,
         "epoch_rng": None,  # recorded by batches(); this loop steps by hand
+        "validated": False,  # no validation in this epoch yet (epoch_end() would stand in for one)
+        "batch_end_pending": False,  # saved between batches, not inside one
     }
 
 

@@ -11,11 +11,13 @@ guards (only files this policy wrote, never the file the run resumed from, never
 
 from __future__ import annotations
 
+import ast
 import logging
 import math
 import os
 import re
 import threading
+import warnings
 from collections import deque
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
@@ -38,6 +40,9 @@ if TYPE_CHECKING:
     from ckpthooks._checkpointer import Checkpointer
 
 log = logging.getLogger(__name__)
+
+#: monitor candidates the loop provides when they are not logged (see ``monitor_candidates``)
+_LOOP_CANDIDATES = frozenset({"epoch", "step", "global_step"})
 
 
 class _Savepoint(NamedTuple):
@@ -134,6 +139,7 @@ class ModelCheckpoint(Callback):
         every_n_epochs: int | None = None,
         save_on_train_epoch_end: bool | None = None,
         enable_version_counter: bool = True,
+        save_on_exception: bool = False,
     ) -> None:
         if mode not in ("min", "max"):
             raise ConfigurationError(f"mode must be 'min' or 'max', not {mode!r}")
@@ -161,6 +167,7 @@ class ModelCheckpoint(Callback):
         self.mode: Mode = mode
         self.auto_insert_metric_name = auto_insert_metric_name
         self.enable_version_counter = enable_version_counter
+        self.save_on_exception = save_on_exception
         self.schedule = SaveSchedule(
             every_n_train_steps=every_n_train_steps,
             every_n_epochs=every_n_epochs,
@@ -171,6 +178,8 @@ class ModelCheckpoint(Callback):
         self.current_score: float | None = None
         self.last_model_path = ""
         self._latest_path = ""  # newest file this policy wrote (for save_top_k=1 without monitor)
+        # best_model_path of a state saved with another dirpath (until this policy saves a best)
+        self._restored_best = ""
         self._last_global_step_saved = 0  # no save before the first training step (Lightning's rule)
         self._saved_at_log_count = 0  # the loop's log count at this policy's latest save
         self._deferred = False  # a step or time trigger waits for a fresh monitor value (validation)
@@ -204,8 +213,8 @@ class ModelCheckpoint(Callback):
     @property
     def best_model_path(self) -> str:
         if self.monitor is None:
-            return self._latest_path
-        return self.topk.best_path or ""
+            return self._latest_path or self._restored_best
+        return self.topk.best_path or self._restored_best
 
     @property
     def best_model_score(self) -> float | None:
@@ -248,6 +257,31 @@ class ModelCheckpoint(Callback):
         it (ckpthooks 0.1.0.dev0): its state is read from there when the current key is absent."""
         return () if self._trigger_kind() is None else (self._generate_state_key(**self._ranking_key()),)
 
+    def earlier_state_key(self, unclaimed: Collection[str]) -> str | None:
+        """Besides the aliases, this policy's key with another ``dirpath`` (a run resumed into a
+        new folder, as Lightning allows: its key holds no folder), when exactly one saved state
+        differs from this policy's key by the folder alone."""
+        found = super().earlier_state_key(unclaimed)
+        if found is not None:
+            return found
+        mine = self._key_without_dirpath(self.state_key)
+        matches = [key for key in unclaimed if mine is not None and self._key_without_dirpath(key) == mine]
+        return matches[0] if len(matches) == 1 else None
+
+    def _key_without_dirpath(self, key: str) -> dict[str, Any] | None:
+        """A state key of this class as a dict without its ``dirpath``; ``None`` for other keys."""
+        name = type(self).__qualname__
+        if not key.startswith(name + "{"):
+            return None
+        try:
+            fields = ast.literal_eval(key[len(name) :])
+        except (ValueError, SyntaxError):
+            return None
+        if not isinstance(fields, dict):
+            return None
+        fields.pop("dirpath", None)
+        return fields
+
     def _ranking_key(self) -> dict[str, Any]:
         key: dict[str, Any] = {"monitor": self.monitor, "mode": self.mode}
         if self._dirpath_arg is not None:
@@ -274,7 +308,8 @@ class ModelCheckpoint(Callback):
 
     def on_fit_start(self, checkpointer: Checkpointer) -> None:
         self.schedule.start()
-        self._saved_this_run, self._deferred = False, False
+        # _saved_this_run and _deferred carry over from a restored state: a resumed run does what
+        # the uninterrupted one would (no extra ``last`` at the end, a deferred save still waits)
         self._fit_start_step = checkpointer.global_step
         self._adopt_resumed_last(checkpointer)
         self._finish_pending_removals(checkpointer)
@@ -323,6 +358,34 @@ class ModelCheckpoint(Callback):
             candidates = self.monitor_candidates(checkpointer)
             self._note_save(checkpointer)
             self._transaction(checkpointer, lambda: self._save_last(checkpointer, candidates, None))
+
+    def on_exception(self, checkpointer: Checkpointer, exception: BaseException) -> None:
+        """``save_on_exception=True``: save a checkpoint (named by ``filename``, not ranked) and
+        ``last`` when the loop raises, unless this step is saved already (Lightning's rule). The
+        exception goes on whatever happens here: a failed save is logged. Under
+        ``torch.distributed`` nothing is saved (the ranks that did not raise would not join)."""
+        if not self.save_on_exception or self._already_saved(checkpointer):
+            return
+        if distributed.world_size(checkpointer.host) > 1:
+            log.warning("save_on_exception: no checkpoint under torch.distributed (the other ranks would not join)")
+            return
+        try:
+            candidates = self.monitor_candidates(checkpointer)
+            filepath = self._new_filepath(candidates, reuse=None)
+            self._note_save(checkpointer)
+
+            def write() -> str:
+                self._write(checkpointer, filepath, role="exception", score=None, replaces=None)
+                self._save_last(checkpointer, candidates, None)
+                return filepath
+
+            self._transaction(checkpointer, write)
+            checkpointer.wait()
+            log.info(
+                "%s was raised (%s); saved checkpoint to %s", type(exception).__name__, exception, filepath
+            )
+        except Exception as exc:  # never hide the exception the loop raised
+            log.error("save_on_exception: the checkpoint could not be saved: %s", exc)
 
     def teardown(self, checkpointer: Checkpointer) -> None:
         self._apply_background_failures(checkpointer)
@@ -385,6 +448,8 @@ class ModelCheckpoint(Callback):
         if self.monitor is None:
             return None
         logged_at = checkpointer.loop_tracker.logged_at.get(self.monitor)
+        if logged_at is None and self.monitor in _LOOP_CANDIDATES:
+            return "fresh"  # epoch, step, global_step: the loop's own values, always current
         if logged_at is None or self.monitor not in checkpointer.callback_metrics:
             freshness = "missing"
         else:
@@ -702,12 +767,14 @@ class ModelCheckpoint(Callback):
         filepath = self.format_checkpoint_name(candidates)
         if self.enable_version_counter:
             return self._versioned(filepath, None, candidates, reuse)
-        if filepath != reuse and self._exists(filepath):
+        if filepath != reuse and self._counts(filepath):
             raise ConfigurationError(
-                f"ModelCheckpoint would overwrite {filepath}, which already exists, because the "
+                f"ModelCheckpoint would overwrite {filepath}, which it still keeps, because the "
                 "filename template gives the same name again and enable_version_counter=False. "
                 "Put {step} or a metric in filename=, or enable the version counter."
             )
+        # a file this policy does not keep (an earlier run's) is overwritten, as in Lightning; the
+        # commit keeps its previous version until the new file is committed
         return filepath
 
     def _versioned(
@@ -722,8 +789,12 @@ class ModelCheckpoint(Callback):
             version += 1
         return filepath
 
+    def _counts(self, filepath: str) -> bool:
+        """Whether this policy's bookkeeping names ``filepath`` (top-k, latest or ``last``)."""
+        return filepath in self.topk.scores or filepath in (self.last_model_path, self._latest_path)
+
     def _exists(self, filepath: str) -> bool:
-        if filepath in self.topk.scores or filepath in (self.last_model_path, self._latest_path):
+        if self._counts(filepath):
             return True
         fs = paths.filesystem(filepath, self._storage_options())
         exists = bool(fs.exists(paths.fs_path(fs, filepath)))
@@ -930,13 +1001,37 @@ class ModelCheckpoint(Callback):
             "last_model_path": rel(self.last_model_path),
             "latest_model_path": rel(self._latest_path),
             "last_global_step_saved": self._last_global_step_saved,
+            "saved_in_run": self._saved_this_run,
+            "deferred": self._deferred,
             "pending_removals": sorted(self._relative(p) for p in self._pending_removals),
             "retained": sorted(self._relative(p) for p in self._retained),
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.current_score = state_dict.get("current_score")
         self._last_global_step_saved = int(state_dict.get("last_global_step_saved", 0))
+        self._deferred = bool(state_dict.get("deferred", False))
+        self._saved_this_run = bool(state_dict.get("saved_in_run", self._last_global_step_saved > 0))
+        saved_dirpath = state_dict.get("dirpath")
+        if self._dirpath_changed(state_dict):
+            # resumed into another folder: the files stay where they are, so the bookkeeping
+            # (which names files in this folder) starts fresh; only best_model_path is kept, as in
+            # Lightning (where it names the old folder)
+            warnings.warn(
+                f"The dirpath has changed from {saved_dirpath!r} to {self.dirpath!r}, therefore "
+                "`best_model_score`, `kth_best_model_path`, `kth_value`, `last_model_path` and "
+                "`best_k_models` won't be reloaded. Only `best_model_path` will be reloaded.",
+                UserWarning,
+                stacklevel=2,
+            )
+            best = state_dict.get("best_model_path") or ""
+            if best and not (os.path.isabs(best) or "://" in best):
+                best = paths.join(str(saved_dirpath), best)
+            self._restored_best = best
+            self._pending_removals, self._retained, self._manifests = set(), set(), {}
+            self._saved_this_run = False  # nothing saved in this folder yet
+            return
+        self.current_score = state_dict.get("current_score")
+        self._restored_best = ""
         scores = state_dict.get("best_k_models") or {}
         self.topk.scores = {self._absolute(p): float(s) for p, s in scores.items()}
         self.last_model_path = self._absolute(state_dict.get("last_model_path") or "")
@@ -944,6 +1039,25 @@ class ModelCheckpoint(Callback):
         self._pending_removals = {self._absolute(p) for p in state_dict.get("pending_removals") or []}
         self._retained = {self._absolute(p) for p in state_dict.get("retained") or []}
         self._manifests = {}
+
+    def _dirpath_changed(self, state_dict: dict[str, Any]) -> bool:
+        """Whether ``state_dict`` was saved with another ``dirpath`` whose files are not here (a
+        run resumed into a new folder; a moved or copied run folder keeps its state). Rank 0
+        decides for every rank: each rank calls this, whatever its own folder."""
+        saved = state_dict.get("dirpath")
+        changed = bool(saved and self.dirpath and saved != self.dirpath) and not self._files_moved(state_dict)
+        host = self._checkpointer.host if self._checkpointer else None
+        return bool(distributed.broadcast_object(changed, host=host))
+
+    def _files_moved(self, state_dict: dict[str, Any]) -> bool:
+        """Whether the files ``state_dict`` names (relative to its ``dirpath``) are in this
+        policy's ``dirpath``: the run's folder was moved or copied, and the state still applies."""
+        names = [state_dict.get(k) or "" for k in ("last_model_path", "latest_model_path", "best_model_path")]
+        names += list(state_dict.get("best_k_models") or {})
+        probe = next((n for n in names if n and not (os.path.isabs(n) or "://" in n)), None)
+        if probe is None:
+            return False
+        return Location.of(self._absolute(probe), self._storage_options()).exists()
 
     def _relative(self, path: str) -> str:
         if not path:
@@ -966,5 +1080,54 @@ class ModelCheckpoint(Callback):
         assert self.dirpath is not None
         return paths.join(self.dirpath, path)
 
+    def to_yaml(self, filepath: str | os.PathLike[str] | None = None) -> None:
+        """Write ``best_k_models`` (path: score) as YAML, by default to ``best_k_models.yaml`` in
+        ``dirpath`` (Lightning's method; any storage the checkpoints use)."""
+        if filepath is None:
+            if self.dirpath is None:
+                raise ConfigurationError("to_yaml() needs a filepath before the policy has a dirpath")
+            target = paths.join(self.dirpath, "best_k_models.yaml")
+        else:
+            target = paths.normalize(filepath)
+        location = Location.of(target, self._storage_options())
+        location.make_parents()
+        location.replace_with(_yaml_mapping(self.best_k_models).encode())
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Picklable like Lightning's callback (spawned processes, configuration tools): without
+        the lock and the checkpointer it is attached to, which the unpickled copy does not share."""
+        state = self.__dict__.copy()
+        state["_lock"] = None
+        state["_checkpointer"] = None
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+
     def __repr__(self) -> str:
         return f"ModelCheckpoint(dirpath={self.dirpath!r}, monitor={self.monitor!r}, save_top_k={self.save_top_k})"
+
+
+def _yaml_mapping(scores: Mapping[str, float]) -> str:
+    """A flat ``{path: score}`` mapping as YAML that any YAML 1.1 or 1.2 reader loads back to
+    the same strings and floats (quoted keys; floats with a dot, ``.inf``, ``.nan``)."""
+    if not scores:
+        return "{}\n"
+    lines = []
+    for path, score in scores.items():
+        key = "'" + str(path).replace("'", "''") + "'"
+        lines.append(f"{key}: {_yaml_float(float(score))}")
+    return "\n".join(lines) + "\n"
+
+
+def _yaml_float(value: float) -> str:
+    if math.isnan(value):
+        return ".nan"
+    if math.isinf(value):
+        return ".inf" if value > 0 else "-.inf"
+    text = repr(value)
+    if "." not in text and "e" in text:  # 1e-05: YAML 1.1 reads it as a string without the dot
+        mantissa, exponent = text.split("e")
+        text = f"{mantissa}.0e{exponent}"
+    return text
