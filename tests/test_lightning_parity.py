@@ -447,6 +447,8 @@ def test_model_checkpoint_file_extension(tmp_path: Path) -> None:
 
 
 def test_step_end_inside_a_batches_loop_raises_instead_of_counting_twice(tmp_path: Path) -> None:
+    """ckpthooks' own API (Lightning's loop ends every batch itself, so it has no such case):
+    ``step_end()`` inside ``ckpt.batches()`` would count each step twice, and raises."""
     ckpt = Checkpointer(tmp_path, enable_checkpointing=False, preemption_signals=None).track(model=TinyNet())
     ckpt.fit_start()
     ckpt.epoch_start(0)
@@ -581,6 +583,8 @@ def test_a_datamodule_loads_its_own_hyperparameters_and_state(tmp_path: Path) ->
 
 
 def test_an_override_naming_no_init_argument_warns(tmp_path: Path) -> None:
+    """Lightning's ``_load_state`` (core/saving.py) drops an override naming no ``__init__``
+    argument silently; ckpthooks drops it with a warning (a deliberate difference)."""
     path = _saved_with_datamodule(tmp_path)
     with pytest.warns(UserWarning, match=r"'batchsize' is not an argument of DataModule.__init__"):
         dm = DataModule.load_from_checkpoint(path, batchsize=64)
