@@ -41,7 +41,9 @@ from benchmarks.common import (
 )
 from benchmarks.state import TrainingState, build_state, build_tiny
 
-SAVE_VARIANTS = ("torch", "ckpthooks", "lightning", "safetensors")
+SAVE_VARIANTS = ("torch", "ckpthooks", "lightning", "safetensors", "floor-direct", "floor-buffered")
+#: size of the aligned buffer the raw floors write from
+FLOOR_CHUNK = 16 * 1024 * 1024
 RESTORE_VARIANTS = ("torch", "ckpthooks", "ckpthooks-verify-size")
 
 
@@ -59,9 +61,46 @@ def checkpointer(root: Path, state: TrainingState, **options: Any) -> Any:
 
 
 # ------------------------------------------------------------------------------------- savers
-def savers(state: TrainingState, root: Path) -> dict[str, Callable[[str], None]]:
-    """Each variant's durable save of ``state`` to a path (the state_dict calls included).
-    Variants whose library is not installed are left out (the report says so)."""
+def raw_writer(data: bytes, direct: bool) -> Callable[[str], None] | None:
+    """The floor of a durable write of ``data`` (random bytes, the checkpoint's size) to a new file:
+    16 MiB chunks from one aligned buffer, with ``O_DIRECT`` + ``fdatasync`` (``direct``), or
+    buffered writes + ``fsync``; the folder fsynced after. ``None`` where O_DIRECT is missing."""
+    import mmap
+
+    o_direct = getattr(os, "O_DIRECT", 0)
+    if direct and not o_direct:
+        return None
+    buffer = mmap.mmap(-1, FLOOR_CHUNK)
+    view = memoryview(buffer)
+    padded = -(-len(data) // 4096) * 4096
+
+    def write(path: str) -> None:
+        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | (o_direct if direct else 0)
+        fd = os.open(path, flags, 0o644)
+        try:
+            offset = 0
+            while offset < len(data):
+                take = min(FLOOR_CHUNK, len(data) - offset)
+                view[:take] = data[offset : offset + take]
+                length = min(FLOOR_CHUNK, padded - offset) if direct else take  # O_DIRECT: whole blocks
+                os.pwrite(fd, view[:length], offset)
+                offset += take
+            if direct:
+                os.ftruncate(fd, len(data))
+                os.fdatasync(fd)
+            else:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+        fsync_file(path)  # the folder (and a no-op flush of the file)
+
+    return write
+
+
+def savers(state: TrainingState, root: Path, floor_bytes: bytes | None = None) -> dict[str, Callable[[str], None]]:
+    """Each variant's durable save of ``state`` to a path (the state_dict calls included), and,
+    given ``floor_bytes``, the raw floors. Variants whose library is not installed are left out
+    (the report says so)."""
     ckpt = checkpointer(root, state)
 
     def torch_save(path: str) -> None:
@@ -95,6 +134,11 @@ def savers(state: TrainingState, root: Path) -> dict[str, Callable[[str], None]]
             fsync_file(path)
 
         found["safetensors"] = safetensors_save
+    if floor_bytes is not None:
+        for name, flag in (("floor-direct", True), ("floor-buffered", False)):
+            writer = raw_writer(floor_bytes, flag)
+            if writer is not None:
+                found[name] = writer
     return found
 
 
@@ -212,10 +256,13 @@ def main() -> None:
         }
 
         # warm-ups: imports, plugin loading and first-call costs are paid here, not in a measurement
-        warm_savers = savers(tiny, work / "warm")
+        warm_savers = savers(tiny, work / "warm", floor_bytes=os.urandom(1 << 20))
         for name, save in warm_savers.items():
             save(str(work / f"warm-{name}.bin"))
-        saves = savers(state, work / "root")
+        # the floors write random bytes of the checkpoint's size (random: no file system or device
+        # compresses or skips them; zeros would run faster than any real checkpoint)
+        floor_bytes = os.urandom(state.nbytes())
+        saves = savers(state, work / "root", floor_bytes=floor_bytes)
         variants = tuple(name for name in SAVE_VARIANTS if name in saves)
 
         # Every save writes a new file, and no file is deleted before the section ends: on a disk

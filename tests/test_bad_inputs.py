@@ -36,6 +36,7 @@ from ckpthooks import (
     UnsafeCheckpointError,
 )
 from ckpthooks._catalog import verify_checkpoint, write_manifest
+from ckpthooks._io import durable
 from ckpthooks._io.hashing import hash_stream
 from ckpthooks._manifest import MANIFEST_VERSION, Manifest, manifest_path
 from ckpthooks._version import FORMAT_VERSION
@@ -311,8 +312,15 @@ def test_folder_not_writable(folder: Path, unchanged: Any, monkeypatch: pytest.M
             raise PermissionError(errno.EACCES, "Permission denied", os.fspath(file))
         return real_open(file, mode, *args, **kwargs)
 
+    def guarded_open_direct(path: str, *args: Any) -> Any:  # the O_DIRECT open is refused alike
+        if Path(path).parent == folder:
+            raise PermissionError(errno.EACCES, "Permission denied", path)
+        return real_open_direct(path, *args)
+
+    real_open_direct = durable.open_direct
     checkpointer = fresh(patterned_model())
     monkeypatch.setattr(builtins, "open", guarded_open)
+    monkeypatch.setattr(durable, "open_direct", guarded_open_direct)
     with unchanged(), pytest.raises(StorageError, match="Check that the folder is writable") as info:
         checkpointer.save_checkpoint(folder / "b.ckpt")
     monkeypatch.undo()

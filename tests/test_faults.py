@@ -26,7 +26,7 @@ import torch
 
 from ckpthooks import Checkpointer, ModelCheckpoint, StorageError
 from ckpthooks._catalog import iter_committed, read_manifest, verify_checkpoint
-from ckpthooks._io import paths
+from ckpthooks._io import durable, paths
 from ckpthooks._io.durable import TEMP_MARKER
 from ckpthooks.testing.faults import (
     Fault,
@@ -147,7 +147,14 @@ class LocalFaults:
             check("delete", os.fspath(path))
             real_remove(path, *args, **kwargs)
 
+        real_open_direct = durable.open_direct
+
+        def open_direct(path: str, *args: Any) -> Any:  # O_DIRECT writes fail on the same cues
+            handle = real_open_direct(path, *args)
+            return None if handle is None else _FaultyLocalFile(handle, path, check)
+
         monkeypatch.setattr(builtins, "open", open_)
+        monkeypatch.setattr(durable, "open_direct", open_direct)
         monkeypatch.setattr(os, "open", os_open)
         monkeypatch.setattr(os, "fsync", fsync)
         monkeypatch.setattr(os, "replace", replace)

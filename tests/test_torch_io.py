@@ -254,7 +254,16 @@ def _fill_disk_on_temp_files(monkeypatch: pytest.MonkeyPatch) -> list[_DiskFills
             return opened[-1]
         return handle
 
+    def open_direct(path: str, *args: Any) -> Any:  # the O_DIRECT path fills up alike
+        handle = real_open_direct(path, *args)
+        if handle is not None and TEMP_MARKER in path:
+            opened.append(_DiskFillsUp(handle, allowed_writes=2))
+            return opened[-1]
+        return handle
+
+    real_open_direct = durable.open_direct
     monkeypatch.setattr(builtins, "open", open_)
+    monkeypatch.setattr(durable, "open_direct", open_direct)
     return opened
 
 
@@ -300,7 +309,11 @@ def test_permission_error_on_open_is_a_storage_error(
             raise PermissionError(errno.EACCES, "Permission denied", os.fspath(file))
         return real_open(file, *args, **kwargs)
 
+    def guarded_open_direct(path: str, *args: Any) -> Any:  # the O_DIRECT open is refused alike
+        raise PermissionError(errno.EACCES, "Permission denied", path)
+
     monkeypatch.setattr(builtins, "open", guarded_open)
+    monkeypatch.setattr(durable, "open_direct", guarded_open_direct)
     with pytest.raises(StorageError, match="writable") as info:
         TorchCheckpointIO().save_checkpoint(_checkpoint(), str(tmp_path / "a.ckpt"))
     assert isinstance(info.value, ckpthooks.CheckpointError)

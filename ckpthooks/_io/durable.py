@@ -20,9 +20,10 @@ import os
 import time
 import uuid
 from collections.abc import Iterator
-from typing import IO
+from typing import IO, Any
 
 from ckpthooks._io import paths
+from ckpthooks._io.direct import open_direct
 from ckpthooks.exceptions import StorageError
 
 log = logging.getLogger(__name__)
@@ -127,17 +128,23 @@ def fsync_dir(directory: str) -> None:
 
 
 @contextlib.contextmanager
-def atomic_write(path: str, buffering: int = -1) -> Iterator[IO[bytes]]:
+def atomic_write(path: str, buffering: int = -1, direct: bool = False) -> Iterator[IO[bytes]]:
     """Write the local file ``path`` all or nothing.
 
     Yields a file open on a temporary sibling (:func:`temp_name_for`). When the block ends normally
     the file is flushed and fsynced, renamed over ``path`` and the folder fsynced: a crash at any
     point leaves either the old ``path`` or the new one, never a mix. When the block raises, the
     temporary file is removed and ``path`` is untouched. The folder must exist.
+
+    ``direct``: write with ``O_DIRECT`` through aligned buffers (:mod:`ckpthooks._io.direct`) where
+    the file system allows it, else as without it.
     """
     tmp = temp_name_for(path)
     try:
-        with open(tmp, "wb", buffering=buffering) as handle:
+        handle: Any = open_direct(tmp) if direct else None
+        if handle is None:
+            handle = open(tmp, "wb", buffering=buffering)  # noqa: SIM115 (entered just below)
+        with handle:
             yield handle
             handle.flush()
             os.fsync(handle.fileno())

@@ -103,6 +103,10 @@ class TorchCheckpointIO(CheckpointIO):
     every byte and ``torch.load`` never checks the zip CRCs, so they are left out (written as 0)
     unless ``zip_crc32=True``: files still load with ``torch.load`` and Lightning, while ``unzip -t``
     would report CRC mismatches.
+
+    Local files are written with ``O_DIRECT`` through aligned buffers where the file system allows
+    it (several times the throughput of the page cache on a fast disk; the same bytes), unless
+    ``direct_io=False`` or ``CKPTHOOKS_DIRECT_IO=0`` (see :func:`~ckpthooks.plugin.write_durably`).
     """
 
     loads_from_local_copy = True  # a local copy of a remote file loads like the file
@@ -112,10 +116,12 @@ class TorchCheckpointIO(CheckpointIO):
         checksum_algorithm: str | None = None,
         retry: RetryPolicy | None = None,
         zip_crc32: bool = False,
+        direct_io: bool | None = None,
     ) -> None:
         self.checksum_algorithm = checksum_algorithm
         self.retry = retry
         self.zip_crc32 = zip_crc32
+        self.direct_io = direct_io
 
     # ------------------------------------------------------------------ save
 
@@ -132,8 +138,9 @@ class TorchCheckpointIO(CheckpointIO):
                 torch.save(checkpoint, writer)  # type: ignore[arg-type]  # a file-like writer
 
         return write_durably(
-            path, serialize, storage_options, checksum_algorithm=self.checksum_algorithm, retry=self.retry
-        )
+            path, serialize, storage_options, checksum_algorithm=self.checksum_algorithm, retry=self.retry,
+            direct_io=self.direct_io,
+        )  # fmt: skip
 
     # ------------------------------------------------------------------ load
 

@@ -15,6 +15,7 @@ from typing import Any
 
 from ckpthooks._io import multipart
 from ckpthooks._io.base import SaveResult
+from ckpthooks._io.direct import direct_io_default
 from ckpthooks._io.durable import atomic_write, storage_error
 from ckpthooks._io.hashing import HashingWriter
 from ckpthooks._io.location import Location
@@ -37,6 +38,7 @@ def write_durably(
     *,
     checksum_algorithm: str | None = None,
     retry: RetryPolicy | None = None,
+    direct_io: bool | None = None,
 ) -> SaveResult:
     """Write a checkpoint file to ``path`` the way ckpthooks' file backends do, and report its size
     and checksum: ``serialize(writer)`` writes the bytes (in order, never seeking) into ``writer``,
@@ -48,10 +50,16 @@ def write_durably(
     rather than published, and the whole write is repeated on transient errors (``retry``, by default
     :data:`ckpthooks._io.retry.DEFAULT_RETRY`; ``serialize`` is then called again). Storage failures
     raise :class:`~ckpthooks.StorageError`; an exception of ``serialize`` itself passes through.
+
+    ``direct_io``: local files are written with ``O_DIRECT`` through two aligned buffers (the
+    serializer fills one while the other is written), bypassing the page cache, where the file
+    system allows it (else through the page cache, by itself); the bytes are the same. ``None``:
+    on unless the environment sets ``CKPTHOOKS_DIRECT_IO=0``.
     """
     location = Location.of(path, storage_options)
     if location.os_path is not None:
-        return _write_local(location.os_path, serialize, checksum_algorithm)
+        direct = direct_io_default() if direct_io is None else direct_io
+        return _write_local(location.os_path, serialize, checksum_algorithm, direct)
     fs, target = location.fs, location.fs_path
 
     def attempt() -> SaveResult:
@@ -80,7 +88,9 @@ def write_durably(
         raise storage_error("write", path, exc) from exc
 
 
-def _write_local(path: str, serialize: Callable[[HashingWriter], object], checksum_algorithm: str | None) -> SaveResult:
+def _write_local(
+    path: str, serialize: Callable[[HashingWriter], object], checksum_algorithm: str | None, direct: bool
+) -> SaveResult:
     directory = os.path.dirname(os.path.abspath(path))
     try:
         os.makedirs(directory, exist_ok=True)
@@ -88,7 +98,7 @@ def _write_local(path: str, serialize: Callable[[HashingWriter], object], checks
         raise storage_error("create the folder", directory, exc) from exc
     writer: HashingWriter | None = None
     try:
-        with atomic_write(path, buffering=_BUFFER) as handle:
+        with atomic_write(path, buffering=_BUFFER, direct=direct) as handle:
             writer = HashingWriter(handle, checksum_algorithm)
             serialize(writer)
     except BaseException as exc:

@@ -61,7 +61,9 @@ class SafetensorsCheckpointIO(CheckpointIO):
     writing.
 
     Loading never unpickles anything, so ``weights_only`` has nothing to refuse: the flag is accepted
-    and has no effect. Local files are memory-mapped: tensors on the CPU are copy-on-write views of
+    and has no effect. Local files are written with ``O_DIRECT`` where the file system allows it
+    (``direct_io=False`` turns it off; see ``ckpthooks.plugin.write_durably``). Local files are
+    memory-mapped when loaded: tensors on the CPU are copy-on-write views of
     the file (no copy, and pages are read only when touched). Remote files are read as a stream, one
     tensor at a time.
 
@@ -72,12 +74,13 @@ class SafetensorsCheckpointIO(CheckpointIO):
 
     loads_from_local_copy = True  # a local copy of a remote file loads like the file
 
-    def __init__(self, checksum_algorithm: str | None = None) -> None:
+    def __init__(self, checksum_algorithm: str | None = None, direct_io: bool | None = None) -> None:
         if sys.byteorder != "little":
             raise ConfigurationError(
                 "the safetensors backend writes tensor bytes as they are in memory: it needs a little-endian machine"
             )
         self.checksum_algorithm = checksum_algorithm
+        self.direct_io = direct_io
 
     # ------------------------------------------------------------------ save
 
@@ -93,6 +96,7 @@ class SafetensorsCheckpointIO(CheckpointIO):
             lambda writer: _format.write_file(writer, entries, metadata),
             storage_options,
             checksum_algorithm=self.checksum_algorithm,
+            direct_io=self.direct_io,
         )
 
     # ------------------------------------------------------------------ load
