@@ -230,6 +230,21 @@ def restorers(state: TrainingState, root: Path, path: str) -> dict[str, Callable
     }
 
 
+def read_file(path: str) -> dict[str, Any]:
+    """The floor of reading the file: sequential buffered reads into one 16 MiB buffer."""
+    buffer = bytearray(FLOOR_CHUNK)
+    view = memoryview(buffer)
+    total = 0
+    start = time.perf_counter()
+    with open(path, "rb", buffering=0) as handle:
+        while True:
+            n = handle.readinto(view)
+            if not n:
+                break
+            total += n
+    return {"seconds": time.perf_counter() - start, "bytes": total}
+
+
 # ------------------------------------------------------------------------------------- the section
 def rotated(items: tuple[str, ...], rep: int) -> list[str]:
     shift = rep % len(items)
@@ -321,6 +336,12 @@ def main() -> None:
                     found[name].append(in_child(lambda fn=restores[name]: measure_restore(state, fn), threads))
             result["restore"][cache] = found
         result["cache_method"] = sorted(methods)
+
+        progress("cold read floor")
+        result["read_floor"] = []
+        for _ in range(reps):
+            make_cold(outputs_of(restore_path))
+            result["read_floor"].append(in_child(lambda: read_file(restore_path), threads))
     shutil.rmtree(work, ignore_errors=True)
     write_json(args.out, result)
 

@@ -305,7 +305,44 @@ def disk_rows(d: dict[str, Any]) -> list[Row]:
             )
         )
 
+    if info.get("available") and runs and "cpu_seconds" in runs[0]["second"]:
+        cpu = _med([r["second"] for r in runs], "cpu_seconds")
+        hash_seconds = d["checksum"]["seconds"][d["checksum"]["default"]] * nbytes / d["checksum"]["bytes"]
+        reference = one + hash_seconds  # one memcpy (one thread) and one checksum pass
+        rows.append(
+            Row(
+                sec,
+                "CPU seconds of one background save (second save, every thread of the process)",
+                f"{cpu:.3f} s",
+                f"{cpu / reference:.2f}x one memcpy + one {d['checksum']['default']} pass ({reference:.3f} s)",
+                "≤ 1.5x memcpy + checksum",
+                _check(cpu <= 1.5 * reference),
+                cpu / reference,
+            )
+        )
+    if info.get("available") and runs and "steps" in runs[0]:
+        alone = median(r["steps"]["step_seconds"] for r in runs)
+        during = median(r["steps"]["step_seconds_during_save"] for r in runs)
+        rows.append(
+            Row(
+                sec,
+                "training step while a background save writes / without a save",
+                f"{_s(during)} / {_s(alone)}",
+                f"{during / alone:.2f}x",
+            )
+        )
     method = ", ".join(d.get("cache_method", [])) or "none"
+    if d.get("read_floor"):
+        read_s = _med(d["read_floor"], "seconds")
+        rows.append(
+            Row(
+                f"Restore, cold (page cache dropped before each run ({method}))",
+                "floor: sequential buffered read of the file, cold",
+                _s(read_s),
+                _rate(_med(d["read_floor"], "bytes"), read_s),
+                spread=_spread_of(d["read_floor"], "seconds"),
+            )
+        )
     for cache in ("cold", "warm"):
         found = d["restore"][cache]
         what = f"page cache dropped before each run ({method})" if cache == "cold" else "file in the page cache"
