@@ -841,6 +841,16 @@ def test_model_checkpoint_with_non_string_input(tmp_path: Path, save_top_k: int)
         assert _policy_files(tmp_path / "checkpoints") == {"epoch=0.ckpt", "epoch=1.ckpt"}
 
 
+def _with_step_lr(root: Path, policy: ModelCheckpoint) -> tuple[Checkpointer, Any, Any]:
+    """A checkpointer tracking a model, SGD (lr 0.1) and a StepLR doubling the rate every step."""
+    ckpt = Checkpointer(root, callbacks=[policy], preemption_signals=None)
+    model = TinyNet()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=2)
+    ckpt.track(model=model, optimizers=optimizer, lr_schedulers=scheduler)
+    return ckpt, optimizer, scheduler
+
+
 def test_model_checkpoint_score_and_ckpt_val_check_interval(tmp_path: Path) -> None:
     """test_model_checkpoint_score_and_ckpt_val_check_interval (``val_check_interval=0.25``, 12
     batches, 3 epochs): a validation every 3 batches saves a file named by its score, holding the
@@ -849,11 +859,7 @@ def test_model_checkpoint_score_and_ckpt_val_check_interval(tmp_path: Path) -> N
     torch.manual_seed(0)
     val_logs = torch.randn(12).tolist()
     policy = ModelCheckpoint(dirpath=tmp_path, filename="{val_log:.4f}-{epoch}", monitor="val_log", save_top_k=-1)
-    ckpt = Checkpointer(tmp_path, callbacks=[policy], preemption_signals=None)
-    model = TinyNet()
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=2)
-    ckpt.track(model=model, optimizers=optimizer, lr_schedulers=scheduler)
+    ckpt, optimizer, scheduler = _with_step_lr(tmp_path, policy)
     validations = 0
 
     @ckpt.loop(max_epochs=3)
@@ -884,11 +890,7 @@ def test_model_checkpoint_score_and_ckpt_with_a_scheduler(tmp_path: Path) -> Non
     """test_model_checkpoint_score_and_ckpt (StepLR): an epoch-end checkpoint holds the scheduler
     state after that epoch's step (``_step_count == epoch + 2``, ``lr * gamma ** (epoch + 1)``)."""
     policy = ModelCheckpoint(dirpath=tmp_path, filename="{train_log:.4f}-{epoch}", monitor="train_log", save_top_k=-1)
-    ckpt = Checkpointer(tmp_path, callbacks=[policy], preemption_signals=None)
-    model = TinyNet()
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=2)
-    ckpt.track(model=model, optimizers=optimizer, lr_schedulers=scheduler)
+    ckpt, optimizer, scheduler = _with_step_lr(tmp_path, policy)
     scores = [0.3, 0.1, 0.2]
 
     @ckpt.loop(max_epochs=3)

@@ -1024,7 +1024,7 @@ class ModelCheckpoint(Callback):
                 stacklevel=2,
             )
             best = state_dict.get("best_model_path") or ""
-            if best and not (os.path.isabs(best) or "://" in best):
+            if best and _is_relative(best):
                 best = paths.join(str(saved_dirpath), best)
             self._restored_best = best
             self._pending_removals, self._retained, self._manifests = set(), set(), {}
@@ -1054,7 +1054,7 @@ class ModelCheckpoint(Callback):
         policy's ``dirpath``: the run's folder was moved or copied, and the state still applies."""
         names = [state_dict.get(k) or "" for k in ("last_model_path", "latest_model_path", "best_model_path")]
         names += list(state_dict.get("best_k_models") or {})
-        probe = next((n for n in names if n and not (os.path.isabs(n) or "://" in n)), None)
+        probe = next((n for n in names if n and _is_relative(n)), None)
         if probe is None:
             return False
         return Location.of(self._absolute(probe), self._storage_options()).exists()
@@ -1075,7 +1075,7 @@ class ModelCheckpoint(Callback):
     def _absolute(self, path: str) -> str:
         if not path:
             return path
-        if os.path.isabs(path) or "://" in path:
+        if not _is_relative(path):
             return path
         assert self.dirpath is not None
         return paths.join(self.dirpath, path)
@@ -1107,6 +1107,12 @@ class ModelCheckpoint(Callback):
 
     def __repr__(self) -> str:
         return f"ModelCheckpoint(dirpath={self.dirpath!r}, monitor={self.monitor!r}, save_top_k={self.save_top_k})"
+
+
+def _is_relative(path: str) -> bool:
+    """Whether a path of the policy's state is relative to its ``dirpath`` (neither an absolute
+    local path nor a URL)."""
+    return not (os.path.isabs(path) or "://" in path)
 
 
 def _yaml_mapping(scores: Mapping[str, float]) -> str:
