@@ -35,6 +35,7 @@ from ckpthooks._last_search import (
     search_folders,
 )
 from ckpthooks._manifest import CommittedCheckpoint, VerifyMode
+from ckpthooks._state_assembly import Prepared, prepare_restore, restore_from_dict
 from ckpthooks.exceptions import CheckpointNotFoundError, ConfigurationError, CorruptCheckpointError
 
 if TYPE_CHECKING:
@@ -80,14 +81,27 @@ class Resolver:
             )
         raise ConfigurationError(f'expected "last" or "best", not {which!r}')
 
+    def _preparer(self, prepared: Prepared | None) -> Callable[[dict[str, Any]], object] | None:
+        """What :meth:`CheckpointStore.load` calls on the loaded checkpoint while it verifies it:
+        :func:`prepare_restore`, its result kept in ``prepared``."""
+        if prepared is None:
+            return None
+
+        def prepare(checkpoint: dict[str, Any]) -> None:
+            prepared.clear()
+            prepared.update(prepare_restore(self.checkpointer, checkpoint))
+
+        return prepare
+
     def load_last(
-        self, map_location: Any, weights_only: bool, *, alone: bool = False
+        self, map_location: Any, weights_only: bool, *, alone: bool = False, prepared: Prepared | None = None
     ) -> tuple[str | None, dict[str, Any] | None]:
         """Load the first candidate for "last" that loads; each is checked in its own load (its
         bytes read once, a remote one downloaded once). ``(None, None)`` when none loads.
         ``alone``: on rank 0 of several, which cannot read a collective backend's checkpoint by
         itself: such a candidate is verified, and returned without a checkpoint, for every rank
-        to read together."""
+        to read together. ``prepared`` receives what :func:`prepare_restore` made of the checkpoint
+        while it was verified."""
         store = self.checkpointer.store
 
         def load(candidate: CommittedCheckpoint) -> dict[str, Any] | None:
@@ -96,8 +110,9 @@ class Resolver:
                 return None
             with restoring(self.checkpointer):
                 return store.load(
-                    candidate.path, map_location=map_location, weights_only=weights_only, require_manifest=True
-                )
+                    candidate.path, map_location=map_location, weights_only=weights_only, require_manifest=True,
+                    prepare=self._preparer(prepared),
+                )  # fmt: skip
 
         found = self._first_usable(load)
         return (None, None) if found is None else (found[0].path, found[1])
@@ -197,13 +212,14 @@ class Resolver:
         ckpt = self.checkpointer
         text = os.fspath(ckpt_path)
         checkpoint: dict[str, Any] | None = None
+        prepared: Prepared = {}
         if text == "last" and distributed.world_size(ckpt.host) == 1:
-            path, checkpoint = self.load_last(map_location, weights_only)
+            path, checkpoint = self.load_last(map_location, weights_only, prepared=prepared)
         elif text == "last":  # rank 0 chooses by loading; it keeps what it loaded, the others load it then
             kept: list[dict[str, Any]] = []
 
             def choose() -> str | None:
-                found, loaded = self.load_last(map_location, weights_only, alone=True)
+                found, loaded = self.load_last(map_location, weights_only, alone=True, prepared=prepared)
                 if loaded is not None:
                     kept.append(loaded)
                 return found
@@ -226,16 +242,19 @@ class Resolver:
             return None
         assert path is not None
         if checkpoint is None or distributed.world_size(ckpt.host) > 1:
-            checkpoint = self._load_on_every_rank(path, map_location, weights_only, loaded=checkpoint)
-        report = ckpt.restore_from_dict(checkpoint, strict=strict)
+            checkpoint = self._load_on_every_rank(
+                path, map_location, weights_only, loaded=checkpoint, prepared=prepared
+            )
+        report = restore_from_dict(ckpt, checkpoint, strict=strict, prepared=prepared)
         report.path = path
         ckpt.resumed_from = path
         log.info("%s", report.summary())
         return report
 
     def _load_on_every_rank(
-        self, path: str, map_location: Any, weights_only: bool, loaded: dict[str, Any] | None = None
-    ) -> dict[str, Any]:
+        self, path: str, map_location: Any, weights_only: bool, loaded: dict[str, Any] | None = None,
+        prepared: Prepared | None = None,
+    ) -> dict[str, Any]:  # fmt: skip
         """Read ``path`` (on every rank under ``torch.distributed``); every rank raises if one failed.
         A rank that passes what it ``loaded`` already (rank 0, choosing "last") only takes part in
         the agreement.
@@ -265,7 +284,10 @@ class Resolver:
                         failed = exc
                     distributed.agree_on_outcome(failed, f"checking {path}", host=ckpt.host)
                     verify = "off"  # checked just now
-                checkpoint = ckpt.store.load(path, map_location=map_location, weights_only=weights_only, verify=verify)
+                checkpoint = ckpt.store.load(
+                    path, map_location=map_location, weights_only=weights_only, verify=verify,
+                    prepare=self._preparer(prepared),
+                )  # fmt: skip
             except Exception as exc:
                 error = exc
         distributed.agree_on_outcome(error, f"loading {path}", host=ckpt.host)

@@ -75,10 +75,32 @@ def dump_checkpoint(checkpointer: Checkpointer, weights_only: bool = False) -> d
     return checkpoint
 
 
+#: What :func:`prepare_restore` made: component name -> (the value found, the prepared value).
+Prepared = dict[str, tuple[Any, Any]]
+
+
+def prepare_restore(checkpointer: Checkpointer, checkpoint: dict[str, Any]) -> Prepared:
+    """Run :meth:`StateComponent.prepare` of every active component that has one on what it finds
+    in ``checkpoint``, changing nothing live (a restore calls this while the checksum is still
+    being verified). :func:`restore_from_dict` uses each result whose value it finds unchanged."""
+    from ckpthooks._components import StateComponent as Base
+
+    prepared: Prepared = {}
+    for component in checkpointer.components:
+        if type(component).prepare is Base.prepare or not component.is_active(checkpointer):
+            continue
+        found = component.find(checkpointer, checkpoint)
+        if found.present and not found.incompatible:
+            prepared[component.name] = (found.value, component.prepare(checkpointer, found.value))
+    return prepared
+
+
 def restore_from_dict(
-    checkpointer: Checkpointer, checkpoint: dict[str, Any], *, strict: bool | None = None
-) -> RestoreReport:
-    """Restore everything tracked from a checkpoint dict already in memory."""
+    checkpointer: Checkpointer, checkpoint: dict[str, Any], *, strict: bool | None = None,
+    prepared: Prepared | None = None,
+) -> RestoreReport:  # fmt: skip
+    """Restore everything tracked from a checkpoint dict already in memory; ``prepared`` holds what
+    :func:`prepare_restore` made of it already."""
     check_format_version(checkpoint, "the checkpoint")
     strict = checkpointer.strict if strict is None else strict
     for obj in (checkpointer.model, checkpointer.datamodule):
@@ -120,7 +142,14 @@ def restore_from_dict(
     if report.missing or report.unexpected:
         _report_mismatch(checkpoint, report, strict)
     checkpointer.restore_strict = strict
+    ready: list[tuple[StateComponent, Any]] = []
     for component, value in plan:
+        earlier = (prepared or {}).get(component.name)
+        if earlier is not None and earlier[0] is value:
+            ready.append((component, earlier[1]))
+        else:
+            ready.append((component, component.prepare(checkpointer, value)))
+    for component, value in ready:
         component.load(checkpointer, value)
         if component.restores_state:
             report.restored.append(component.name)

@@ -14,6 +14,7 @@ import os
 import stat
 import time
 from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,6 +28,7 @@ from ckpthooks._io.location import Location
 from ckpthooks._io.safety import check_weights_only_safe
 from ckpthooks._manifest import CommittedCheckpoint, Manifest, VerifyMode
 from ckpthooks._plugin_host import PluginHost, get_plugin_host
+from ckpthooks._resident import ReadPacer, pacing
 from ckpthooks._version import FORMAT_VERSION, __version__
 from ckpthooks.exceptions import (
     CheckpointError,
@@ -253,11 +255,17 @@ class CheckpointStore:
         weights_only: bool = True,
         verify: VerifyMode | None = None,
         require_manifest: bool = False,
+        prepare: Callable[[dict[str, Any]], object] | None = None,
     ) -> dict[str, Any]:
         """Verify (when a manifest exists) and load the checkpoint at ``path``.
 
         Files without a manifest (written by Lightning or ``torch.save``) load unverified unless
         ``require_manifest`` is set.
+
+        ``prepare``, when given, is called with the loaded checkpoint while a local file's checksum
+        is still being verified (:func:`~ckpthooks._state_assembly.prepare_restore`); it must not
+        change live objects. Where the checksum is verified before the load instead, it is not
+        called.
         """
         mode = verify or self.verify
         io = self.io_for(path)
@@ -269,8 +277,15 @@ class CheckpointStore:
                         checkpoint = self._load_copy(copy, path, io, map_location, weights_only)
                         break
             with _same_file(path, pin=manifest is not None and mode != "off") as unchanged:
-                self._check_loadable(path, manifest, mode, require_manifest)
-                checkpoint = self.host.load_checkpoint(path, self.storage_options, io, map_location, weights_only)
+                if (
+                    manifest is not None
+                    and mode == "full"
+                    and self._verifies_alongside(path, manifest, io, weights_only)
+                ):
+                    checkpoint = self._load_verifying(path, manifest, io, map_location, prepare)
+                else:
+                    self._check_loadable(path, manifest, mode, require_manifest)
+                    checkpoint = self.host.load_checkpoint(path, self.storage_options, io, map_location, weights_only)
                 if unchanged():
                     break
             log.info("%s was replaced while it was checked and read; reading it again", path)
@@ -280,6 +295,70 @@ class CheckpointStore:
                 "process keeps overwriting it; load a checkpoint that is not being written"
             )
         check_format_version(checkpoint, path)
+        return checkpoint
+
+    def _verifies_alongside(self, path: str, manifest: Manifest, io: CheckpointIO, weights_only: bool) -> bool:
+        """Whether the checksum of ``path`` is computed on another thread while it loads: a local
+        file (whose bytes a second reader gets from the page cache), a checksum to check, a
+        non-collective backend, and ``weights_only`` (nothing but tensors and plain data is built
+        from bytes not yet verified; the result is dropped unless they verify)."""
+        return (
+            weights_only
+            and not io.collective
+            and bool(manifest.checksum and manifest.algorithm)
+            and Location.of(path, self.storage_options).os_path is not None
+        )
+
+    def _load_verifying(
+        self,
+        path: str,
+        manifest: Manifest,
+        io: CheckpointIO,
+        map_location: Any,
+        prepare: Callable[[dict[str, Any]], object] | None,
+    ) -> dict[str, Any]:
+        """Load ``path``, then ``prepare`` what was loaded on this thread while another computes
+        the checksum; return once both are done and the checksum matches. A failed verification
+        wins over a failed load: a damaged file is reported as damaged, whatever it made the
+        loader do.
+
+        The load itself (for torch files: the zip index and the pickle, the tensors left mapped)
+        runs before the checksum pass starts: on a cold page cache its small reads all over the
+        file would otherwise queue behind the pass's sequential read-ahead. The copies ``prepare``
+        makes out of the mapping follow the pass through the file (:class:`ReadPacer`), so that
+        the disk serves one sequential reader."""
+        local = Location.of(path, self.storage_options).os_path
+        pacer = ReadPacer(local) if local is not None and os.path.isfile(local) else None
+
+        def verify() -> Manifest:
+            try:
+                return verify_checkpoint(
+                    path, manifest, "full", self.storage_options, progress=pacer.advance if pacer else None
+                )
+            finally:
+                if pacer is not None:
+                    pacer.finish()
+
+        try:
+            checkpoint = self.host.load_checkpoint(path, self.storage_options, io, map_location, True)
+        except BaseException:
+            verify_checkpoint(path, manifest, "full", self.storage_options)  # raises for a damaged file
+            raise
+        if prepare is None:
+            verify()
+            return checkpoint
+        # a pool per load, not one per process: a forked child inherits no threads
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ckpthooks-verify") as pool:
+            verification: Future[Manifest] = pool.submit(verify)
+            try:
+                with pacing(pacer) if pacer is not None else contextlib.nullcontext():
+                    prepare(checkpoint)
+            except BaseException as exc:
+                failed = verification.exception()
+                if failed is not None:
+                    raise failed from exc
+                raise
+            verification.result()
         return checkpoint
 
     def _load_copy(
