@@ -546,7 +546,330 @@ def scale_rows(d: dict[str, Any]) -> list[Row]:
     return rows
 
 
-BUILDERS = {"disk": disk_rows, "loop": loop_rows, "cli": cli_rows, "s3": s3_rows, "scale": scale_rows}
+def _size(n: float) -> str:
+    return f"{n / 2**30:.1f} GiB" if abs(n) >= 2**30 else _mib(n)
+
+
+def _part_trouble(sec: str, part: dict[str, Any], what: str) -> list[Row] | None:
+    """The row of a part that failed or was skipped, or ``None`` when it has figures."""
+    if "error" in part:
+        return [Row(sec, f"{what} failed", part["error"].strip().splitlines()[0], status="error")]
+    if "skipped" in part:
+        return [Row(sec, what, f"n/a ({part['skipped']})", status="n/a")]
+    return None
+
+
+def _load_row(sec: str, part: dict[str, Any]) -> Row:
+    start, end = part["load_average_start"][0], part["load_average_end"][0]
+    return Row(
+        sec,
+        "load average (1 min) before / after this part; its wall time",
+        f"{start:.2f} / {end:.2f}",
+        f"{part['seconds']:.0f} s",
+    )
+
+
+def _large_rows(part: dict[str, Any]) -> list[Row]:
+    sec = f"Durable sync save, large state ({_size(part.get('bytes', 0))})"
+    trouble = _part_trouble(sec, part, "durable sync saves of the large state")
+    if trouble:
+        return trouble
+    save = part["save"]
+    size = float(_med(save["ckpthooks"], "bytes"))
+    sec = (
+        f"Durable sync save, large state ({_size(size)} checkpoint, {part['state']['parameters'] / 1e6:.0f} M "
+        f"parameters + AdamW; {part['reps']} repetitions)"
+    )
+    torch_s = _med(save["torch"], "seconds")
+    ck_s = _med(save["ckpthooks"], "seconds")
+    rows = [
+        Row(
+            sec,
+            "torch.save + fsync (file and folder)",
+            _s(torch_s),
+            _rate(size, torch_s),
+            spread=_spread_of(save["torch"], "seconds"),
+        )
+    ]
+    if "floor-direct" in save:
+        floor_s = _med(save["floor-direct"], "seconds")
+        rows.append(
+            Row(
+                sec,
+                "floor: random bytes of the same size, O_DIRECT + fdatasync",
+                _s(floor_s),
+                _rate(_med(save["floor-direct"], "bytes"), floor_s),
+                spread=_spread_of(save["floor-direct"], "seconds"),
+            )
+        )
+    speedup = torch_s / ck_s
+    rows.append(
+        Row(
+            sec,
+            "ckpthooks save_checkpoint (temp file, O_DIRECT, fsync, rename, checksum, manifest)",
+            _s(ck_s),
+            f"{_rate(size, ck_s)}, {speedup:.2f}x faster than torch.save",
+            "≥ 2.5x faster than torch.save+fsync",
+            _check(speedup >= 2.5),
+            speedup,
+            _spread_of(save["ckpthooks"], "seconds"),
+        )
+    )
+    if "floor-direct" in save:
+        floor_rate = _med(save["floor-direct"], "bytes") / _med(save["floor-direct"], "seconds")
+        share = (size / ck_s) / floor_rate
+        rows.append(
+            Row(
+                sec,
+                "ckpthooks throughput / the O_DIRECT floor's",
+                f"{share:.2f}x",
+                "",
+                "≥ 0.7x",
+                _check(share >= 0.7),
+                share,
+            )
+        )
+    else:
+        rows.append(Row(sec, "ckpthooks throughput / the O_DIRECT floor's", "n/a (no O_DIRECT here)", status="n/a"))
+    peak = _med(save["ckpthooks"], "peak_increase")
+    rows.append(
+        Row(
+            sec,
+            "peak RSS increase during the save: ckpthooks (its two 16 MiB write buffers included)",
+            _mib(peak),
+            f"{peak / size:.1%} of checkpoint",
+            "≤ 5% of checkpoint + 64 MiB",
+            _check(peak <= 0.05 * size + 64 * 2**20),
+            peak / size,
+        )
+    )
+    peak = _med(save["torch"], "peak_increase")
+    rows.append(
+        Row(sec, "peak RSS increase during the save: torch.save", _mib(peak), f"{peak / size:.1%} of checkpoint")
+    )
+    rows.append(_load_row(sec, part))
+    return rows
+
+
+def _peer_rows(part: dict[str, Any]) -> list[Row]:
+    sec = "Peers, durable saves of the benchmark state"
+    trouble = _part_trouble(sec, part, "the peers' saves")
+    if trouble:
+        return trouble
+    save, errors, tc = part["save"], part.get("errors", {}), part["tc"]
+    if "ckpthooks" in errors:
+        return [Row(sec, "ckpthooks save_checkpoint failed", errors["ckpthooks"], status="error")]
+    size = float(_med(save["ckpthooks"], "bytes"))
+    sec = (
+        f"Peers, durable saves ({_mib(size)} checkpoint, model + optimizer state; each a ratio to ckpthooks' "
+        f"durable save in the same run; {part['reps']} repetitions)"
+    )
+    ck_s = _med(save["ckpthooks"], "seconds")
+    rows = [
+        Row(
+            sec,
+            "ckpthooks save_checkpoint (durable, O_DIRECT): the reference",
+            _s(ck_s),
+            _rate(size, ck_s),
+            spread=_spread_of(save["ckpthooks"], "seconds"),
+        )
+    ]
+
+    def ratio(seconds: float) -> str:
+        return f"{seconds / ck_s:.2f}x ckpthooks' time"
+
+    def missing(name: str, figure: str) -> bool:
+        if name in errors:
+            rows.append(Row(sec, figure, f"n/a (failed: {errors[name]})", status="n/a"))
+            return True
+        if not save.get(name):
+            reason = tc.get("reason", "not measured") if name.startswith("tc") else "not measured"
+            rows.append(Row(sec, figure, f"n/a ({reason})", status="n/a"))
+            return True
+        return False
+
+    def sync_row(name: str, figure: str) -> None:
+        if missing(name, figure):
+            return
+        seconds = _med(save[name], "seconds")
+        rows.append(
+            Row(
+                sec,
+                figure,
+                _s(seconds),
+                f"{ratio(seconds)}, {_rate(_med(save[name], 'bytes'), seconds)}",
+                spread=_spread_of(save[name], "seconds"),
+            )
+        )
+
+    def async_rows(name: str, what: str, staging_thread: bool) -> None:
+        if missing(name, f"{what}: training thread blocked"):
+            return
+        second = [s["second"] for s in save[name]]
+        first = [s["first"] for s in save[name]]
+        blocked, total = _med(second, "blocked_seconds"), _med(second, "total_seconds")
+        if staging_thread:
+            staged = _med(second, "staged_seconds")
+            rows.append(
+                Row(
+                    sec,
+                    f"{what}, second save: the call returns / the staging copy is done (manager.lock() free)",
+                    f"{_s(blocked)} / {_s(staged)}",
+                    f"{staged / ck_s:.2f}x ckpthooks' sync save",
+                    spread=_spread_of(second, "staged_seconds"),
+                )
+            )
+        else:
+            rows.append(
+                Row(
+                    sec,
+                    f"{what}, second save: training thread blocked (the call returns; staging copy included)",
+                    _s(blocked),
+                    f"{blocked / ck_s:.2f}x ckpthooks' sync save",
+                    spread=_spread_of(second, "blocked_seconds"),
+                )
+            )
+        rows.append(
+            Row(
+                sec,
+                f"{what}, second save: until the save completed + fsync",
+                _s(total),
+                ratio(total),
+                spread=_spread_of(second, "total_seconds"),
+            )
+        )
+        key = "staged_seconds" if staging_thread else "blocked_seconds"
+        rows.append(
+            Row(
+                sec,
+                f"{what}, first save of the state: " + ("staged" if staging_thread else "blocked") + " / complete",
+                f"{_s(_med(first, key))} / {_s(_med(first, 'total_seconds'))}",
+                ratio(_med(first, "total_seconds")),
+            )
+        )
+
+    sync_row("torch", "torch.save + fsync (file and folder)")
+    sync_row("dcp", "torch.distributed.checkpoint dcp.save (no process group) + fsync of every file and folder")
+    async_rows("dcp-async", "dcp.async_save (thread)", staging_thread=False)
+    if tc.get("available"):
+        io = "use_direct_io=True" if tc.get("direct_io") else "use_direct_io=False"
+        note = tc.get("direct_io_True_error")
+        rows.append(
+            Row(
+                sec,
+                f"torch-checkpointing {tc.get('version') or ''} configuration: no pinned memory, no non-blocking "
+                f"copy (CPU), {io}",
+                "CheckpointManager",
+                f"its default use_direct_io=True failed here: {note}" if note else "",
+            )
+        )
+        sync_row("tc", "torch-checkpointing CheckpointManager sync save + fsync of every file and folder")
+        async_rows("tc-async", "torch-checkpointing async save (staging thread, writer process)", staging_thread=True)
+    else:
+        rows.append(Row(sec, "torch-checkpointing", f"n/a ({tc.get('reason', 'not measured')})", status="n/a"))
+    names = [
+        (n, label)
+        for n, label in (
+            ("ckpthooks", "ckpthooks"),
+            ("torch", "torch.save"),
+            ("dcp", "dcp.save"),
+            ("tc", "torch-checkpointing"),
+        )
+        if save.get(n)
+    ]
+    rows.append(
+        Row(
+            sec,
+            "peak RSS increase during the sync save: " + " / ".join(label for _, label in names),
+            " / ".join(_mib(_med(save[n], "peak_increase")) for n, _ in names),
+        )
+    )
+    rows.append(_load_row(sec, part))
+    return rows
+
+
+def _small_rows(part: dict[str, Any], peers: dict[str, Any]) -> list[Row]:
+    sec = "Small tensors"
+    trouble = _part_trouble(sec, part, "the small-tensor saves and restores")
+    if trouble:
+        return trouble
+    n, save, restore = part["count"], part["save"], part["restore"]
+    sec = (
+        f"{n:,} small tensors ({_mib(part['tensor_bytes'])} of float32, {part['elements']['min']:,} to "
+        f"{part['elements']['max']:,} elements each; {part['reps']} repetitions)"
+    )
+    big = peers.get("save", {}) if "error" not in peers and "skipped" not in peers else {}
+
+    def overhead(name: str, seconds: float, nbytes: float) -> str:
+        """Seconds beyond what the bytes take at the saver's own large-state throughput, per tensor."""
+        if not big.get(name):
+            return ""
+        rate = _med(big[name], "bytes") / _med(big[name], "seconds")
+        return f"{(seconds - nbytes / rate) / n * 1e6:.1f} µs per tensor over its {_mib(_med(big[name], 'bytes'))} rate"
+
+    torch_s = _med(save["torch"], "seconds")
+    ck_s = _med(save["ckpthooks"], "seconds")
+    rows = [
+        Row(
+            sec,
+            "save: torch.save(state_dict) + fsync (file and folder)",
+            _s(torch_s),
+            overhead("torch", torch_s, _med(save["torch"], "bytes")),
+            spread=_spread_of(save["torch"], "seconds"),
+        ),
+        Row(
+            sec,
+            "save: ckpthooks save_checkpoint (a tracked module holding a ParameterList)",
+            _s(ck_s),
+            overhead("ckpthooks", ck_s, _med(save["ckpthooks"], "bytes")),
+            spread=_spread_of(save["ckpthooks"], "seconds"),
+        ),
+        Row(
+            sec,
+            f"{n:,} small tensors: per-tensor overhead no worse than torch.save's "
+            "(rule: ckpthooks' save time ≤ torch.save + fsync's)",
+            f"{_s(ck_s)} / {_s(torch_s)}",
+            f"{ck_s / torch_s:.2f}x torch.save",
+            "≤ 1.0x torch.save+fsync",
+            _check(ck_s <= torch_s),
+            ck_s / torch_s,
+        ),
+    ]
+    load_s = _med(restore["torch"], "seconds")
+    ck_r = _med(restore["ckpthooks"], "seconds")
+    rows.append(
+        Row(
+            sec,
+            "restore, file in the page cache: torch.load + load_state_dict",
+            _s(load_s),
+            spread=_spread_of(restore["torch"], "seconds"),
+        )
+    )
+    rows.append(
+        Row(
+            sec,
+            "restore, file in the page cache: ckpthooks restore() with full verification",
+            _s(ck_r),
+            f"{ck_r / load_s:.2f}x torch.load; {(ck_r - load_s) / n * 1e6:+.1f} µs per tensor",
+            spread=_spread_of(restore["ckpthooks"], "seconds"),
+        )
+    )
+    rows.append(_load_row(sec, part))
+    return rows
+
+
+def peers_rows(d: dict[str, Any]) -> list[Row]:
+    return _large_rows(d["large"]) + _peer_rows(d["peers"]) + _small_rows(d["small"], d["peers"])
+
+
+BUILDERS = {
+    "disk": disk_rows,
+    "loop": loop_rows,
+    "cli": cli_rows,
+    "s3": s3_rows,
+    "scale": scale_rows,
+    "peers": peers_rows,
+}
 
 
 def build_rows(sections: dict[str, Any]) -> list[Row]:

@@ -32,6 +32,7 @@ SECTIONS = {
     "cli": "benchmarks.cli_startup",
     "s3": "benchmarks.s3",
     "scale": "benchmarks.scale",
+    "peers": "benchmarks.peers",
 }
 
 
@@ -113,7 +114,17 @@ def machine(workdir: Path) -> dict[str, Any]:
         "torch_threads": torch.get_num_threads(),
         "versions": {
             d: _version(d)
-            for d in ("ckpthooks", "lightning", "safetensors", "s3fs", "moto", "fsspec", "xxhash", "numpy")
+            for d in (
+                "ckpthooks",
+                "lightning",
+                "safetensors",
+                "torch-checkpointing",
+                "s3fs",
+                "moto",
+                "fsspec",
+                "xxhash",
+                "numpy",
+            )
         },
     }
 
