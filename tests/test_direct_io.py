@@ -212,3 +212,52 @@ def test_buffers_are_reused_between_files(tmp_path: Path) -> None:
     second = _direct_file(tmp_path / "b", size)
     assert second._pair is pair
     second.close()
+
+
+@pytest.mark.parametrize("algorithm", ["xxh3_64", "crc32"])
+def test_a_hashing_writer_over_a_direct_file_digests_every_byte_in_order(tmp_path: Path, algorithm: str) -> None:
+    """The direct file hashes a buffer at a time: the digest (also asked for before the file is
+    closed, as a copy's verification does) and the size are those of the bytes written so far."""
+    from ckpthooks._io.hashing import HashingWriter, hash_stream
+
+    data = random.Random(7).randbytes(4 * SMALL + 3 * ALIGN + 5)
+    chunks = random.Random(8)
+    handle = _direct_file(tmp_path / "f")
+    with handle:
+        writer = HashingWriter(handle, algorithm)  # type: ignore[arg-type]
+        offset = 0
+        while offset < len(data):
+            step = min(len(data) - offset, chunks.choice([1, 30, ALIGN + 1, SMALL - 3, 2 * SMALL]))
+            writer.write(memoryview(data)[offset : offset + step])
+            offset += step
+            if chunks.random() < 0.3:
+                assert writer.hexdigest() == hash_stream([data[:offset]], algorithm)[1]
+                assert writer.size == offset
+            if chunks.random() < 0.1:
+                writer.flush()
+    assert writer.size == len(data)
+    assert writer.hexdigest() == hash_stream([data], algorithm)[1]
+    assert (tmp_path / "f").read_bytes() == data
+
+
+def test_a_write_error_under_torch_save_is_reported_as_what_the_disk_said(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """torch.save turns the writer's OSError into a RuntimeError; the checksum writer, which leaves
+    the hashing to the direct file, still remembers it, so the save raises the StorageError naming
+    a full disk."""
+    real = os.pwrite
+    calls = 0
+
+    def pwrite(fd: int, data: Any, offset: int) -> int:
+        nonlocal calls
+        calls += 1
+        if calls == 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(fd, data, offset)
+
+    monkeypatch.setattr(direct.os, "pwrite", pwrite)
+    state = {"w": torch.randn(3 * direct.BUFFER_SIZE // 4)}  # three buffers' worth of float32
+    with pytest.raises(StorageError, match="disk is full"):
+        write_durably(str(tmp_path / "ckpt"), lambda writer: torch.save(state, writer), direct_io=True)
+    assert list(tmp_path.iterdir()) == []

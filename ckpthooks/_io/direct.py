@@ -134,7 +134,8 @@ class DirectFile:
     docstring). ``write`` copies into the current buffer; a full buffer is written by a worker
     thread while the next one fills. ``flush`` writes everything written so far (the last partial
     block through the page cache: after it, the file is written buffered); an error of a write
-    surfaces at the next ``write``, ``flush`` or ``close``."""
+    surfaces at the next ``write``, ``flush`` or ``close``. :meth:`hash_into` feeds the bytes to a
+    hasher a buffer at a time."""
 
     def __init__(self, fd: int, path: str, buffer_size: int = BUFFER_SIZE) -> None:
         if buffer_size % ALIGN:
@@ -149,6 +150,7 @@ class DirectFile:
         self._offset = 0  # where in the file that buffer goes
         self._direct = True
         self._pending: _Write | None = None
+        self._hasher: Any = None
         self.closed = False
 
     # ------------------------------------------------------------------ file API
@@ -158,9 +160,38 @@ class DirectFile:
     def fileno(self) -> int:
         return self._fd
 
+    def hexdigest(self) -> str:
+        """The :meth:`hash_into` hasher's digest of the bytes written so far."""
+        if self._hasher is None:
+            raise ValueError("no hasher: see hash_into()")
+        if self.closed or not self._filled:
+            return str(self._hasher.hexdigest())
+        partial = self._hasher.copy()  # the bytes of the current buffer are not hashed yet
+        partial.update(self._views[self._current][: self._filled])
+        return str(partial.hexdigest())
+
+    def tell(self) -> int:
+        """Bytes written so far."""
+        return self._offset + self._filled
+
+    def hash_into(self, hasher: Any) -> None:
+        """Feed every byte of the file to ``hasher.update``, in file order: a whole buffer at a time,
+        while the previous buffer is still being written (the serializer's many small writes cost
+        no hash call each, and hashing overlaps the disk); the last bytes at :meth:`flush`. Call
+        it before the first write. The digest is complete once :meth:`flush` or :meth:`close`
+        returned."""
+        if self._offset or self._filled:
+            raise ValueError("hash_into() must be called before the first write")
+        self._hasher = hasher
+
     def write(self, data: Any) -> int:
         view = memoryview(data).cast("B")
         total = view.nbytes
+        filled = self._filled
+        if filled + total < self._size:  # the common case: it fits, with room left
+            self._views[self._current][filled : filled + total] = view
+            self._filled = filled + total
+            return total
         done = 0
         while done < total:
             take = min(total - done, self._size - self._filled)
@@ -183,7 +214,10 @@ class DirectFile:
         rest = self._filled
         if rest:  # less than a block: through the page cache, so the file has its exact size
             self._buffered()
-            self._write_at(self._views[self._current][:rest], self._offset)
+            last = self._views[self._current][:rest]
+            if self._hasher is not None:
+                self._hasher.update(last)
+            self._write_at(last, self._offset)
             self._offset += rest
             self._filled = 0
 
@@ -208,8 +242,10 @@ class DirectFile:
     def _submit(self, length: int, keep: int = 0) -> None:
         """Hand the first ``length`` bytes of the current buffer to the worker and switch buffers;
         the ``keep`` bytes after them move to the start of the next buffer."""
-        self._wait()  # the other buffer is free again once its write is done
         buffer = self._views[self._current]
+        if self._hasher is not None:  # while the other buffer's write is still going
+            self._hasher.update(buffer[:length])
+        self._wait()  # the other buffer is free again once its write is done
         offset = self._offset
         self._pending = _Write(self._write_at, buffer[:length], offset)
         self._pending.launch()

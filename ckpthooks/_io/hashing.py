@@ -22,6 +22,8 @@ class Hasher(Protocol):
 
     def hexdigest(self) -> str: ...
 
+    def copy(self) -> Hasher: ...
+
 
 class _Crc32:
     name = "crc32"
@@ -34,6 +36,11 @@ class _Crc32:
 
     def hexdigest(self) -> str:
         return f"{self._value & 0xFFFFFFFF:08x}"
+
+    def copy(self) -> _Crc32:
+        twin = _Crc32()
+        twin._value = self._value
+        return twin
 
 
 def _xxh3() -> Hasher | None:
@@ -130,7 +137,10 @@ class HashingWriter:
     """Wraps a binary file: every write also feeds the hasher and counts bytes.
 
     ``torch.save`` writes its zip records straight through this object, so the checkpoint is never
-    buffered whole in memory and the checksum costs no second read pass.
+    buffered whole in memory and the checksum costs no second read pass. A handle that hashes what
+    it writes itself (``hash_into``, as :class:`~ckpthooks._io.direct.DirectFile` does, a buffer at
+    a time) is given the hasher instead; the digest is then complete once the handle is flushed or
+    closed.
     """
 
     def __init__(self, handle: IO[bytes], algorithm: str | None = None) -> None:
@@ -139,6 +149,22 @@ class HashingWriter:
         self.size = 0
         #: the OSError a write raised (torch.save reports it as a RuntimeError)
         self.error: OSError | None = None
+        self._hashing_handle = getattr(handle, "hash_into", None) is not None
+        if self._hashing_handle:
+            handle.hash_into(self._hasher)  # type: ignore[attr-defined]
+            self.write = self._write_through  # type: ignore[method-assign]
+
+    def _write_through(self, data: Any) -> int:
+        """``write`` when the handle does the hashing."""
+        try:
+            written: int | None = self._handle.write(data)
+        except OSError as exc:
+            self.error = exc
+            raise
+        if written is None:
+            written = memoryview(data).nbytes
+        self.size += written
+        return written
 
     def write(self, data: Any) -> int:
         view = memoryview(data).cast("B")
@@ -155,6 +181,9 @@ class HashingWriter:
         self._handle.flush()
 
     def hexdigest(self) -> str:
+        """The digest of the bytes written so far."""
+        if self._hashing_handle:
+            return str(self._handle.hexdigest())  # type: ignore[attr-defined]
         return self._hasher.hexdigest()
 
 
