@@ -12,13 +12,17 @@ Where "last" looks and which candidate comes first is :mod:`ckpthooks._last_sear
 
 "best" is answered by the first callback that :attr:`~ckpthooks.Callback.resolves_best`.
 Under ``torch.distributed`` rank 0 resolves, every rank takes its answer and reads the checkpoint,
-and if one rank cannot, every rank raises.
+and if one rank cannot, every rank raises. For "last" the ranks also compare what they see: when a
+rank sees a committed checkpoint at a higher global step than rank 0's choice (or any, when rank 0
+found none), as on node-local disks where rank 0 landed on the node without the newest checkpoint,
+every rank raises :class:`~ckpthooks.DistributedCheckpointError` instead of resuming from less.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import socket
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -36,7 +40,12 @@ from ckpthooks._last_search import (
 )
 from ckpthooks._manifest import CommittedCheckpoint, VerifyMode
 from ckpthooks._state_assembly import Prepared, prepare_restore, restore_from_dict
-from ckpthooks.exceptions import CheckpointNotFoundError, ConfigurationError, CorruptCheckpointError
+from ckpthooks.exceptions import (
+    CheckpointNotFoundError,
+    ConfigurationError,
+    CorruptCheckpointError,
+    DistributedCheckpointError,
+)
 
 if TYPE_CHECKING:
     from ckpthooks._checkpointer import Checkpointer
@@ -45,6 +54,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+#: What identifies a committed checkpoint across ranks: its path, its manifest's creation time and size.
+CandidateKey = tuple[str, float, int]
 
 #: How often "last" lists the folders again when candidates go away while they are loaded (a
 #: process saving all the time); after that the remaining candidates of the last listing are tried.
@@ -56,6 +68,10 @@ class Resolver:
 
     def __init__(self, checkpointer: Checkpointer) -> None:
         self.checkpointer = checkpointer
+        #: the candidates the last :meth:`_first_usable` tried and did not take
+        self.passed_over: list[CandidateKey] = []
+        #: the candidate the last :meth:`load_last` took
+        self.last_chosen: CommittedCheckpoint | None = None
 
     # ------------------------------------------------------------------ where
     def folders(self) -> list[SearchFolder]:
@@ -115,6 +131,7 @@ class Resolver:
                 )  # fmt: skip
 
         found = self._first_usable(load)
+        self.last_chosen = None if found is None else found[0]
         return (None, None) if found is None else (found[0].path, found[1])
 
     def _first_usable(self, attempt: Callable[[CommittedCheckpoint], T]) -> tuple[CommittedCheckpoint, T] | None:
@@ -122,7 +139,9 @@ class Resolver:
         succeeds; the candidate and its result, or ``None``."""
         options = self.checkpointer.storage_options
         candidates = self.committed()
-        tried: set[tuple[str, float, int]] = set()
+        tried: set[CandidateKey] = set()
+        passed_over: list[CandidateKey] = []
+        self.passed_over = passed_over
         replaced: list[tuple[CommittedCheckpoint, CorruptCheckpointError]] = []
         relists = 0
         while True:
@@ -148,6 +167,7 @@ class Resolver:
                     continue
                 self._report_replaced(replaced, candidate)
                 self._warn_uncommitted_newer_than(candidate.manifest.created, {c.path for c in candidates})
+                passed_over.extend(k for k in tried if k != key)
                 return candidate, result
             if not went_away:
                 break
@@ -155,6 +175,7 @@ class Resolver:
             candidates = self.committed()
         self._report_replaced(replaced, None)
         self._warn_uncommitted_newer_than(0.0, {c.path for c in candidates})
+        passed_over.extend(tried)
         return None
 
     def _report_replaced(
@@ -218,14 +239,18 @@ class Resolver:
         elif text == "last":  # rank 0 chooses by loading; it keeps what it loaded, the others load it then
             kept: list[dict[str, Any]] = []
 
-            def choose() -> str | None:
+            def choose() -> tuple[str | None, int | None, list[CandidateKey]]:
                 found, loaded = self.load_last(map_location, weights_only, alone=True, prepared=prepared)
                 if loaded is not None:
                     kept.append(loaded)
-                return found
+                step = None if self.last_chosen is None else self.last_chosen.manifest.global_step
+                return found, step, self.passed_over
 
-            path = distributed.decide_on_rank_zero(choose, 'finding ckpt_path="last"', host=ckpt.host)
+            path, step, passed_over = distributed.decide_on_rank_zero(
+                choose, 'finding ckpt_path="last"', host=ckpt.host
+            )
             checkpoint = kept[0] if kept else None
+            self._agree_on_last(path, step, passed_over)
         elif text == "best":
             path = distributed.decide_on_rank_zero(
                 lambda: self.find(text), f'finding ckpt_path="{text}"', host=ckpt.host
@@ -250,6 +275,46 @@ class Resolver:
         ckpt.resumed_from = path
         log.info("%s", report.summary())
         return report
+
+    def _agree_on_last(self, path: str | None, step: int | None, passed_over: list[CandidateKey]) -> None:
+        """Every rank compares rank 0's "last" (``path`` at global ``step``; ``None`` when it found
+        none) with the newest committed checkpoint it sees itself, leaving out the candidates rank 0
+        tried and passed over (damaged, gone). If any rank sees one at a higher global step, or any
+        at all where rank 0 found none, every rank raises: resuming would go on from less than the
+        run has (from step 0, writing a second set of checkpoints, when rank 0 saw nothing)."""
+        ckpt = self.checkpointer
+        rank = distributed.global_rank(ckpt.host)
+        own: tuple[str, int] | None = None
+        if rank != 0:
+            skip = set(passed_over)
+            for candidate in last_order(self.committed()):
+                if (candidate.path, candidate.manifest.created, candidate.manifest.size) not in skip:
+                    own = (candidate.path, candidate.manifest.global_step)
+                    break
+        views = distributed.all_gather_object((socket.gethostname(), own), ckpt.host)
+        ahead = [
+            (r, host, seen)
+            for r, (host, seen) in enumerate(views)
+            if seen is not None and (step is None or seen[1] > step)
+        ]
+        if not ahead:
+            return
+        chosen = (
+            f"found no committed checkpoint under {', '.join(ckpt.checkpoint_roots())}"
+            if path is None
+            else f"resolved it to {path} (global step {step})"
+        )
+        seen_by = "; ".join(f"rank {r} (host {host}) sees {where} (global step {at})" for r, host, (where, at) in ahead)
+        raise DistributedCheckpointError(
+            f'ckpt_path="last": the ranks do not see the same checkpoints. Rank 0 (host {views[0][0]}) '
+            f"{chosen}, but {seen_by}. Resuming would go on from "
+            + ("step 0" if path is None else f"step {step}")
+            + " and leave the newer checkpoint behind. The checkpoint folder is probably on a disk of "
+            "each node: put default_root_dir on storage every node shares (a shared file system, or "
+            "an object store such as s3://...), or copy the newest checkpoint (with its manifest, "
+            "`ckpthooks copy`) to the same path on every node, or pass its path as ckpt_path where "
+            "every rank can read it"
+        )
 
     def _load_on_every_rank(
         self, path: str, map_location: Any, weights_only: bool, loaded: dict[str, Any] | None = None,

@@ -297,14 +297,15 @@ def _train_and_save(rank: int, root: Path) -> tuple[torch.Tensor, str]:
 
 
 def scenario_restore_views(rank: int, workdir: Path) -> dict[str, Any]:
-    """Rank 1 sees another folder (a stale local disk, say) whose "last" is newer: every rank must
-    still resume from the checkpoint rank 0 found."""
+    """Rank 1 sees another folder (a stale local disk, say) whose "last" is older: every rank must
+    resume from the checkpoint rank 0 found. (One at a later step stops every rank instead:
+    tests/test_two_nodes.py.)"""
     trained, last = _train_and_save(rank, workdir / "shared")
-    if rank == 1:  # what only rank 1 sees: a committed checkpoint at a much later step
+    if rank == 1:  # what only rank 1 sees: a committed checkpoint at an earlier step
         model = TinyNet()
         own = Checkpointer(workdir / "rank1-only", enable_checkpointing=False).track(model=model)
-        own.progress.global_step = 999
-        own.store.save(own.dump_checkpoint(), str(workdir / "rank1-only" / "newer.ckpt"), epoch=0, global_step=999)
+        own.progress.global_step = 3
+        own.store.save(own.dump_checkpoint(), str(workdir / "rank1-only" / "older.ckpt"), epoch=0, global_step=3)
     dist.barrier()
     root = workdir / ("shared" if rank == 0 else "rank1-only")
     ckpt, model, _optimizer = make_setup(root, seed=50 + rank, callbacks=[ModelCheckpoint(save_last=True)])

@@ -257,7 +257,7 @@ def test_every_rank_resumes_from_the_checkpoint_rank_zero_finds(runs: Any) -> No
     workdir, (rank0, rank1) = _results(runs, "restore_views")
     expected = str(workdir / "shared" / "checkpoints" / "last.ckpt")
     assert rank0["rank0_last"] == expected
-    assert rank1["own_view"] == str(workdir / "rank1-only" / "newer.ckpt")  # what rank 1 alone would pick
+    assert rank1["own_view"] == str(workdir / "rank1-only" / "older.ckpt")  # what rank 1 alone would pick
     for result in (rank0, rank1):
         assert result["restored_from"] == expected
         assert result["restored_step"] == 8
