@@ -92,6 +92,13 @@ def folder_size(folder: str) -> int:
     return total
 
 
+def _process_group() -> bool:
+    """Whether this process is in an initialized default process group (of any size)."""
+    import torch.distributed as dist
+
+    return bool(dist.is_available() and dist.is_initialized())
+
+
 def _world_size() -> int:
     import torch.distributed as dist
 
@@ -252,7 +259,10 @@ class DCPCheckpointIO(CheckpointIO):
             )
         checkpointer = restoring_checkpointer()
         collective = checkpointer is not None and _world_size() > 1
-        templates = _live_templates(checkpointer) if collective else {}
+        # DTensor destinations wherever the live state has DTensors: also on a process group of
+        # one rank (FSDP2 over a single rank loading what several ranks saved)
+        sharded = checkpointer is not None and _process_group()
+        templates = _live_templates(checkpointer) if sharded else {}
         device = map_location if isinstance(map_location, (str, torch.device)) else "cpu"
         destination: dict[str, Any] = {}
         for name, entry in entries.items():
@@ -262,7 +272,7 @@ class DCPCheckpointIO(CheckpointIO):
             size, dtype = tuple(entry.size), entry.properties.dtype
             template = templates.get(name)
             if template is None:
-                template = _optimizer_state_template(checkpointer, name, size) if collective else None
+                template = _optimizer_state_template(checkpointer, name, size) if sharded else None
             if template is not None and tuple(template.shape) == size:
                 destination[name] = torch.empty_like(template, dtype=dtype)
             else:

@@ -52,8 +52,9 @@ def train_steps(model: torch.nn.Module, optimizer: torch.optim.Optimizer, steps:
 def full_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
     """Model and optimizer state with every DTensor gathered whole (the same on every rank)."""
 
-    def whole(value: Any) -> Any:  # a copy: training on must not change it
-        return value.full_tensor() if hasattr(value, "full_tensor") else value.clone()
+    def whole(value: Any) -> Any:  # a copy: training on must not change it (on a mesh of one rank
+        # full_tensor() returns the local tensor itself)
+        return (value.full_tensor() if hasattr(value, "full_tensor") else value).clone()
 
     state = {f"model.{k}": whole(v) for k, v in model.state_dict().items()}
     for index, param_state in optimizer.state_dict()["state"].items():
@@ -176,7 +177,34 @@ def scenario_fail(rank: int, workdir: Path) -> dict[str, Any]:
     return outcome
 
 
-SCENARIOS = {"train": scenario_train, "resume": scenario_resume, "from_one": scenario_from_one, "fail": scenario_fail}
+def scenario_one_rank(rank: int, workdir: Path) -> dict[str, Any]:
+    """FSDP2 on a process group of one rank loads what scenario train saved on two (run with a
+    world size of 1, ``DCP_TRAIN_FOLDER`` naming that scenario's folder)."""
+    source = Path(os.environ["DCP_TRAIN_FOLDER"])
+    model, optimizer = build(seed=300)
+    policy = ModelCheckpoint(monitor="loss", save_top_k=1, save_last=True)
+    ckpt = checkpointer(source / "run", model, optimizer, callbacks=[policy])
+    report = ckpt.restore("last", must_exist=True)
+    restored = full_state(model, optimizer)
+    reference = torch.load(source / "reference.pt")
+    train_steps(model, optimizer, 1, seed=7)  # the restored state trains on
+    return {
+        "world_size": dist.get_world_size(),
+        "global_step": report.global_step if report else None,
+        "equal": same(restored, reference),
+        "differ": sorted(set(restored) ^ set(reference))
+        + [k for k in restored if k in reference and not torch.equal(restored[k], reference[k])],
+        "placements": str(model.state_dict()["0.weight"].placements),
+    }
+
+
+SCENARIOS = {
+    "train": scenario_train,
+    "resume": scenario_resume,
+    "from_one": scenario_from_one,
+    "fail": scenario_fail,
+    "one_rank": scenario_one_rank,
+}
 
 
 def run_scenario(name: str, rank: int, workdir: Path) -> dict[str, Any]:

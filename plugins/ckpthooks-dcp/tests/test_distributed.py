@@ -160,6 +160,29 @@ def test_saved_by_two_ranks_loaded_by_one_process(runs: Any) -> None:
 
 
 @pytest.mark.distributed
+def test_fsdp2_on_a_one_rank_group_loads_what_two_ranks_saved(runs: Any, tmp_path: Path) -> None:
+    """A 2-rank checkpoint resharded onto FSDP2 over a single rank (DTensors on a 1-rank mesh):
+    the plugin built DTensor destinations only above one rank and failed with "got mixed
+    torch.Tensor and DTensor"."""
+    workdir, _ranks = _results(runs, "train")
+    env = dict(os.environ)
+    env.update(
+        CKPTHOOKS_DISABLE_PLUGIN_AUTOLOAD="1",
+        OMP_NUM_THREADS="1",
+        PYTHONPATH=os.pathsep.join([str(PLUGIN_ROOT), str(REPO)]),
+        DCP_TRAIN_FOLDER=str(workdir),
+    )
+    command = [sys.executable, str(WORKER), "one_rank", "0", "1", str(_free_port()), str(tmp_path)]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=JOIN_TIMEOUT, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+    result = json.loads((tmp_path / "one_rank" / "result-0.json").read_text())
+    assert "error" not in result, result["error"]
+    assert result["world_size"] == 1 and result["global_step"] == 6
+    assert result["equal"] is True, result["differ"]
+    assert "Shard(dim=0)" in result["placements"]
+
+
+@pytest.mark.distributed
 def test_a_failed_write_on_one_rank_raises_on_every_rank_and_keeps_the_old_folder(runs: Any) -> None:
     _workdir, (rank0, rank1) = _results(runs, "fail")
     for result in (rank0, rank1):
