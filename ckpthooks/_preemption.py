@@ -197,9 +197,28 @@ class PreemptionWatcher:
                 "using the default process group",
                 type(exc).__name__, exc,
             )  # fmt: skip
-        self._device = torch.device("cpu")
-        if not self._own_group and "nccl" in str(dist.get_backend()).lower():
-            self._device = torch.device("cuda", torch.cuda.current_device())
+        default_device = torch.device("cpu")
+        if "nccl" in str(dist.get_backend()).lower():
+            default_device = torch.device("cuda", torch.cuda.current_device())
+        # every rank must all-reduce on the same group: if one rank has no group of its own, none
+        # uses one (a rank on the default group and another on its own would wait for each other
+        # until the timeout)
+        everywhere = torch.tensor([1 if self._own_group else 0], dtype=torch.int64, device=default_device)
+        try:
+            dist.all_reduce(everywhere, op=dist.ReduceOp.MIN)
+        except RuntimeError as exc:
+            raise _lost(exc) from exc
+        if self._own_group and not int(everywhere.item()):
+            log.warning(
+                "another rank could not create a gloo process group for the preemption agreement; "
+                "every rank uses the default process group"
+            )
+            try:
+                dist.destroy_process_group(self._group)
+            except (RuntimeError, ValueError) as exc:
+                log.debug("could not destroy the unused preemption group: %s", exc)
+            self._group, self._own_group = None, False
+        self._device = torch.device("cpu") if self._own_group else default_device
         self._work, self._flag = None, None
         self._length = self._left = self.min_steps
         self._since = time.perf_counter()

@@ -45,6 +45,9 @@ class Scenario:
     fail_at: dict[int, int] = field(default_factory=dict)
     #: make torch.distributed.new_group fail
     no_group: bool = False
+    #: make torch.distributed.new_group fail on this rank only, after the group was made (the
+    #: other rank has a group of its own)
+    no_group_on: int | None = None
     #: drive the loop by hand: fit_start, this many step_end calls, fit_end (no epoch end)
     manual_steps: int = 0
     #: how many times to run the scenario in a row (same process group)
@@ -65,6 +68,7 @@ SCENARIOS: dict[str, Scenario] = {
     "after_epoch_end": Scenario(signal_at={0: 22}, fixed=8, steps_per_epoch=20, epochs=5),
     "adaptive": Scenario(signal_at={1: 5}),
     "fallback_default_group": Scenario(signal_at={1: 5}, fixed=8, no_group=True),
+    "fallback_on_one_rank": Scenario(signal_at={1: 5}, fixed=8, no_group_on=1),
     "count_fixed": Scenario(fixed=16, manual_steps=512),
     "count_default": Scenario(manual_steps=512),
     # fit_end with an all-reduce outstanding, many times over: the group is created and destroyed each time
@@ -163,6 +167,13 @@ def run(name: str, rank: int, workdir: Path) -> None:
             raise RuntimeError("no new groups in this test")
 
         dist.new_group = refuse
+    elif scenario.no_group_on == rank:
+
+        def fail_after(*args: Any, **kwargs: Any) -> Any:
+            real_new_group(*args, **kwargs)  # the other rank's new_group needs this one to join
+            raise RuntimeError("this rank's new group failed in this test")
+
+        dist.new_group = fail_after
     started = time.monotonic()
     try:
         results = [run_once(name, scenario, rank, folder / str(i)) for i in range(scenario.repeat)]

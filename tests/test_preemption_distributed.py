@@ -35,6 +35,7 @@ SCENARIOS = (
     "after_epoch_end",
     "adaptive",
     "fallback_default_group",
+    "fallback_on_one_rank",
     "count_fixed",
     "count_default",
     "fit_end_outstanding",
@@ -145,6 +146,19 @@ def test_without_a_group_of_its_own_the_agreement_uses_the_default_group(runs: R
     for result in runs["fallback_default_group"]:
         assert any("using the default process group" in w for w in result["warnings"]), result["warnings"]
         assert (result["code"], result["step"], result["manifest_step"]) == (143, acted_on(5), acted_on(5))
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_a_rank_without_a_group_of_its_own_takes_every_rank_to_the_default_group(runs: Results) -> None:
+    """One rank's group failed, the other rank's did not (seen after a torchrun restart): the ranks
+    agree on the default group; before, each all-reduced on another group and both hung."""
+    rank0, rank1 = runs["fallback_on_one_rank"]
+    assert any("using the default process group" in w for w in rank1["warnings"]), rank1["warnings"]
+    assert any("another rank could not create" in w for w in rank0["warnings"]), rank0["warnings"]
+    for result in (rank0, rank1):
+        assert (result["code"], result["step"], result["manifest_step"]) == (143, acted_on(5), acted_on(5))
+        assert result["seconds"] < 30
 
 
 @pytest.mark.slow
