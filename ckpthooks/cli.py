@@ -20,6 +20,7 @@ from ckpthooks._cli.copying import copy_command
 from ckpthooks._cli.inspection import inspect_command
 from ckpthooks._cli.listing import ls_command
 from ckpthooks._cli.plugins import plugins_command
+from ckpthooks._cli.preempted import preempted_command
 from ckpthooks._cli.prune import prune_command
 from ckpthooks._cli.verify import verify_command
 from ckpthooks._version import __version__
@@ -83,6 +84,7 @@ for _command in (
     prune_command,
     convert_command,
     copy_command,
+    preempted_command,
 ):
     main.add_command(_command)
 
