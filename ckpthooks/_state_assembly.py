@@ -167,10 +167,12 @@ def _report_mismatch(checkpoint: dict[str, Any], report: RestoreReport, strict: 
         else ""
     )
     if not strict:
+        missing = ", ".join(report.missing) if report.missing else "none"
+        unused = ", ".join(report.unexpected) if report.unexpected else "none"
         log.warning(
-            "partial restore: missing %s; not restored %s", report.missing or "nothing",
-            report.unexpected or "nothing",
-        )
+            "partial restore: state the checkpoint lacks (left as it was): %s; state in the "
+            "checkpoint that nothing restored: %s", missing, unused,
+        )  # fmt: skip
         return
     if report.missing:
         raise MissingStateError(

@@ -77,3 +77,14 @@ def test_verify_a_folder_with_a_manifest_from_a_newer_ckpthooks_fails_cleanly(tm
     assert result.exit_code == 1
     assert result.exception is None or isinstance(result.exception, SystemExit)
     assert "IncompatibleFormatError" in result.output and "upgrade" in result.output.lower()
+
+
+def test_verify_of_a_path_that_does_not_exist_says_so(tmp_path: Path) -> None:
+    """It said "not a committed checkpoint (no valid .manifest.json beside it)"."""
+    missing = tmp_path / "absent.ckpt"
+    result = CliRunner().invoke(main, ["verify", str(missing)])
+    assert result.exit_code == 1
+    assert f"nothing at {missing}: no such file or folder" in result.output
+    assert "manifest" not in result.output
+    as_json = CliRunner().invoke(main, ["verify", str(missing), "--json"])
+    assert as_json.exit_code == 1 and "no such file or folder" in json.loads(as_json.output)["note"]

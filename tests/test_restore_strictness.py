@@ -416,3 +416,19 @@ def test_restore_of_missing_explicit_path_raises_checkpoint_not_found(tmp_path: 
     ckpt = checkpointer(tmp_path).track(model=TinyNet())
     with pytest.raises(ckpthooks.CheckpointNotFoundError):
         ckpt.restore(tmp_path / "nope.ckpt")
+
+
+def test_a_partial_restore_names_what_is_missing_and_what_went_unused(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The warning read "missing ...; not restored nothing" when the checkpoint had nothing extra."""
+    model, _ = trained()
+    checkpointer(tmp_path).track(model=model).save_checkpoint(tmp_path / "model-only.ckpt")
+    fresh, optimizer = trained(seed=5)
+    ckpt = checkpointer(tmp_path / "resume").track(model=fresh, optimizers=optimizer)
+    with caplog.at_level("WARNING", logger="ckpthooks"):
+        ckpt.restore(tmp_path / "model-only.ckpt", strict=False)
+    (message,) = [r.getMessage() for r in caplog.records if "partial restore" in r.getMessage()]
+    assert "state the checkpoint lacks (left as it was): checkpoint['optimizer_states']" in message
+    assert message.endswith("state in the checkpoint that nothing restored: none")
+    assert "nothing" not in message.replace("nothing restored", "")

@@ -67,6 +67,9 @@ def verify_command(
         if stripped.endswith(MANIFEST_SUFFIX):
             root = root[: -len(MANIFEST_SUFFIX)]
             stripped = stripped[: -len(MANIFEST_SUFFIX)]
+        if not fs.exists(stripped) and not fs.exists(stripped + MANIFEST_SUFFIX):
+            _emit([], as_json, f"error: nothing at {target}: no such file or folder")
+            sys.exit(EXIT_FAILURE)
         if fs.isdir(stripped) and read_manifest(root, options) is None:
             targets = [(item.path, item.manifest) for item in iter_committed(root, options)]
             listed = True
