@@ -30,7 +30,7 @@ class LoopProgress:
     epoch_finished: bool = False
     #: random generator states when the current epoch's data iterator was created; a mid-epoch
     #: resume recreates the iterator under them, so that shuffling repeats exactly
-    epoch_rng: dict[str, Any] | None = None
+    epoch_rng: dict[str, Any] | None = field(default=None, repr=False)
     #: a validation ran in the current epoch (after its first batch): ``epoch_end()`` then does not
     #: stand in for one, also in a run resumed after that validation
     validated: bool = False

@@ -73,6 +73,7 @@ def test_safetensors_to_a_committed_checkpoint_that_restores(tmp_path: Path) -> 
     safetensors_torch.save_file(source.state_dict(), str(tmp_path / "w.safetensors"))
     report = run_json("convert", str(tmp_path / "w.safetensors"), str(tmp_path / "w.ckpt"))
     assert report["committed"] is True and report["tensors"] == 4
+    assert report["src"] == str(tmp_path / "w.safetensors")  # it printed null
     manifest = verify_checkpoint(str(tmp_path / "w.ckpt"))
     assert manifest.weights_only is True and manifest.writer is None
     target = TinyNet()
@@ -91,6 +92,7 @@ def test_round_trip_keeps_epoch_and_step(tmp_path: Path) -> None:
     run_cli("convert", str(tmp_path / "checkpoints" / "last.ckpt"), str(tmp_path / "w.safetensors"))
     report = run_json("convert", str(tmp_path / "w.safetensors"), str(tmp_path / "back.ckpt"))
     assert (report["epoch"], report["global_step"]) == (2, 6)
+    assert report["src"] == str(tmp_path / "w.safetensors")
 
 
 def test_a_lightning_file_is_committed_byte_for_byte(tmp_path: Path) -> None:

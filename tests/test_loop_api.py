@@ -520,3 +520,15 @@ def test_resume_on_memory_url_keeps_the_resume_file(memory_root: str) -> None:
     committed = sorted(c.path for c in iter_committed(memory_root))
     # never delete the checkpoint a run resumed from
     assert committed == [saved, f"{memory_root}/checkpoints/epoch=3-step={4 * BATCHES}.ckpt"]
+
+
+def test_printing_the_progress_is_short(tmp_path: Any) -> None:
+    """print(ckpt.progress) showed the random generator states of the epoch (16,000 characters)."""
+    from ckpthooks import Checkpointer
+
+    ckpt = Checkpointer(tmp_path, enable_checkpointing=False)
+    for _ in ckpt.batches(range(3)):
+        pass
+    assert ckpt.progress.epoch_rng is not None  # kept for a mid-epoch resume, only not shown
+    text = repr(ckpt.progress)
+    assert len(text) < 300 and "global_step=3" in text and "epoch_rng" not in text

@@ -285,7 +285,7 @@ def _from_safetensors(src: str, dst: str, overwrite: bool, progress: bool | None
                 f"(pip install ckpthooks-safetensors): {describe_error(exc)}"
             ) from exc
         destination_free(dst, None, overwrite)
-        return _save(checkpoint, dst, weights_only=bool(checkpoint.get("ckpthooks", {}).get("weights_only")))
+        return _save(checkpoint, src, dst, weights_only=bool(checkpoint.get("ckpthooks", {}).get("weights_only")))
     try:
         from safetensors import SafetensorError, safe_open
     except ImportError as exc:
@@ -316,7 +316,7 @@ def _from_safetensors(src: str, dst: str, overwrite: bool, progress: bool | None
         "state_dict": weights,
     }
     destination_free(dst, None, overwrite)
-    return _save(checkpoint, dst, weights_only=True)
+    return _save(checkpoint, src, dst, weights_only=True)
 
 
 def _malformed(src: str, exc: BaseException) -> Exception:
@@ -356,7 +356,7 @@ def _int(text: str | None) -> int:
         return 0
 
 
-def _save(checkpoint: dict[str, Any], dst: str, *, weights_only: bool) -> dict[str, Any]:
+def _save(checkpoint: dict[str, Any], src: str, dst: str, *, weights_only: bool) -> dict[str, Any]:
     """Commit ``checkpoint`` at ``dst`` through the storage hooks, with the ckpthooks namespace."""
     from ckpthooks._components import namespace
     from ckpthooks._store import CheckpointStore
@@ -376,7 +376,7 @@ def _save(checkpoint: dict[str, Any], dst: str, *, weights_only: bool) -> dict[s
         weights_only=weights_only,
     )
     return {
-        "src": None,
+        "src": src,
         "dst": dst,
         "format": "ckpt",
         "tensors": _count_tensors(checkpoint),
@@ -427,9 +427,7 @@ def _commit_torch_file(
         wrapped["pytorch-lightning_version"] = LIGHTNING_LAYOUT_VERSION
         if src != dst:
             destination_free(dst, None, overwrite)
-        report = _save(wrapped, dst, weights_only=True)
-        report["src"] = src
-        return report
+        return _save(wrapped, src, dst, weights_only=True)
     epoch, step = _int_field(checkpoint, "epoch"), _int_field(checkpoint, "global_step")
     weights_only = "optimizer_states" not in checkpoint
     metrics = _lightning_metrics(checkpoint)
