@@ -14,6 +14,21 @@ NAMESPACE = "ckpthooks"
 SCALER_KEYS = ("MixedPrecision", "native_amp_scaling_state")
 
 
+#: where a checkpoint dict being loaded lists the state components whose absence a warning already
+#: explained (the Lightning layout translation does): in memory only, taken out by the restore
+_EXPLAINED_KEY = "_ckpthooks_explained_missing"
+
+
+def mark_explained_missing(checkpoint: dict[str, Any], name: str) -> None:
+    """Record that the absence of the component ``name`` was explained to the user already."""
+    checkpoint.setdefault(_EXPLAINED_KEY, []).append(name)
+
+
+def take_explained_missing(checkpoint: dict[str, Any]) -> set[str]:
+    """The names :func:`mark_explained_missing` recorded, removed from ``checkpoint``."""
+    return set(checkpoint.pop(_EXPLAINED_KEY, ()))
+
+
 def namespace(checkpoint: dict[str, Any]) -> dict[str, Any]:
     """``checkpoint["ckpthooks"]``, created when missing."""
     space: dict[str, Any] = checkpoint.setdefault(NAMESPACE, {})

@@ -14,7 +14,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from ckpthooks._layout import NAMESPACE, namespace
+from ckpthooks._layout import NAMESPACE, namespace, take_explained_missing
 from ckpthooks._store import check_format_version
 from ckpthooks._version import FORMAT_VERSION, LIGHTNING_LAYOUT_VERSION, __version__
 from ckpthooks.exceptions import IncompatibleStateError, MissingStateError, UnexpectedStateError
@@ -111,6 +111,7 @@ def restore_from_dict(
         cb.on_load_checkpoint(checkpointer, checkpoint)
     checkpointer.host.on_load_checkpoint(checkpointer, checkpoint)
 
+    explained = take_explained_missing(checkpoint)
     report = RestoreReport(path="<memory>")
     plan: list[tuple[StateComponent, Any]] = []
     incompatible: list[str] = []
@@ -128,7 +129,7 @@ def restore_from_dict(
             label = component.label(checkpointer)
             if component.on_missing == "error":
                 report.missing.append(label)
-            else:
+            elif component.name not in explained:
                 log.warning("the checkpoint has no %s; it is left as it is", label)
         elif found.present and not active and component.on_missing != "ignore":
             report.unexpected.append(component.label(checkpointer))

@@ -484,6 +484,17 @@ def test_lightning_checkpoint_resumes_a_plain_loop(lightning_run: dict[str, Any]
     assert [Path(p).parent for p in run.mc.best_k_models] == [tmp_path / "ours" / "checkpoints"]
 
 
+def test_the_missing_random_generator_states_of_a_lightning_file_are_named_once(
+    lightning_run: dict[str, Any], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The interop warning explains them; the restore also logged "the checkpoint has no component
+    'rng'", saying it twice."""
+    with caplog.at_level("WARNING", logger="ckpthooks"):
+        _run, _report, messages = plain_resume(tmp_path / "ours", lightning_run["last"], save_top_k=2)
+    assert sum("random generator states" in m for m in messages) == 1
+    assert not [r for r in caplog.records if "rng" in r.getMessage()]
+
+
 def test_lightning_hyperparameters_build_the_plain_model(lightning_run: dict[str, Any]) -> None:
     path = lightning_run["last"]
     model = PlainNet.load_from_checkpoint(path)

@@ -41,7 +41,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from ckpthooks._io.location import Location
-from ckpthooks._layout import NAMESPACE, SCALER_KEYS, namespace
+from ckpthooks._layout import NAMESPACE, SCALER_KEYS, mark_explained_missing, namespace
 from ckpthooks.interop import LightningInteropWarning
 from ckpthooks.interop._lightning_loops import loop_record_from_lightning
 
@@ -270,6 +270,7 @@ def translate_lightning_checkpoint(checkpointer: Checkpointer, checkpoint: dict[
     space = namespace(checkpoint)
     components = space["components"]
     if checkpointer.save_rng_state and "rng" not in components:
+        mark_explained_missing(checkpoint, "rng")  # the restore does not say it again
         _warn(
             "the checkpoint was written by Lightning and holds no random generator states (Python, "
             "NumPy, torch, CUDA); they are left as they are, so the resumed run draws other random "
