@@ -164,7 +164,9 @@ class CheckpointStore:
 
         1. Every rank checks its dict; rank 0 keeps a committed checkpoint at ``path`` aside,
            committed under its hidden previous-version name (a folder is renamed, a file linked),
-           and uncommits ``path``. The ranks agree.
+           and uncommits ``path``. On an object store (no rename) rank 0 writes the pending marker
+           and deletes what is at ``path`` instead: the ranks write under the final name. The
+           ranks agree.
         2. Every rank calls the ``save_checkpoint`` hook; the backend coordinates the ranks (the
            DCP backend writes a fresh folder and renames it into place on rank 0). The ranks agree.
         3. Rank 0 writes the manifest: the commit. The ranks agree, then rank 0 drops the kept
@@ -176,6 +178,7 @@ class CheckpointStore:
         """
         io = self.io_for(path)
         writer_rank = distributed.is_global_zero(self.host)
+        in_place = not Location.of(path, self.storage_options).renames_atomically
         old: Manifest | None = None
         previous: str | None = None
         manifest: Manifest | None = None
@@ -185,6 +188,9 @@ class CheckpointStore:
                 check_weights_only_safe(checkpoint)
                 if writer_rank:
                     old, previous = commit.prepare_overwrite(path, self.storage_options)
+                    if in_place:  # an object store: the ranks write under the final name
+                        commit.write_pending_marker(path, self.storage_options)
+                        Location.of(path, self.storage_options).remove_tree()  # an older version's files
             except Exception as exc:
                 error = exc
             distributed.agree_on_outcome(error, f"preparing {path}", host=self.host)
@@ -211,6 +217,11 @@ class CheckpointStore:
             raise
         if writer_rank:
             commit.finish_overwrite(path, previous)
+            if in_place:
+                try:
+                    commit.remove_pending_marker(path, self.storage_options)
+                except OSError as exc:  # committed already; the next start removes the marker
+                    log.warning("committed %s, but could not remove its pending marker: %s", path, exc)
             assert manifest is not None
             log.info("committed checkpoint %s (%d bytes, step %d)", path, manifest.size, global_step)
         return manifest

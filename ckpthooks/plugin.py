@@ -54,7 +54,10 @@ if TYPE_CHECKING:
         folder_files,
         hash_local_file,
         hash_local_folder,
+        hash_stored_file,
+        hash_stored_folder,
         new_hasher,
+        stored_folder_files,
     )
     from ckpthooks._io.location import Location
     from ckpthooks._io.paths import filesystem, fs_path, is_local, local_path, protocol_of
@@ -244,6 +247,21 @@ DOCUMENTATION: dict[str, tuple[str, str, str]] = {
         "ckpthooks._io.hashing",
         "folder_files",
         "The files of a local folder checkpoint, by relative name, in hashing order.",
+    ),
+    "stored_folder_files": (
+        "ckpthooks._io.hashing",
+        "stored_folder_files",
+        "`{relative name: size}` of the files below a folder on any fsspec filesystem (an object store's prefix).",
+    ),
+    "hash_stored_file": (
+        "ckpthooks._io.hashing",
+        "hash_stored_file",
+        "`(size, digest)` of one file on any fsspec filesystem, streamed.",
+    ),
+    "hash_stored_folder": (
+        "ckpthooks._io.hashing",
+        "hash_stored_folder",
+        "`(size, digest)` of a folder checkpoint on any fsspec filesystem (every file, by relative name).",
     ),
     "folder_algorithm": (
         "ckpthooks._io.hashing",
@@ -437,6 +455,8 @@ __all__ = [
     "global_rank",
     "hash_local_file",
     "hash_local_folder",
+    "hash_stored_file",
+    "hash_stored_folder",
     "hookimpl",
     "is_global_zero",
     "is_local",
@@ -455,6 +475,7 @@ __all__ = [
     "set_default_retry",
     "set_plugin_host",
     "storage_error",
+    "stored_folder_files",
     "temp_name_for",
     "translate_load_error",
     "verify_checkpoint",

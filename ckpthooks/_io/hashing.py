@@ -226,6 +226,46 @@ def folder_files(folder: str) -> list[str]:
     return sorted(found)
 
 
+def stored_folder_files(fs: Any, folder: str) -> dict[str, int]:
+    """``{relative path: size}`` of every file below ``folder`` on the fsspec filesystem ``fs``
+    (``folder`` in ``fs``'s own form, as :func:`ckpthooks._io.paths.fs_path` gives it)."""
+    base = folder.rstrip("/")
+    found: dict[str, int] = {}
+    for full, info in fs.find(base, detail=True).items():
+        if info.get("type") == "directory":
+            continue
+        name = full[len(base) + 1 :] if full.startswith(base + "/") else full
+        found[name] = int(info.get("size") or 0)
+    return dict(sorted(found.items()))
+
+
+def hash_stored_file(
+    fs: Any, path: str, algorithm: str, progress: Callable[[int], None] | None = None
+) -> tuple[int, str]:
+    """``(size, digest)`` of one file on the fsspec filesystem ``fs``, streamed."""
+    _, hasher = new_hasher(algorithm)
+    size = 0
+    with fs.open(path, "rb") as handle:
+        for chunk in read_chunks(handle):
+            hasher.update(chunk)
+            size += len(chunk)
+            if progress is not None:
+                progress(len(chunk))
+    return size, hasher.hexdigest()
+
+
+def hash_stored_folder(
+    fs: Any, folder: str, algorithm: str, progress: Callable[[int], None] | None = None
+) -> tuple[int, str]:
+    """:func:`hash_local_folder` for a folder on any fsspec filesystem (an object store's prefix):
+    every file below it read once and hashed with ``algorithm``."""
+    base = folder.rstrip("/")
+    files = {
+        name: hash_stored_file(fs, f"{base}/{name}", algorithm, progress) for name in stored_folder_files(fs, base)
+    }
+    return folder_digest(files, algorithm)
+
+
 def hash_local_folder(
     folder: str, algorithm: str, progress: Callable[[int], None] | None = None
 ) -> tuple[int, str]:

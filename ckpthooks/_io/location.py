@@ -22,7 +22,14 @@ from typing import Any
 
 from ckpthooks._io import paths
 from ckpthooks._io.durable import atomic_write, fsync_dir
-from ckpthooks._io.hashing import folder_base, hash_local_file, hash_local_folder, hash_stream, read_chunks
+from ckpthooks._io.hashing import (
+    folder_base,
+    hash_local_file,
+    hash_local_folder,
+    hash_stored_folder,
+    hash_stream,
+    read_chunks,
+)
 from ckpthooks._io.regular_file import open_regular
 from ckpthooks._io.retry import call_with_retry
 
@@ -293,7 +300,7 @@ class Location:
             base = folder_base(algorithm)
             if base is not None:  # a folder (a sharded checkpoint): its files, each hashed
                 if not self.is_local:
-                    raise LookupError(f"folder checksums ({algorithm}) are checked on local folders only")
+                    return hash_stored_folder(self.fs, self.fs_path, base, progress)[1]
                 return hash_local_folder(self.local, base, progress)[1]
             if self.is_local:
                 return hash_local_file(self.local, algorithm, progress)[1]

@@ -19,7 +19,7 @@ import threading
 from collections.abc import Iterator
 from typing import Any
 
-from ckpthooks.plugin import folder_digest, hash_local_file, new_hasher
+from ckpthooks.plugin import folder_digest, hash_local_file, hash_stored_file, new_hasher, stored_folder_files
 
 #: ``{absolute path: (size, digest) or None}``: ``None`` for a file whose writes the hasher could not follow.
 Records = dict[str, "tuple[int, str] | None"]
@@ -101,6 +101,73 @@ def hashing_file_system(algorithm: str) -> Any:
                 self.records.pop(os.path.abspath(os.fspath(path)), None)
 
     return HashingFileSystem()
+
+
+def hashing_fsspec_file_system(algorithm: str, fs: Any) -> Any:
+    """The fsspec counterpart of :func:`hashing_file_system` (DCP's ``FsspecWriter`` writes through
+    it): the same records, keyed by the URL DCP opens."""
+    from torch.distributed.checkpoint._fsspec_filesystem import FileSystem
+
+    class HashingFsspecFileSystem(FileSystem):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fs = fs
+            self.algorithm = algorithm
+            self.records: Records = {}
+            self._lock = threading.Lock()
+
+        @contextlib.contextmanager
+        def create_stream(self, path: str | os.PathLike[str], mode: str) -> Iterator[Any]:
+            if "r" in mode or "+" in mode:
+                with super().create_stream(path, mode) as stream:
+                    yield stream
+                return
+            with super().create_stream(path, mode) as stream:
+                hashing = _HashingStream(stream, self.algorithm)
+                try:
+                    yield hashing
+                finally:
+                    with self._lock:
+                        self.records[os.fspath(path)] = hashing.record()
+
+        def rename(self, path: str | os.PathLike[str], new_path: str | os.PathLike[str]) -> None:
+            super().rename(path, new_path)
+            with self._lock:
+                old = os.fspath(path)
+                if old in self.records:
+                    self.records[os.fspath(new_path)] = self.records.pop(old)
+
+        def rm_file(self, path: str | os.PathLike[str]) -> None:
+            super().rm_file(path)
+            with self._lock:
+                self.records.pop(os.fspath(path), None)
+
+    return HashingFsspecFileSystem()
+
+
+def relative_urls(records: Records, folder: str) -> dict[str, tuple[int, str] | None]:
+    """:func:`relative_records` for records keyed by URL (``s3://bucket/run/x.ckpt/__0_0.distcp``)."""
+    base = folder.rstrip("/") + "/"
+    return {url[len(base) :]: record for url, record in records.items() if url.startswith(base)}
+
+
+def stored_folder_checksum(
+    fs: Any, folder: str, gathered: list[dict[str, tuple[int, str] | None]], algorithm: str
+) -> tuple[int, str]:
+    """:func:`folder_checksum` of a folder on an fsspec filesystem (``folder`` in ``fs``'s form):
+    the files listed there, each taken from the ranks' records when its size matches, else read
+    back."""
+    known: dict[str, tuple[int, str] | None] = {}
+    for records in gathered:
+        known.update(records)
+    base = folder.rstrip("/")
+    files: dict[str, tuple[int, str]] = {}
+    for name, size in stored_folder_files(fs, base).items():
+        record = known.get(name)
+        if record is None or record[0] != size:
+            record = hash_stored_file(fs, f"{base}/{name}", algorithm)
+        files[name] = record
+    return folder_digest(files, algorithm)
 
 
 def relative_records(records: Records, folder: str) -> dict[str, tuple[int, str] | None]:

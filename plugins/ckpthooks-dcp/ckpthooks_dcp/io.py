@@ -18,6 +18,11 @@ parameters). Then:
 The runtime then writes the commit manifest ``<name>.manifest.json`` on rank 0, after every rank
 agreed that its part succeeded. No rank ever writes into an existing folder, committed or not.
 
+On a filesystem without atomic renames (an object store such as ``s3://``, any fsspec URL) there
+is no temporary folder: the runtime has rank 0 write a pending marker and clear the name, every
+rank streams its files under the checkpoint's own name through DCP's ``FsspecWriter`` (digests
+taken on the way), and rank 0 combines the checksums; the manifest commits as above.
+
 Loading reads ``.metadata`` with a restricted unpickler (:mod:`ckpthooks_dcp.metadata`) and fills
 one DCP destination per saved tensor. During :meth:`ckpthooks.Checkpointer.restore` the
 destinations of tensors that are ``DTensor`` in the live model (or optimizer) are empty
@@ -48,7 +53,9 @@ from ckpthooks.plugin import (
     SaveResult,
     all_gather_object,
     broadcast_object,
+    filesystem,
     folder_algorithm,
+    fs_path,
     fsync_dir,
     is_local,
     local_path,
@@ -57,21 +64,24 @@ from ckpthooks.plugin import (
     temp_name_for,
 )
 
-from ckpthooks_dcp.checksums import folder_checksum, hashing_file_system, relative_records
+from ckpthooks_dcp.checksums import (
+    folder_checksum,
+    hashing_file_system,
+    hashing_fsspec_file_system,
+    relative_records,
+    relative_urls,
+    stored_folder_checksum,
+)
 from ckpthooks_dcp.layout import STRUCTURE_KEY, is_dtensor, join, split
-from ckpthooks_dcp.metadata import METADATA_FILE, read_metadata
+from ckpthooks_dcp.metadata import METADATA_FILE, loads_metadata, read_metadata
 
 log = logging.getLogger(__name__)
 
 
 def local_folder(path: str) -> str:
-    """The local path of ``path``; DCP folders are written on local or shared file systems only."""
+    """The local path of the local ``path`` (callers take URLs of other filesystems elsewhere)."""
     if not is_local(path):
-        raise ConfigurationError(
-            f"the DCP backend writes folders on a local or shared file system (every rank renames "
-            f"and reads them there), not {path!r}; write to a shared mount and copy the committed "
-            "folder to object storage afterwards"
-        )
+        raise ConfigurationError(f"{path!r} is not a local path")
     return local_path(path)
 
 
@@ -168,13 +178,15 @@ class DCPCheckpointIO(CheckpointIO):
         from torch.distributed.checkpoint.filesystem import FileSystem, FileSystemWriter
         from torch.distributed.checkpoint.state_dict_saver import save as dcp_save
 
-        local = local_folder(path)
         writer_rank = _rank() == 0
         tensors, structure = split(checkpoint)
         # rank 0 writes what every rank holds whole; each rank writes its own shards
         state: dict[str, Any] = {name: t for name, t in tensors.items() if writer_rank or is_dtensor(t)}
         if writer_rank:
             state[STRUCTURE_KEY] = structure
+        if not is_local(path):
+            return self._save_remote(state, path, storage_options)
+        local = local_folder(path)
         fresh = broadcast_object(temp_name_for(local) if writer_rank else None)
         storage_writer = FileSystemWriter(fresh, sync_files=self.sync_files, thread_count=self.thread_count)
         recording = None
@@ -211,6 +223,45 @@ class DCPCheckpointIO(CheckpointIO):
             raise StorageError(f"could not write {path}: {exc.strerror or exc}") from exc
         return SaveResult(size=size, checksum=checksum, algorithm=folder_algorithm(self.checksum_algorithm))
 
+    def _save_remote(
+        self, state: dict[str, Any], path: str, storage_options: Mapping[str, Any] | None
+    ) -> SaveResult | None:
+        """Every rank streams its files to the object store under ``path`` itself (no rename
+        there: the runtime wrote the pending marker and cleared ``path`` first, and commits with
+        the manifest once every rank succeeded); rank 0 combines every rank's checksums."""
+        from torch.distributed.checkpoint._fsspec_filesystem import FsspecWriter
+        from torch.distributed.checkpoint.default_planner import DefaultSavePlanner
+        from torch.distributed.checkpoint.state_dict_saver import save as dcp_save
+
+        options = dict(storage_options or {})
+        fs = filesystem(path, options)
+        writer_rank = _rank() == 0
+        # S3 and the like make an object durable when its upload completes: no fsync to ask for
+        storage_writer = FsspecWriter(path, sync_files=False, thread_count=self.thread_count, **options)
+        recording = hashing_fsspec_file_system(self.checksum_algorithm, fs)
+        storage_writer.fs = recording
+        try:
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=".*torch.distributed is disabled.*")
+                dcp_save(
+                    state,
+                    storage_writer=storage_writer,
+                    planner=DefaultSavePlanner(flatten_state_dict=False, flatten_sharded_tensors=False),
+                    no_dist=_world_size() == 1,
+                )
+            gathered = all_gather_object(relative_urls(recording.records, path))
+        except BaseException as exc:
+            if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+                raise
+            raise _failure(exc, "write", path, StorageError) from exc
+        if not writer_rank:
+            return None
+        try:
+            size, checksum = stored_folder_checksum(fs, fs_path(fs, path), gathered, self.checksum_algorithm)
+        except OSError as exc:
+            raise StorageError(f"could not read back {path}: {exc}") from exc
+        return SaveResult(size=size, checksum=checksum, algorithm=folder_algorithm(self.checksum_algorithm))
+
     @staticmethod
     def _publish(fresh: str, local: str) -> None:
         """Rename the complete folder ``fresh`` to ``local`` (rank 0, after every rank finished)."""
@@ -241,15 +292,19 @@ class DCPCheckpointIO(CheckpointIO):
         from torch.distributed.checkpoint.metadata import BytesStorageMetadata
         from torch.distributed.checkpoint.state_dict_loader import load as dcp_load
 
-        local = local_folder(path)
-        if not os.path.isdir(local):
-            if os.path.exists(local):
-                raise CorruptCheckpointError(
-                    f"{path} is a file, not a torch.distributed.checkpoint folder; load it with the "
-                    "default backend (leave checkpoint_io= out)"
-                )
-            raise CheckpointNotFoundError(f"no checkpoint at {path}")
-        metadata = read_metadata(local)
+        if is_local(path):
+            local = local_folder(path)
+            if not os.path.isdir(local):
+                if os.path.exists(local):
+                    raise CorruptCheckpointError(
+                        f"{path} is a file, not a torch.distributed.checkpoint folder; load it with the "
+                        "default backend (leave checkpoint_io= out)"
+                    )
+                raise CheckpointNotFoundError(f"no checkpoint at {path}")
+            metadata = read_metadata(local)
+            reader = _restricted_reader(local)
+        else:
+            metadata, reader = _remote_reader(path, storage_options)
         entries = metadata.state_dict_metadata
         if STRUCTURE_KEY not in entries:
             raise CorruptCheckpointError(
@@ -282,7 +337,7 @@ class DCPCheckpointIO(CheckpointIO):
                 warnings.filterwarnings("ignore", message=".*torch.distributed is disabled.*")
                 dcp_load(
                     destination,
-                    storage_reader=_restricted_reader(local),
+                    storage_reader=reader,
                     planner=_planner(weights_only, path),
                     no_dist=not collective,
                 )
@@ -303,6 +358,15 @@ class DCPCheckpointIO(CheckpointIO):
 
     # ------------------------------------------------------------------ remove
     def remove_checkpoint(self, path: str, storage_options: Mapping[str, Any] | None = None) -> None:
+        if not is_local(path):
+            fs = filesystem(path, dict(storage_options or {}))
+            stripped = fs_path(fs, path)
+            try:
+                if fs.exists(stripped):
+                    fs.rm(stripped, recursive=True)
+            except OSError as exc:
+                raise StorageError(f"could not delete {path}: {exc}") from exc
+            return
         local = local_folder(path)
         try:
             _remove(local)
@@ -365,6 +429,40 @@ def _planner(weights_only: bool, path: str) -> Any:
 
     # flat names, no ShardedTensor: the planner fills the very dict handed to dcp.load
     return _Planner(flatten_state_dict=False, flatten_sharded_tensors=False)
+
+
+def _remote_reader(path: str, storage_options: Mapping[str, Any] | None) -> tuple[Any, Any]:
+    """The metadata of the DCP folder at the URL ``path`` (read with the restricted unpickler) and
+    an ``FsspecReader`` that hands DCP the same metadata."""
+    from torch.distributed.checkpoint._fsspec_filesystem import FsspecReader
+    from torch.distributed.checkpoint.metadata import StorageMeta
+
+    options = dict(storage_options or {})
+    fs = filesystem(path, options)
+    index = fs_path(fs, path).rstrip("/") + "/" + METADATA_FILE
+    try:
+        data = fs.cat_file(index)
+    except FileNotFoundError as exc:
+        if fs.isfile(fs_path(fs, path)):
+            raise CorruptCheckpointError(
+                f"{path} is a file, not a torch.distributed.checkpoint folder; load it with the "
+                "default backend (leave checkpoint_io= out)"
+            ) from exc
+        if fs.exists(fs_path(fs, path)):
+            raise CorruptCheckpointError(
+                f"{path} has no {METADATA_FILE}: it is not a complete torch.distributed.checkpoint folder"
+            ) from exc
+        raise CheckpointNotFoundError(f"no checkpoint at {path}") from exc
+    metadata = loads_metadata(data, source=f"{path}/{METADATA_FILE}")
+
+    class Reader(FsspecReader):
+        def read_metadata(self, *args: Any, **kwargs: Any) -> Any:
+            if getattr(metadata, "storage_meta", None) is None:
+                metadata.storage_meta = StorageMeta()
+            metadata.storage_meta.load_id = self.load_id
+            return metadata
+
+    return metadata, Reader(path, **options)
 
 
 def _restricted_reader(folder: str) -> Any:

@@ -198,13 +198,99 @@ def scenario_one_rank(rank: int, workdir: Path) -> dict[str, Any]:
     }
 
 
+def s3_setup() -> tuple[str, dict[str, Any]]:
+    """The S3 root and storage options the test passes (``DCP_S3_ROOT``, ``DCP_S3_OPTIONS``)."""
+    return os.environ["DCP_S3_ROOT"], json.loads(os.environ["DCP_S3_OPTIONS"])
+
+
+def scenario_s3_train(rank: int, workdir: Path) -> dict[str, Any]:
+    """Train 2 epochs on 2 ranks, saving straight to S3 (top-1 by loss and last)."""
+    root, options = s3_setup()
+    model, optimizer = build(0)
+    policy = ModelCheckpoint(monitor="loss", save_top_k=1, save_last=True)
+    ckpt = Checkpointer(root, checkpoint_io=DCPCheckpointIO(), storage_options=options, callbacks=[policy])
+    ckpt.track(model=model, optimizers=optimizer)
+
+    @ckpt.loop(max_epochs=2)
+    def epoch(index: int) -> None:
+        for batch in ckpt.batches(range(2)):
+            train_steps(model, optimizer, 1, seed=index * 10 + batch)
+        ckpt.log("loss", 10.0 - index)
+
+    epoch()
+    reference = full_state(model, optimizer)
+    if rank == 0:
+        torch.save(reference, workdir / "reference.pt")
+    return {"best_model_path": policy.best_model_path, "last_model_path": policy.last_model_path}
+
+
+def scenario_s3_from_one(rank: int, workdir: Path) -> dict[str, Any]:
+    """A checkpoint one process saved to S3 (``DCP_S3_SINGLE``) loads into 2 FSDP2 ranks."""
+    _root, options = s3_setup()
+    source = os.environ["DCP_S3_SINGLE"]
+    model, optimizer = build(seed=200 + rank)
+    ckpt = Checkpointer(workdir, checkpoint_io=DCPCheckpointIO(), storage_options=options, enable_checkpointing=False)
+    report = ckpt.track(model=model, optimizers=optimizer).restore(source)
+    return {
+        "equal": same(full_state(model, optimizer), torch.load(os.environ["DCP_S3_REFERENCE"])),
+        "global_step": report.global_step if report else None,
+        "local_rows": int(model.state_dict()["0.weight"].to_local().shape[0]),
+    }
+
+
+def scenario_s3_kill(rank: int, workdir: Path) -> dict[str, Any]:
+    """A save to S3 commits; during the next one rank 1 is SIGKILLed while it writes its shards.
+    Rank 0 then fails (the process group lost a rank); what stays "last" is checked by the test."""
+    import signal
+
+    from torch.distributed.distributed_c10d import _set_pg_timeout
+
+    root, options = s3_setup()
+    _set_pg_timeout(timedelta(seconds=5))
+    model, optimizer = build(0)
+    ckpt = Checkpointer(root, checkpoint_io=DCPCheckpointIO(), storage_options=options, enable_checkpointing=False)
+    ckpt.track(model=model, optimizers=optimizer)
+    train_steps(model, optimizer, 2, seed=1)
+    ckpt.progress.global_step = 2
+    ckpt.save_checkpoint(f"{root}/first.ckpt")
+    first = full_state(model, optimizer)  # a collective (the shards are gathered): every rank
+    if rank == 0:
+        torch.save(first, workdir / "first.pt")
+    train_steps(model, optimizer, 2, seed=2)
+    ckpt.progress.global_step = 4
+    if rank == 1:
+        from ckpthooks_dcp import checksums
+
+        real_write = checksums._HashingStream.write
+
+        def write_then_die(self: Any, data: Any) -> int:
+            real_write(self, data)
+            os.kill(os.getpid(), signal.SIGKILL)
+            return 0
+
+        checksums._HashingStream.write = write_then_die  # type: ignore[method-assign]
+    started = time.monotonic()
+    try:
+        ckpt.save_checkpoint(f"{root}/second.ckpt")
+    except Exception as exc:
+        return {"raised": type(exc).__name__, "message": str(exc)[:2000], "seconds": time.monotonic() - started}
+    return {"raised": None}
+
+
 SCENARIOS = {
+    "s3_train": scenario_s3_train,
+    "s3_from_one": scenario_s3_from_one,
+    "s3_kill": scenario_s3_kill,
     "train": scenario_train,
     "resume": scenario_resume,
     "from_one": scenario_from_one,
     "fail": scenario_fail,
     "one_rank": scenario_one_rank,
 }
+
+
+#: scenarios that leave the process group unusable (a rank killed): they run last
+TERMINAL = {"s3_kill"}
 
 
 def run_scenario(name: str, rank: int, workdir: Path) -> dict[str, Any]:
@@ -228,11 +314,12 @@ def main() -> int:
     dist.init_process_group("gloo", rank=rank, world_size=world_size, timeout=timedelta(seconds=30))
     try:
         for name in scenarios.split(","):
-            if "error" in run_scenario(name, rank, workdir):
-                break  # the other rank may be stuck in a collective: end (it times out)
+            if "error" in run_scenario(name, rank, workdir) or name in TERMINAL:
+                break  # the other rank may be stuck in a collective, or gone: end
             dist.barrier()
     finally:
-        dist.destroy_process_group()
+        if scenarios.split(",")[-1] not in TERMINAL:
+            dist.destroy_process_group()
     return 0
 
 

@@ -11,7 +11,6 @@ import pytest
 import torch
 from ckpthooks import (
     Checkpointer,
-    ConfigurationError,
     CorruptCheckpointError,
     HyperparametersMixin,
     ModelCheckpoint,
@@ -262,9 +261,35 @@ def test_fresh_folders_of_dead_writers_are_removed_at_the_next_start(tmp_path: P
     assert not leftover.exists()
 
 
-def test_remote_paths_are_refused(tmp_path: Path) -> None:
-    with pytest.raises(ConfigurationError, match="shared file system"):
-        DCPCheckpointIO().save_checkpoint({"w": torch.ones(1)}, "memory://bucket/a.ckpt")
+def test_an_fsspec_url_is_written_in_place_committed_verified_loaded_and_removed(tmp_path: Path) -> None:
+    """Any fsspec filesystem, here fsspec's in-memory one (S3 against moto: test_s3.py): DCP
+    streams the files under the final name, the manifest commits them, an overwrite replaces
+    every file, and removal leaves nothing."""
+    import uuid
+
+    from ckpthooks.plugin import filesystem
+
+    root = f"memory://dcp-{uuid.uuid4().hex}/run"
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 2)
+    ckpt = Checkpointer(root, checkpoint_io=DCPCheckpointIO(), enable_checkpointing=False).track(model=model)
+    ckpt.save_checkpoint(f"{root}/a.ckpt")
+    with torch.no_grad():
+        model.weight.add_(1.0)
+    ckpt.progress.global_step = 7
+    ckpt.save_checkpoint(f"{root}/a.ckpt")  # an overwrite in place
+    manifest = verify_checkpoint(f"{root}/a.ckpt")
+    assert manifest.global_step == 7 and manifest.algorithm == "xxh3_64/files"
+    fs = filesystem(root)
+    names = sorted(p.rsplit("/run/", 1)[1] for p in fs.find(root))
+    assert names == ["a.ckpt.manifest.json", "a.ckpt/.metadata", "a.ckpt/__0_0.distcp"]
+    fresh = torch.nn.Linear(3, 2)
+    report = Checkpointer(root, checkpoint_io=DCPCheckpointIO(), enable_checkpointing=False).track(
+        model=fresh
+    ).restore("last")
+    assert report is not None and report.global_step == 7 and torch.equal(fresh.weight, model.weight)
+    ckpt.store.remove(f"{root}/a.ckpt")
+    assert fs.find(root) == []
 
 
 # ---------------------------------------------------------------------- the plugin's load hook
