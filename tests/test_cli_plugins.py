@@ -96,7 +96,8 @@ def test_requirements_pin_ckpthooks_and_torch_first() -> None:
     result = run_cli("plugins", "--requirements")
     assert result.exit_code == 0, result.output
     lines = result.stdout.splitlines()
-    assert lines[:2] == [f"ckpthooks=={ckpthooks.__version__}", f"torch=={metadata.version('torch')}"]
+    public_torch = metadata.version("torch").partition("+")[0]
+    assert lines[:2] == [f"ckpthooks=={ckpthooks.__version__}", f"torch=={public_torch}"]
     assert run_json("plugins", "--requirements")[:2] == lines[:2]
 
 
@@ -110,13 +111,29 @@ def test_requirements_pin_the_distributions_of_active_entry_point_plugins() -> N
         PluginInfo("local", "entrypoint", None, None, module="local_plugin"),
         PluginInfo("mine", "manual", None, None),
     ]
-    lines = _requirements(infos)
+    lines = [line for line in _requirements(infos) if "local build" not in line]
     assert lines[0] == f"ckpthooks=={ckpthooks.__version__}" and lines[1].startswith("torch==")
     assert lines[2:] == [
         "ckpthooks-alpha==2.0",
         "ckpthooks-runid==0.1.0",
         "# plugin 'local' (local_plugin): its distribution is unknown",
     ]
+
+
+def test_a_local_version_is_pinned_as_its_public_version_with_a_hint(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``torch==2.13.0+cpu`` is a version no index serves by that name: ``pip install -r`` failed."""
+    from packaging.requirements import Requirement
+
+    import ckpthooks._cli.plugins as plugins_cli
+
+    real = plugins_cli.metadata.version
+    monkeypatch.setattr(plugins_cli.metadata, "version", lambda name: "2.13.0+cpu" if name == "torch" else real(name))
+    lines = _requirements([PluginInfo("gpu-io", "entrypoint", "ckpthooks-gpu-io", "1.0+cu121")])
+    pins = [Requirement(line) for line in lines if not line.startswith("#")]
+    assert [str(p) for p in pins] == [f"ckpthooks=={ckpthooks.__version__}", "torch==2.13.0", "ckpthooks-gpu-io==1.0"]
+    assert all("+" not in str(p.specifier) for p in pins)
+    hints = [line for line in lines if line.startswith("#")]
+    assert any("torch 2.13.0+cpu is a local build" in h and "download.pytorch.org/whl/cpu" in h for h in hints)
 
 
 def test_requirements_do_not_import_torch() -> None:

@@ -71,7 +71,8 @@ def _hook_names() -> set[str]:
 
 def _requirements(infos: list[Any]) -> list[str]:
     """``name==version`` for ckpthooks, torch (from its metadata: torch is not imported) and every
-    active entry-point plugin's distribution; a plugin without one gets a comment line."""
+    active entry-point plugin's distribution; a plugin without one gets a comment line, and so does
+    a local version (``2.13.0+cpu`` is pinned as ``2.13.0``, which ``pip install -r`` resolves)."""
     pins: dict[str, str] = {"ckpthooks": __version__}
     with contextlib.suppress(metadata.PackageNotFoundError):
         pins["torch"] = metadata.version("torch")
@@ -83,6 +84,15 @@ def _requirements(infos: list[Any]) -> list[str]:
             pins.setdefault(info.distribution, info.version)
         else:
             comments.append(f"# plugin {info.name!r} ({info.module}): its distribution is unknown")
+    for name, version in list(pins.items()):
+        public, plus, local = version.partition("+")
+        if plus:  # a local version (torch's +cpu, +cu121) no package index serves by that name
+            pins[name] = public
+            comments.append(
+                f"# {name} {version} is a local build: pinned as {name}=={public}; install the build "
+                f"from the index it came from (for torch's {local} wheels: "
+                f"--index-url https://download.pytorch.org/whl/{local})"
+            )
     head = [f"{name}=={pins[name]}" for name in ("ckpthooks", "torch") if name in pins]
     rest = [f"{name}=={version}" for name, version in sorted(pins.items()) if name not in ("ckpthooks", "torch")]
     return head + rest + comments
