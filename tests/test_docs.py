@@ -130,4 +130,4 @@ def test_the_site_builds_strictly(tmp_path: Path) -> None:
         env={**os.environ, "NO_MKDOCS_2_WARNING": "1"},
     )  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr
-    assert (tmp_path / "site" / "hooks-reference" / "index.html").exists()
+    assert (tmp_path / "site" / "hooks-reference.html").exists()
