@@ -28,8 +28,18 @@ $(DOCS_STAMP): $(STAMP)
 docs: $(DOCS_STAMP)
 	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict
 
+DEMO_STAMP := $(VENV)/.ckpthooks-demo-installed
+
+# The demo needs torch and ckpthooks only: a first `make demo` installs no test tools.
+$(DEMO_STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet "$(TORCH_SPEC)"
+	$(PY) -m pip install --quiet -e .
+	touch $(DEMO_STAMP)
+
 ## Run the main job: train, get killed, resume from "last", compare with an uninterrupted run.
-demo: $(STAMP)
+demo: $(DEMO_STAMP)
 	$(PY) examples/demo.py
 
 PLUGINS := plugins/ckpthooks-safetensors plugins/ckpthooks-dcp plugins/ckpthooks-xla

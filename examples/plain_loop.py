@@ -64,8 +64,19 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     )
     ckpt.track(model=model, optimizers=optimizer, lr_schedulers=scheduler)
 
+    started = False
+
     @ckpt.loop(max_epochs=args.epochs, ckpt_path=None if args.ckpt_path == "none" else args.ckpt_path)
     def train_one_epoch(epoch: int) -> float:
+        nonlocal started
+        if not started:  # the loop has restored by now: say from where, before training goes on
+            started = True
+            if ckpt.resumed_from:
+                print(
+                    f"resuming from {ckpt.resumed_from}: epoch {epoch}, {ckpt.progress.batch_idx} of its "
+                    f"batches done, global step {ckpt.global_step}",
+                    flush=True,
+                )
         model.train()
         for x, y in ckpt.batches(train_loader):
             loss = nn.functional.mse_loss(model(x), y)

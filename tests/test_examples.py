@@ -32,6 +32,11 @@ def test_plain_loop_resumes_from_last_and_matches_an_uninterrupted_run(tmp_path:
     assert second.returncode == 0, second.stderr
     assert "epoch 0:" not in second.stdout and "epoch 2:" in second.stdout
     assert "resumed: restored model" in second.stdout
+    # where it resumed from is said when the resumed run starts, before its first epoch
+    lines = second.stdout.splitlines()
+    assert lines[0] == (
+        f"resuming from {tmp_path / 'a' / 'checkpoints' / 'last.ckpt'}: epoch 2, 0 of its batches done, global step 28"
+    ), lines[:2]
     reference = run_example(
         "plain_loop.py", "--root", str(tmp_path / "b"), "--epochs", "4", "--summary", str(tmp_path / "b.json")
     )
@@ -55,3 +60,5 @@ def test_demo_interrupts_resumes_and_matches() -> None:
     assert demo.returncode == 0, demo.stdout + demo.stderr
     assert "killed the training process with SIGKILL" in demo.stdout
     assert "matches the uninterrupted one bit for bit" in demo.stdout
+    run2 = demo.stdout.split('== run 2: the same command, ckpt_path="last"\n', 1)[1].splitlines()
+    assert run2[0].startswith("resuming from ") and "global step" in run2[0], run2[:2]
