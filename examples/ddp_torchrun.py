@@ -11,6 +11,7 @@ everything a save decides (see docs/distributed.md). --quick trains on less data
 from __future__ import annotations
 
 import argparse
+import ctypes
 import gc
 import hashlib
 import json
@@ -119,8 +120,14 @@ def digest(model: nn.Module) -> str:
     hasher = hashlib.sha256()
     for name, tensor in sorted(model.state_dict().items()):
         hasher.update(name.encode())
-        hasher.update(tensor.detach().contiguous().numpy().tobytes())
+        hasher.update(raw_bytes(tensor.detach()))
     return hasher.hexdigest()
+
+
+def raw_bytes(tensor: torch.Tensor) -> bytes:
+    """The exact bytes of a CPU tensor (without NumPy, which torch does not require)."""
+    tensor = tensor.cpu().contiguous()
+    return ctypes.string_at(tensor.data_ptr(), tensor.numel() * tensor.element_size())
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ Run it twice: the second run restores from the newest committed checkpoint ("las
 from __future__ import annotations
 
 import argparse
+import ctypes
 import hashlib
 import json
 import logging
@@ -117,8 +118,14 @@ def weights_digest(model: nn.Module) -> str:
     digest = hashlib.sha256()
     for name, tensor in sorted(model.state_dict().items()):
         digest.update(name.encode())
-        digest.update(tensor.detach().contiguous().numpy().tobytes())
+        digest.update(raw_bytes(tensor.detach()))
     return digest.hexdigest()
+
+
+def raw_bytes(tensor: torch.Tensor) -> bytes:
+    """The exact bytes of a CPU tensor (without NumPy, which torch does not require)."""
+    tensor = tensor.cpu().contiguous()
+    return ctypes.string_at(tensor.data_ptr(), tensor.numel() * tensor.element_size())
 
 
 if __name__ == "__main__":

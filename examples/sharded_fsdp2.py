@@ -15,6 +15,7 @@ the whole weights with torch.save. Runs on CPU with gloo. --quick trains on less
 from __future__ import annotations
 
 import argparse
+import ctypes
 import gc
 import hashlib
 import json
@@ -49,7 +50,7 @@ def digest(state: dict[str, torch.Tensor]) -> str:
     hasher = hashlib.sha256()
     for name, tensor in sorted(state.items()):
         hasher.update(name.encode())
-        hasher.update(tensor.detach().contiguous().numpy().tobytes())
+        hasher.update(raw_bytes(tensor.detach()))
     return hasher.hexdigest()
 
 
@@ -130,6 +131,12 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("run the training under torchrun (see above), or pass --consolidate FILE")
     else:
         train(args)
+
+
+def raw_bytes(tensor: torch.Tensor) -> bytes:
+    """The exact bytes of a CPU tensor (without NumPy, which torch does not require)."""
+    tensor = tensor.cpu().contiguous()
+    return ctypes.string_at(tensor.data_ptr(), tensor.numel() * tensor.element_size())
 
 
 if __name__ == "__main__":

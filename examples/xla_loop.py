@@ -13,6 +13,7 @@ on every ordinal, onto its own device, and continues.
 from __future__ import annotations
 
 import argparse
+import ctypes
 import hashlib
 import json
 import logging
@@ -95,7 +96,7 @@ def weights_digest(model: nn.Module) -> str:
     digest = hashlib.sha256()
     for name, tensor in sorted(model.state_dict().items()):
         digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+        digest.update(raw_bytes(tensor.detach().cpu()))
     return digest.hexdigest()
 
 
@@ -106,6 +107,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--summary", help="the master ordinal writes its global step and a weights digest here")
     args = parser.parse_args(argv)
     xmp.spawn(train, args=(args,))
+
+
+def raw_bytes(tensor: torch.Tensor) -> bytes:
+    """The exact bytes of a CPU tensor (without NumPy, which torch does not require)."""
+    tensor = tensor.cpu().contiguous()
+    return ctypes.string_at(tensor.data_ptr(), tensor.numel() * tensor.element_size())
 
 
 if __name__ == "__main__":

@@ -62,3 +62,20 @@ def test_demo_interrupts_resumes_and_matches() -> None:
     assert "matches the uninterrupted one bit for bit" in demo.stdout
     run2 = demo.stdout.split('== run 2: the same command, ckpt_path="last"\n', 1)[1].splitlines()
     assert run2[0].startswith("resuming from ") and "global step" in run2[0], run2[:2]
+
+
+def test_the_demo_loop_runs_without_numpy(tmp_path: Path) -> None:
+    """`make demo` installs torch and ckpthooks only; the loop's weight digest called .numpy()."""
+    import os
+
+    blocker = tmp_path / "no-numpy" / "numpy"
+    blocker.mkdir(parents=True)
+    (blocker / "__init__.py").write_text('raise ModuleNotFoundError("No module named numpy", name="numpy")\n')
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(blocker.parent), os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run(
+        [sys.executable, str(EXAMPLES / "plain_loop.py"), "--root", str(tmp_path / "run"), "--epochs", "1",
+         "--summary", str(tmp_path / "s.json")],
+        capture_output=True, text=True, timeout=240, check=False, env=env,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert len(json.loads((tmp_path / "s.json").read_text())["weights_sha256"]) == 64
