@@ -184,6 +184,34 @@ def test_with_async_saves_a_failed_top_k_save_leaves_the_linked_last_as_it_was(
     assert policy.best_model_path == str(tmp_path / "step=2.ckpt")
 
 
+
+def test_a_top_k_save_that_failed_before_the_link_decision_leaves_the_linked_last_as_it_was(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same failure, with the worker quicker than the training thread (seen under load): the
+    save had failed before ``last`` was decided, so ``last`` was written in full at step 4 and the
+    failure went into the log instead of ``wait()``."""
+    import time
+
+    fail_writes(monkeypatch, "step=4.ckpt", nth={1})
+    policy = ModelCheckpoint(dirpath=tmp_path, filename="{step}", every_n_train_steps=2, save_last="link")
+    real = ModelCheckpoint._link_after_commit
+
+    def after_the_worker(self: ModelCheckpoint, source: str, filepath: str, replaces: str | None) -> bool:
+        deadline = time.monotonic() + 10
+        while source in self._in_flight and time.monotonic() < deadline:  # let the save fail first
+            time.sleep(0.01)
+        return real(self, source, filepath, replaces)
+
+    monkeypatch.setattr(ModelCheckpoint, "_link_after_commit", after_the_worker)
+    ckpt = make(tmp_path, policy, async_save=True, on_save_error="log")
+    steps(ckpt, 4)
+    settle(ckpt)
+    assert committed(tmp_path) == [("last.ckpt", 2), ("step=2.ckpt", 2)]
+    assert policy.last_model_path == str(tmp_path / "last.ckpt")
+    assert policy.best_model_path == str(tmp_path / "step=2.ckpt")
+
+
 # ------------------------------------------------------------------ rules
 
 

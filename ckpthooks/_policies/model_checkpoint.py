@@ -714,9 +714,15 @@ class ModelCheckpoint(Callback):
 
     def _link_after_commit(self, source: str, filepath: str, replaces: str | None) -> bool:
         """When the save of ``source`` is still in flight (``async_save``): have its commit link
-        ``filepath`` to it, on the worker, and return ``True``; ``False`` once it has committed."""
+        ``filepath`` to it, on the worker, and return ``True``; ``False`` once it has committed.
+        Also ``True`` when it has failed already: then ``filepath`` is not written either."""
         with self._lock:
             write = self._in_flight.get(source)
+            if write is None and any(path == source and done.role == "topk" for path, done in self._failed):
+                # it failed already, before this decision: the last file is not written either, as
+                # when the link waits for a save that then fails
+                self._failed.append((filepath, _Write(role="last", replaces=replaces)))
+                return True
             if write is None or write.role != "topk":
                 return False
             write.link = (filepath, replaces)
@@ -911,12 +917,12 @@ class ModelCheckpoint(Callback):
         bookkeeping is undone on the training thread, before the next save decision."""
         with self._lock:
             write = self._in_flight.pop(path, None)
-        if write is None:
-            return
-        self._failed.append((path, write))
-        if write.link is not None:  # the last file to link to it is not written either
-            filepath, replaces = write.link
-            self._failed.append((filepath, _Write(role="last", replaces=replaces)))
+            if write is None:
+                return
+            self._failed.append((path, write))
+            if write.link is not None:  # the last file to link to it is not written either
+                filepath, replaces = write.link
+                self._failed.append((filepath, _Write(role="last", replaces=replaces)))
 
     def _apply_background_failures(self, checkpointer: Checkpointer) -> None:
         """Undo what failed background saves changed, as a failed synchronous save's transaction
