@@ -77,7 +77,7 @@ class Manifest:
             raise IncompatibleFormatError(
                 f"{source} was written by a newer ckpthooks: its manifest version is {version}, but "
                 f"ckpthooks {__version__} reads versions up to {MANIFEST_VERSION}. Upgrade ckpthooks "
-                "(pip install --upgrade ckpthooks) to use this checkpoint."
+                "to use this checkpoint."
             )
         fields = {k: v for k, v in data.items() if k in _MANIFEST_FIELDS}
         missing = sorted(_REQUIRED_FIELDS - fields.keys())

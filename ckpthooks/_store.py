@@ -52,7 +52,7 @@ def check_format_version(checkpoint: Mapping[str, Any], where: str) -> None:
         raise IncompatibleFormatError(
             f"{where} was written by a newer ckpthooks: its checkpoint format is {version}, but "
             f"ckpthooks {__version__} reads formats up to {FORMAT_VERSION}. Upgrade ckpthooks "
-            "(pip install --upgrade ckpthooks) to load it."
+            "to load it."
         )
 
 

@@ -1,6 +1,6 @@
 """Sharded training (FSDP2's ``fully_shard``) with sharded checkpoints from the ckpthooks-dcp plugin.
 
-    pip install ckpthooks-dcp        # from this repository: pip install -e plugins/ckpthooks-dcp
+    pip install ./plugins/ckpthooks-dcp    # from a clone of the ckpthooks repository
     torchrun --nproc-per-node 2 examples/sharded_fsdp2.py --root runs/fsdp2 --epochs 2
     torchrun --nproc-per-node 2 examples/sharded_fsdp2.py --root runs/fsdp2 --epochs 4   # resumes
     python examples/sharded_fsdp2.py --root runs/fsdp2 --consolidate runs/fsdp2/model.pt

@@ -1,6 +1,6 @@
 """A plain training loop on XLA devices (TPU, or the CPU for trying it out), made resumable with ckpthooks.
 
-    pip install ckpthooks ckpthooks-xla torch-xla        # torch-xla matching your torch version
+    pip install . ./plugins/ckpthooks-xla torch-xla    # in a clone of ckpthooks; torch-xla matching your torch
     PJRT_DEVICE=CPU CPU_NUM_DEVICES=2 python examples/xla_loop.py --root runs/xla --epochs 2
     PJRT_DEVICE=CPU CPU_NUM_DEVICES=2 python examples/xla_loop.py --root runs/xla --epochs 4   # resumes
 

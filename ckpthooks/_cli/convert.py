@@ -28,7 +28,7 @@ from ckpthooks._cli.scan import ScanError, sniff
 
 _NO_SAFETENSORS = (
     "converting to or from safetensors needs the safetensors package: pip install safetensors "
-    "(or pip install ckpthooks-safetensors)"
+    "(or the ckpthooks-safetensors plugin, plugins/ckpthooks-safetensors in the ckpthooks repository)"
 )
 
 
@@ -282,7 +282,7 @@ def _from_safetensors(src: str, dst: str, overwrite: bool, progress: bool | None
         except Exception as exc:
             raise ConvertError(
                 f"{src} is a ckpthooks-safetensors checkpoint; converting it needs that plugin installed "
-                f"(pip install ckpthooks-safetensors): {describe_error(exc)}"
+                f"(plugins/ckpthooks-safetensors in the ckpthooks repository): {describe_error(exc)}"
             ) from exc
         destination_free(dst, None, overwrite)
         return _save(checkpoint, src, dst, weights_only=bool(checkpoint.get("ckpthooks", {}).get("weights_only")))

@@ -287,8 +287,8 @@ def check_algorithm(src: str, manifest: Manifest) -> None:
             hint = f"{exc}, then copy again"
         else:
             hint = (
-                f"this ckpthooks knows {', '.join(available_algorithms())}: upgrade ckpthooks (pip install "
-                "--upgrade ckpthooks) if a newer version wrote the manifest, or, if the manifest is damaged, "
+                f"this ckpthooks knows {', '.join(available_algorithms())}: upgrade ckpthooks "
+                "if a newer version wrote the manifest, or, if the manifest is damaged, "
                 f"commit the file again with: ckpthooks convert {src} {src} --overwrite"
             )
         raise IncompatibleFormatError(

@@ -142,7 +142,8 @@ def _scan_folder(target: str, options: dict[str, Any] | None) -> Scan:
     except Exception as exc:
         raise ScanError(
             f"a folder checkpoint that no installed storage plugin could read ({describe_error(exc)}); "
-            "install the plugin that wrote it (sharded checkpoints: pip install ckpthooks-dcp)"
+            "install the plugin that wrote it (sharded checkpoints: the ckpthooks-dcp plugin, "
+            "plugins/ckpthooks-dcp in the ckpthooks repository)"
         ) from exc
     return Scan("folder", _from_torch(loaded), paths.stored_size(target, options))
 

@@ -44,7 +44,8 @@ def not_regular_error(shown: str, mode: int) -> CorruptCheckpointError:
     if stat.S_ISDIR(mode):
         return CorruptCheckpointError(
             f"{shown} is a folder, not a checkpoint file; a sharded checkpoint (a folder) is read by "
-            "its storage plugin (pip install ckpthooks-dcp for torch.distributed.checkpoint folders)"
+            "its storage plugin (for torch.distributed.checkpoint folders the ckpthooks-dcp plugin, "
+            "plugins/ckpthooks-dcp in the ckpthooks repository)"
         )
     return CorruptCheckpointError(
         f"{shown} is {what}, not a regular file: a checkpoint is a regular file, so nothing was read "
