@@ -52,3 +52,36 @@ def test_verify_progress_goes_to_stderr(tmp_path: Path) -> None:
     assert "verifying" in result.stderr
     assert all(record["ok"] for record in json.loads(result.stdout)["results"])
     assert run_cli("verify", str(tmp_path), "--no-progress").stderr == ""
+
+
+def test_into_a_pipe_progress_prints_periodic_lines_with_percent_and_bytes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """--progress into a pipe or a log file printed the label only (click draws bars on terminals)."""
+    stderr = io.StringIO()
+    monkeypatch.setattr("sys.stderr", stderr)
+    clock = [0.0]
+    monkeypatch.setattr(common.time, "monotonic", lambda: clock[0])
+    with Progress(4 << 20, "verifying", enabled=True) as bar:
+        for _ in range(4):
+            clock[0] += 1.5
+            bar.update(1 << 20)
+    lines = stderr.getvalue().splitlines()
+    assert lines[0] == "verifying: 0% 0 B of 4.0 MiB"
+    assert "verifying: 50% 2.0 MiB of 4.0 MiB" in lines  # every LINE_INTERVAL seconds
+    assert lines[-1] == "verifying: 100% 4.0 MiB of 4.0 MiB"
+    assert "\r" not in stderr.getvalue()
+
+
+def test_the_first_frame_of_a_late_bar_agrees_with_itself(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bar that appears after the delay showed "0% 952.0 MiB of 1.0 GiB" in its first frame."""
+    stderr = FakeTerminal()
+    monkeypatch.setattr("sys.stderr", stderr)
+    clock = [0.0]
+    monkeypatch.setattr(common.time, "monotonic", lambda: clock[0])
+    with Progress(1 << 30, "copying", delay=1.0) as bar:
+        bar.update(952 << 20)  # before the delay: nothing shown
+        clock[0] = 2.0
+        bar.update(1 << 20)  # the bar appears now
+    frames = [f for f in stderr.getvalue().replace("\r", "\n").splitlines() if "of 1.0 GiB" in f]
+    assert frames, stderr.getvalue()
+    assert " 0%" not in frames[0], frames[0]
+    assert "93%" in frames[0] and "953.0 MiB of 1.0 GiB" in frames[0], frames[0]  # 953 MiB of 1024

@@ -162,13 +162,17 @@ def plugin_host() -> PluginHost:
 
 
 class Progress:
-    """A byte-counting progress bar on stderr that appears only when the work turns out to be long.
+    """A byte-counting progress report on stderr that appears only when the work turns out to be long.
 
-    ``enabled=None`` (the default of ``--progress/--no-progress``) shows the bar when stderr is a
+    ``enabled=None`` (the default of ``--progress/--no-progress``) shows it when stderr is a
     terminal and the output is not JSON, and only once the work has run for ``delay`` seconds, so
-    quick commands print nothing extra. ``enabled=True`` shows it at once (also into a pipe);
-    ``False`` never.
+    quick commands print nothing extra. ``enabled=True`` shows it at once; ``False`` never. On a
+    terminal it is a bar redrawn in place; into a pipe or a log file, a line with the percentage
+    and the bytes every :attr:`LINE_INTERVAL` seconds, and one at the end.
     """
+
+    #: seconds between two progress lines when stderr is not a terminal
+    LINE_INTERVAL = 2.0
 
     def __init__(
         self, total: int, label: str, *, enabled: bool | None = None, as_json: bool = False, delay: float = 1.0
@@ -184,6 +188,8 @@ class Progress:
         self.done = 0
         self._started = time.monotonic()
         self._bar: Any = None
+        self._lines = False  # reporting as lines (stderr is not a terminal)
+        self._last_line = 0.0
 
     def __enter__(self) -> Progress:
         self._started = time.monotonic()
@@ -195,29 +201,47 @@ class Progress:
         self.done += amount
         if not self.enabled:
             return
-        if self._bar is None:
+        if self._bar is None and not self._lines:
             if time.monotonic() - self._started < self.delay:
                 return
             self._open()
+        elif self._lines:
+            if time.monotonic() - self._last_line >= self.LINE_INTERVAL:
+                self._line()
         else:
             self._bar.update(amount)
 
+    def _line(self) -> None:
+        percent = 100 * self.done // self.total if self.total else 100
+        click.echo(f"{self.label}: {percent}% {human_size(self.done)} of {human_size(self.total)}", err=True)
+        self._last_line = time.monotonic()
+
     def _open(self) -> None:
-        self._bar = click.progressbar(
-            length=max(self.total, 1),
+        if not _stderr_is_a_terminal():
+            self._lines = True
+            self._line()
+            return
+        length = max(self.total, 1)
+        bar: Any = click.progressbar(
+            length=length,
             label=self.label,
             file=sys.stderr,
             show_percent=True,
             show_eta=True,
-            item_show_func=lambda _: f"{human_size(self.done)} of {human_size(self.total)}",
+            # the bar's own position, so that the bytes and the percentage of a frame always agree
+            item_show_func=lambda _: f"{human_size(bar.pos)} of {human_size(self.total)}",
         )
-        self._bar.__enter__()
-        if self.done:
-            self._bar.update(self.done)
+        bar.pos = min(self.done, length)  # the first frame shows what is done already
+        self._bar = bar
+        bar.__enter__()
 
     def __exit__(
         self, kind: type[BaseException] | None, exc: BaseException | None, traceback: TracebackType | None
     ) -> None:
+        if self._lines:
+            if kind is None:
+                self._line()
+            self._lines = False
         if self._bar is not None:
             self._bar.__exit__(kind, exc, traceback)
             self._bar = None
