@@ -69,6 +69,11 @@ class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
     """No checkpoint matches the request (a path that does not exist, or no committed "last"/"best")."""
 
 
+class DestinationExistsError(ConfigurationError, FileExistsError):
+    """A write would replace an existing file or folder that it was not told to replace (``ckpthooks
+    copy`` and ``convert`` without ``--overwrite``); also a ``FileExistsError``."""
+
+
 class StorageError(CheckpointError, OSError):
     """Moving bytes to or from storage failed (write, fsync, rename, delete, permissions)."""
 

@@ -176,3 +176,34 @@ def test_convert_help_documents_every_direction() -> None:
     assert result.exit_code == 0
     for text in ("safetensors", "Lightning", "--to", "--key", "--overwrite", "--json", "Exit code"):
         assert text in result.output
+
+
+def test_an_existing_destination_fails_before_torch_is_imported(tmp_path: Path) -> None:
+    """It failed only after the source was read (torch imported), and not as a FileExistsError."""
+    import subprocess
+    import sys
+
+    (tmp_path / "w.safetensors").write_bytes(b"not even read")
+    (tmp_path / "w.ckpt").write_bytes(b"already here")
+    code = f"""
+import sys
+from ckpthooks.cli import main
+try:
+    main(["convert", {str(tmp_path / "w.safetensors")!r}, {str(tmp_path / "w.ckpt")!r}])
+except SystemExit as exc:
+    print("exit", exc.code, "torch" in sys.modules)
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False)
+    assert done.stdout.strip() == "exit 1 False", done.stdout + done.stderr
+    assert "exists already; pass --overwrite" in done.stderr
+    assert (tmp_path / "w.ckpt").read_bytes() == b"already here"
+
+
+def test_the_existing_destination_error_is_a_file_exists_error(tmp_path: Path) -> None:
+    from ckpthooks import ConfigurationError, DestinationExistsError
+    from ckpthooks._cli.copying import destination_free
+
+    (tmp_path / "taken.ckpt").write_bytes(b"x")
+    with pytest.raises(FileExistsError) as info:
+        destination_free(str(tmp_path / "taken.ckpt"), None, False)
+    assert isinstance(info.value, DestinationExistsError) and isinstance(info.value, ConfigurationError)

@@ -99,6 +99,10 @@ def convert_command(
     target = paths.normalize(dst)
     fmt = to or ("safetensors" if target.endswith(".safetensors") else "ckpt")
     try:
+        if not overwrite and target != source:  # before anything is read (and torch imported)
+            from ckpthooks._cli.copying import destination_free
+
+            destination_free(target, None, overwrite)
         kind = _sniff(source)
         if fmt == "safetensors":
             if kind == "safetensors":

@@ -44,13 +44,13 @@ def destination_free(dst: str, options: dict[str, Any] | None, overwrite: bool, 
     weights file) passes ``uncommit`` to uncommit a checkpoint it replaces first."""
     from ckpthooks._catalog import remove_manifest
     from ckpthooks._io import paths
-    from ckpthooks.exceptions import ConfigurationError
+    from ckpthooks.exceptions import DestinationExistsError
 
     fs = paths.filesystem(dst, options)
     if not fs.exists(paths.fs_path(fs, dst)):
         return
     if not overwrite:
-        raise ConfigurationError(f"{dst} exists already; pass --overwrite to replace it")
+        raise DestinationExistsError(f"{dst} exists already; pass --overwrite to replace it")
     if uncommit:
         remove_manifest(dst, options)
 
