@@ -240,3 +240,37 @@ def test_inspect_does_not_import_torch(tmp_path: Path) -> None:
     *report, last = result.stdout.strip().splitlines()
     assert json.loads(last) == {"torch": False}
     assert json.loads("\n".join(report))["epoch"] == 2
+
+
+def test_the_table_has_short_names_counts_each_state_once_and_shows_the_datamodule_hyperparameters(
+    tmp_path: Path,
+) -> None:
+    """The table showed `ckpthooks.components.rng` beside a `ckpthooks` row that seemed to hold the
+    RNG again, and the datamodule's hyperparameters were missing from "hyperparameters"."""
+    from ckpthooks import HyperparametersMixin
+
+    class Data(HyperparametersMixin):
+        def __init__(self, batch_size: int = 8) -> None:
+            self.save_hyperparameters()
+
+        def state_dict(self) -> dict[str, Any]:
+            return {}
+
+        def load_state_dict(self, state: dict[str, Any]) -> None:
+            pass
+
+    ckpt = Checkpointer(tmp_path, enable_checkpointing=False).track(model=TinyNet(), datamodule=Data(batch_size=16))
+    for _ in ckpt.batches(range(2)):  # the loop position then holds the epoch's RNG states
+        pass
+    ckpt.save_checkpoint(tmp_path / "a.ckpt")
+    report = run_json("inspect", str(tmp_path / "a.ckpt"))
+    assert report["datamodule_hyperparameters"] == {"batch_size": 16}
+    names = [c["name"] for c in report["components"]]
+    assert "ckpthooks.components.rng" in names and "ckpthooks.loop" in names  # full keys in --json
+    assert "ckpthooks" not in names
+    # every tensor is in exactly one row
+    assert sum(c["tensors"] for c in report["components"]) == report["tensors"]["count"]
+    text = run_cli("inspect", str(tmp_path / "a.ckpt")).stdout
+    table = text.split("components:", 1)[1]
+    assert "\n  rng " in table and "ckpthooks.components" not in table
+    assert "  datamodule:\n    batch_size: 16" in text.split("components:", 1)[0]

@@ -193,6 +193,9 @@ def summarize(path: str, scan: Scan, manifest: dict[str, Any] | None, list_tenso
         "metrics": dict(manifest["metrics"]) if manifest else {},
         "weights_only": _weights_only(root, space, manifest, kind),
         "hyperparameters": _readable(root.get("hyper_parameters")) if isinstance(root, dict) else None,
+        "datamodule_hyperparameters": (
+            _readable(root.get("datamodule_hyper_parameters")) if isinstance(root, dict) else None
+        ),
         "written_by": _written_by(root, space, manifest, scan),
         "loads_with_weights_only": not scan.unsafe_globals,
         "unsafe_globals": list(scan.unsafe_globals),
@@ -258,23 +261,28 @@ def _components(root: Any, kind: str) -> list[dict[str, Any]]:
         return [_component("tensors", root)]
     found = []
     for key, value in root.items():
-        if key in _SCALAR_KEYS or (key == "hyper_parameters" and not list(_tensors(value))):
+        hparams = key in ("hyper_parameters", "datamodule_hyper_parameters")
+        if key in _SCALAR_KEYS or (hparams and not list(_tensors(value))):
             continue
         if key == "ckpthooks" and isinstance(value, dict):
+            # the namespace's parts one by one (the loop position holds the epoch's RNG states for
+            # a mid-epoch resume, the rng component the current ones): no state counted twice
             parts = value.get("components")
             if isinstance(parts, dict):
                 for name, state in parts.items():
-                    found.append(_component(f"ckpthooks.components.{name}", state))
-            rest = {k: v for k, v in value.items() if k != "components"}
-            found.append(_component("ckpthooks", rest))
+                    found.append(_component(f"ckpthooks.components.{name}", state, label=str(name)))
+            for name, part in value.items():
+                if name != "components" and isinstance(part, (dict, list, tuple)) and list(_tensors(part)):
+                    found.append(_component(f"ckpthooks.{name}", part, label=f"{name} (ckpthooks)"))
             continue
         found.append(_component(str(key), value))
     return found
 
 
-def _component(name: str, value: Any) -> dict[str, Any]:
+def _component(name: str, value: Any, label: str | None = None) -> dict[str, Any]:
+    """``name``: the key path in the checkpoint (``--json``); ``label``: what the table shows."""
     tensors = list(_tensors(value))
-    return {"name": name, "tensors": len(_distinct(tensors)), "bytes": _bytes(tensors)}
+    return {"name": name, "label": label or name, "tensors": len(_distinct(tensors)), "bytes": _bytes(tensors)}
 
 
 def _tensors(value: Any, key: str = "") -> Iterator[tuple[str, TensorInfo]]:
@@ -373,14 +381,19 @@ def _text(report: dict[str, Any]) -> str:
             "unsafe globals: " + ", ".join(report["unsafe_globals"])
             + " (torch.load(weights_only=True) refuses this file; these were not imported or run)"
         )
-    hparams = report["hyperparameters"]
-    if hparams:
+    hparams, dm_hparams = report["hyperparameters"], report.get("datamodule_hyperparameters")
+    if hparams or dm_hparams:
         lines.append("hyperparameters:")
-        items = hparams.items() if isinstance(hparams, dict) else [("value", hparams)]
-        lines.extend(f"  {name}: {value}" for name, value in items)
+        if hparams:
+            items = hparams.items() if isinstance(hparams, dict) else [("value", hparams)]
+            lines.extend(f"  {name}: {value}" for name, value in items)
+        if dm_hparams:
+            lines.append("  datamodule:")
+            items = dm_hparams.items() if isinstance(dm_hparams, dict) else [("value", dm_hparams)]
+            lines.extend(f"    {name}: {value}" for name, value in items)
     if report["components"]:
         lines.append("components:")
-        rows = [[c["name"], str(c["tensors"]), human_size(c["bytes"])] for c in report["components"]]
+        rows = [[c["label"], str(c["tensors"]), human_size(c["bytes"])] for c in report["components"]]
         lines.extend("  " + line for line in table(["name", "tensors", "bytes"], rows).splitlines())
     if "tensor_list" in report:
         lines.append("tensor list:")
