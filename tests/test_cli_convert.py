@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -207,3 +208,34 @@ def test_the_existing_destination_error_is_a_file_exists_error(tmp_path: Path) -
     with pytest.raises(FileExistsError) as info:
         destination_free(str(tmp_path / "taken.ckpt"), None, False)
     assert isinstance(info.value, DestinationExistsError) and isinstance(info.value, ConfigurationError)
+
+
+def test_hyperparameters_survive_a_round_trip_through_safetensors(tmp_path: Path) -> None:
+    """A .ckpt -> .safetensors -> .ckpt round trip silently dropped the model's and the datamodule's
+    hyperparameters; they travel in the safetensors metadata now."""
+    from ckpthooks import HyperparametersMixin
+
+    class Data(HyperparametersMixin):
+        def __init__(self, batch_size: int = 8, root: str = "data") -> None:
+            self.save_hyperparameters()
+
+        def state_dict(self) -> dict[str, Any]:
+            return {}
+
+        def load_state_dict(self, state: dict[str, Any]) -> None:
+            pass
+
+    ckpt = Checkpointer(tmp_path, enable_checkpointing=False).track(model=TinyNet(hidden=5), datamodule=Data(16))
+    ckpt.save_checkpoint(tmp_path / "a.ckpt")
+    original = torch.load(tmp_path / "a.ckpt", weights_only=True)
+    report = run_json("convert", str(tmp_path / "a.ckpt"), str(tmp_path / "w.safetensors"))
+    assert report["dropped"] == []
+    run_json("convert", str(tmp_path / "w.safetensors"), str(tmp_path / "back.ckpt"))
+    back = torch.load(tmp_path / "back.ckpt", weights_only=True)
+    assert back["hyper_parameters"] == dict(original["hyper_parameters"]) == {
+        "in_dim": 4, "hidden": 5, "out_dim": 1, "dropout": 0.0,
+    }  # fmt: skip
+    assert back["datamodule_hyper_parameters"] == {"batch_size": 16, "root": "data"}
+    assert back["hparams_name"] == original["hparams_name"]
+    restored = TinyNet.load_from_checkpoint(str(tmp_path / "back.ckpt"))
+    assert restored.hparams["hidden"] == 5

@@ -5,6 +5,7 @@ safetensors): converting never unpickles code."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import sys
 from typing import IO, Any
@@ -239,6 +240,16 @@ def _to_safetensors(
         value = checkpoint.get(field) if isinstance(checkpoint, dict) else None
         if isinstance(value, int) and not isinstance(value, bool):
             metadata[field] = str(value)
+    dropped: list[str] = []
+    for field in _CARRIED_FIELDS:  # as JSON text: safetensors metadata holds strings only
+        value = checkpoint.get(field) if isinstance(checkpoint, dict) else None
+        if value is None:
+            continue
+        try:
+            metadata[f"ckpthooks.{field}"] = json.dumps(value)
+        except (TypeError, ValueError):
+            dropped.append(field)
+            error(f"warning: {field} of {src} is not JSON (a class of its own?): not carried into {dst}")
     destination_free(dst, None, overwrite, uncommit=True)
     target = Location.of(dst)
     if target.os_path is not None:  # safetensors writes to a file name: a temporary sibling, renamed
@@ -258,7 +269,10 @@ def _to_safetensors(
 
         data = save(prepared, metadata=metadata)
         size = write_durably(dst, lambda writer: writer.write(data)).size
-    return {"src": src, "dst": dst, "format": "safetensors", "tensors": len(prepared), "size": size, "committed": False}
+    return {
+        "src": src, "dst": dst, "format": "safetensors", "tensors": len(prepared), "size": size, "committed": False,
+        "dropped": dropped,
+    }  # fmt: skip
 
 
 # --------------------------------------------------------------------------- from safetensors
@@ -319,8 +333,20 @@ def _from_safetensors(src: str, dst: str, overwrite: bool, progress: bool | None
         "pytorch-lightning_version": LIGHTNING_LAYOUT_VERSION,
         "state_dict": weights,
     }
+    for field in _CARRIED_FIELDS:  # what a conversion to safetensors carried along
+        text = metadata.get(f"ckpthooks.{field}")
+        if text is not None:
+            try:
+                checkpoint[field] = json.loads(text)
+            except ValueError:
+                error(f"warning: the {field} in {src}'s metadata is not JSON: left out")
     destination_free(dst, None, overwrite)
     return _save(checkpoint, src, dst, weights_only=True)
+
+
+#: Top-level fields a conversion to safetensors keeps in the file's metadata (as JSON) and a
+#: conversion back restores: the model's and the datamodule's hyperparameters and their names.
+_CARRIED_FIELDS = ("hyper_parameters", "hparams_name", "datamodule_hyper_parameters", "datamodule_hparams_name")
 
 
 def _malformed(src: str, exc: BaseException) -> Exception:
