@@ -61,7 +61,9 @@ def test_prune_never_deletes_files_saved_by_hand_or_without_the_metric(tmp_path:
     assert "by-hand.ckpt" not in deleted and "last.ckpt" not in deleted and "epoch=4-step=10.ckpt" not in deleted
     reasons = {Path(r["path"]).name: r["reason"] for r in report["keep"]}
     assert reasons["by-hand.ckpt"] == "not written by a ckpthooks policy"
-    other = run_json("prune", str(tmp_path), "--keep-top-k", "0", "--monitor", "accuracy")
+    refused = run_cli("prune", str(tmp_path), "--keep-top-k", "0", "--monitor", "accuracy", "--json")
+    assert refused.exit_code == 1  # no manifest records it: a warning and a failure (see below)
+    other = json.loads(refused.stdout)
     assert other["delete"] == []
     assert {r["reason"] for r in other["keep"]} >= {"no finite accuracy in its manifest"}
 
@@ -104,3 +106,16 @@ def test_prune_help_documents_dry_run_guards_and_exit_codes() -> None:
     assert result.exit_code == 0
     for text in ("--yes", "dry run", "--keep-top-k", "--monitor", "--mode", "--json", "Exit code"):
         assert text in result.output
+
+
+def test_a_monitor_no_manifest_records_warns_and_fails(tmp_path: Path) -> None:
+    """A misspelt --monitor ("val_los") printed a quiet plan that deleted nothing and exited 0."""
+    train(tmp_path, [0.5, 0.25, 0.1, 0.3])
+    before = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+    result = run_cli("prune", str(tmp_path), "--monitor", "val_los", "--keep-top-k", "1", "--yes")
+    assert result.exit_code == 1, result.output
+    assert "records a finite 'val_los'" in result.stderr and "the manifests record: val_loss" in result.stderr
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == before  # nothing deleted
+    report = json.loads(run_cli("prune", str(tmp_path), "--monitor", "val_los", "--keep-top-k", "1", "--json").stdout)
+    assert report["monitor_found"] is False and report["delete"] == []
+    assert run_cli("prune", str(tmp_path), "--monitor", "val_loss", "--keep-top-k", "1").exit_code == 0

@@ -73,8 +73,8 @@ def prune_command(
     always kept.
     Each deletion removes the manifest first, then the data.
 
-    Exit codes: 0 after a dry run or when every deletion succeeded, 1 when ROOT cannot be read or
-    a deletion failed, 2 on bad usage.
+    Exit codes: 0 after a dry run or when every deletion succeeded, 1 when ROOT cannot be read, a
+    deletion failed, or no manifest records the metric (a misspelt --monitor), 2 on bad usage.
     """
     from ckpthooks._io import paths
     from ckpthooks.exceptions import CheckpointError
@@ -91,6 +91,14 @@ def prune_command(
         error(f"could not list {root}: {describe_error(exc)}")
         sys.exit(EXIT_FAILURE)
     delete, kept = plan(items, keep, monitor, mode, root=base)
+    unknown_monitor = bool(items) and all(score_of(item, monitor) is None for item in items)
+    if unknown_monitor:  # a typo, most likely: say so instead of a quiet "nothing to delete"
+        recorded = sorted({name for item in items for name in item.manifest.metrics})
+        echo(
+            f"warning: no committed checkpoint under {root} records a finite {monitor!r}, so none is "
+            f"ranked and nothing is deleted; the manifests record: {', '.join(recorded) or 'no metrics'}",
+            err=True,
+        )
     deleted: list[str] = []
     failures: list[dict[str, str]] = []
     if confirmed and delete:
@@ -106,12 +114,13 @@ def prune_command(
         "keep": [dict(_record(base, item, monitor), reason=reason) for item, reason in kept],
         "deleted": deleted,
         "errors": failures,
+        "monitor_found": not unknown_monitor,
     }
     if as_json:
         emit_json(report)
     else:
         _print(report, confirmed)
-    sys.exit(EXIT_FAILURE if failures else EXIT_OK)
+    sys.exit(EXIT_FAILURE if failures or unknown_monitor else EXIT_OK)
 
 
 def plan(
