@@ -63,11 +63,11 @@ class _HashingStream:
         return getattr(self._stream, name)
 
 
-def hashing_file_system(algorithm: str) -> Any:
-    """A ``torch.distributed.checkpoint.filesystem.FileSystem`` recording what it writes."""
-    from torch.distributed.checkpoint.filesystem import FileSystem
+def _recording(base: type, algorithm: str, key: Any) -> Any:
+    """An instance of a subclass of the DCP file system class ``base`` that records the size and
+    digest of every file it writes, under ``key(path)``; renames and removals carry the record."""
 
-    class HashingFileSystem(FileSystem):
+    class Recording(base):  # type: ignore[misc]
         def __init__(self) -> None:
             super().__init__()
             self.algorithm = algorithm
@@ -86,21 +86,29 @@ def hashing_file_system(algorithm: str) -> Any:
                     yield hashing
                 finally:
                     with self._lock:
-                        self.records[os.path.abspath(os.fspath(path))] = hashing.record()
+                        self.records[key(path)] = hashing.record()
 
         def rename(self, path: str | os.PathLike[str], new_path: str | os.PathLike[str]) -> None:
             super().rename(path, new_path)
             with self._lock:
-                old = os.path.abspath(os.fspath(path))
+                old = key(path)
                 if old in self.records:
-                    self.records[os.path.abspath(os.fspath(new_path))] = self.records.pop(old)
+                    self.records[key(new_path)] = self.records.pop(old)
 
         def rm_file(self, path: str | os.PathLike[str]) -> None:
             super().rm_file(path)
             with self._lock:
-                self.records.pop(os.path.abspath(os.fspath(path)), None)
+                self.records.pop(key(path), None)
 
-    return HashingFileSystem()
+    return Recording()
+
+
+def hashing_file_system(algorithm: str) -> Any:
+    """A ``torch.distributed.checkpoint.filesystem.FileSystem`` recording what it writes, by
+    absolute path."""
+    from torch.distributed.checkpoint.filesystem import FileSystem
+
+    return _recording(FileSystem, algorithm, lambda path: os.path.abspath(os.fspath(path)))
 
 
 def hashing_fsspec_file_system(algorithm: str, fs: Any) -> Any:
@@ -108,41 +116,9 @@ def hashing_fsspec_file_system(algorithm: str, fs: Any) -> Any:
     it): the same records, keyed by the URL DCP opens."""
     from torch.distributed.checkpoint._fsspec_filesystem import FileSystem
 
-    class HashingFsspecFileSystem(FileSystem):
-        def __init__(self) -> None:
-            super().__init__()
-            self.fs = fs
-            self.algorithm = algorithm
-            self.records: Records = {}
-            self._lock = threading.Lock()
-
-        @contextlib.contextmanager
-        def create_stream(self, path: str | os.PathLike[str], mode: str) -> Iterator[Any]:
-            if "r" in mode or "+" in mode:
-                with super().create_stream(path, mode) as stream:
-                    yield stream
-                return
-            with super().create_stream(path, mode) as stream:
-                hashing = _HashingStream(stream, self.algorithm)
-                try:
-                    yield hashing
-                finally:
-                    with self._lock:
-                        self.records[os.fspath(path)] = hashing.record()
-
-        def rename(self, path: str | os.PathLike[str], new_path: str | os.PathLike[str]) -> None:
-            super().rename(path, new_path)
-            with self._lock:
-                old = os.fspath(path)
-                if old in self.records:
-                    self.records[os.fspath(new_path)] = self.records.pop(old)
-
-        def rm_file(self, path: str | os.PathLike[str]) -> None:
-            super().rm_file(path)
-            with self._lock:
-                self.records.pop(os.fspath(path), None)
-
-    return HashingFsspecFileSystem()
+    recording = _recording(FileSystem, algorithm, os.fspath)
+    recording.fs = fs
+    return recording
 
 
 def relative_urls(records: Records, folder: str) -> dict[str, tuple[int, str] | None]:
